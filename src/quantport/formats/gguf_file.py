@@ -1,0 +1,233 @@
+"""GGUF reading with a validating pre-scan.
+
+``gguf.GGUFReader`` trusts the header: a file that claims 2**60 key/value pairs or a string of
+2**40 bytes makes it loop or allocate before failing. :func:`scan_gguf` walks the header with
+bounds checks first (GGUF spec, ggml/docs/gguf.md; the same checks as llama.cpp's
+``gguf_init_from_file_impl`` in ggml/src/gguf.cpp): every count and length must fit in the bytes
+that remain, types must be known, tensor names unique, dims ≤ 4, rows divisible by the block
+size, and data offsets inside the file. Only then is the file handed to ``GGUFReader``, which
+memory-maps tensors so that they are read one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantport.errors import FormatError
+
+__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor_f32", "scan_gguf"]
+
+GGUF_MAGIC = b"GGUF"
+_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+               10: "<Q", 11: "<q", 12: "<d"}
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    """A tensor-info entry: name, numpy-order shape, ggml type name, absolute offset, bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    type_name: str
+    offset: int
+    nbytes: int
+
+
+@dataclass
+class GGUFScan:
+    """What the validating scan learned: version, metadata (arrays summarized) and tensors."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensors: list[GGUFTensorInfo] = field(default_factory=list)
+    alignment: int = 32
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, where: str) -> None:
+        self.buf, self.pos, self.where = buf, 0, where
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise FormatError(
+                f"{self.where}: {what} needs {n} bytes at offset {self.pos} but the file has "
+                f"{len(self.buf) - self.pos} left; the file is truncated or corrupt"
+            )
+
+    def unpack(self, fmt: str, what: str) -> Any:
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return v
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", f"{what} length")
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"{self.where}: {what} is not valid UTF-8") from exc
+
+
+def _value(cur: _Cursor, vtype: int, key: str, keep_arrays: bool) -> Any:
+    if vtype == _STRING:
+        return cur.string(f"value of {key}")
+    if vtype in _SCALARS:
+        return cur.unpack(_SCALAR_FMT[vtype], f"value of {key}")
+    if vtype == _ARRAY:
+        etype = cur.unpack("<I", f"array type of {key}")
+        count = cur.unpack("<Q", f"array count of {key}")
+        if etype == _ARRAY:
+            raise FormatError(f"{cur.where}: key {key} is a nested array, which GGUF forbids")
+        if etype in _SCALARS:
+            size = _SCALARS[etype]
+            cur.need(count * size, f"array {key} of {count} elements")
+            if keep_arrays:
+                arr = np.frombuffer(cur.buf, dtype=np.dtype(_SCALAR_FMT[etype]), count=count,
+                                    offset=cur.pos)
+                cur.pos += count * size
+                return arr.tolist()
+            cur.pos += count * size
+            return f"<array of {count}>"
+        if etype == _STRING:
+            # each string takes at least its 8-byte length: refuse impossible counts up front
+            cur.need(count * 8, f"array {key} of {count} strings")
+            out = [cur.string(f"element of {key}") for _ in range(count)]
+            return out if keep_arrays else f"<array of {count} strings>"
+        raise FormatError(f"{cur.where}: key {key} has unknown array element type {etype}")
+    raise FormatError(f"{cur.where}: key {key} has unknown value type {vtype}")
+
+
+def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGUFScan:
+    """Validate a GGUF file's header, metadata and tensor table without loading tensor data.
+
+    Args:
+        path: the ``.gguf`` file.
+        keep_arrays: return array metadata values in full (else a short summary).
+
+    Raises:
+        FormatError: for anything a strict reader (llama.cpp's gguf.cpp) would refuse.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    where = str(path)
+    size = path.stat().st_size
+    if size < 24:
+        raise FormatError(f"{where}: too small to be GGUF ({size} bytes)")
+    with open(path, "rb") as f:
+        mm = memoryview(np.memmap(f, dtype=np.uint8, mode="r")) if size else memoryview(b"")
+    cur = _Cursor(mm, where)
+    cur.need(4, "magic")
+    if bytes(mm[:4]) != GGUF_MAGIC:
+        raise FormatError(f"{where}: not a GGUF file (bad magic {bytes(mm[:4])!r})")
+    cur.pos = 4
+    version = cur.unpack("<I", "version")
+    if version not in (2, 3):
+        raise FormatError(f"{where}: unsupported GGUF version {version} (2 and 3 are supported)")
+    n_tensors = cur.unpack("<Q", "tensor count")
+    n_kv = cur.unpack("<Q", "metadata count")
+    # every KV takes >= 8+1+4+1 bytes and every tensor info >= 8+1+4+8+4+8
+    if n_kv * 14 > size or n_tensors * 33 > size:
+        raise FormatError(
+            f"{where}: header claims {n_tensors} tensors and {n_kv} metadata keys, more than "
+            f"a {size}-byte file can hold"
+        )
+    scan = GGUFScan(path, version)
+    for _ in range(n_kv):
+        key = cur.string("metadata key")
+        if key in scan.metadata:
+            raise FormatError(f"{where}: duplicate metadata key {key!r}")
+        vtype = cur.unpack("<I", f"type of {key}")
+        scan.metadata[key] = _value(cur, vtype, key, keep_arrays)
+    align = scan.metadata.get("general.alignment", 32)
+    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise FormatError(f"{where}: general.alignment must be a power of two, got {align!r}")
+    scan.alignment = align
+    infos = []
+    seen: set[str] = set()
+    for i in range(n_tensors):
+        name = cur.string(f"name of tensor {i}")
+        if name in seen:
+            raise FormatError(f"{where}: duplicate tensor name {name!r}")
+        seen.add(name)
+        n_dims = cur.unpack("<I", f"dims of {name}")
+        if not 1 <= n_dims <= 4:
+            raise FormatError(f"{where}: tensor {name!r} has {n_dims} dims (1..4 allowed)")
+        ne = [cur.unpack("<Q", f"shape of {name}") for _ in range(n_dims)]
+        ttype = cur.unpack("<I", f"type of {name}")
+        offset = cur.unpack("<Q", f"offset of {name}")
+        try:
+            qtype = GGMLQuantizationType(ttype)
+        except ValueError:
+            raise FormatError(f"{where}: tensor {name!r} has unknown ggml type {ttype}") from None
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        if ne[0] % block:
+            raise FormatError(
+                f"{where}: tensor {name!r} row of {ne[0]} is not a multiple of the "
+                f"{qtype.name} block size {block}"
+            )
+        count = 1
+        for d in ne:
+            count *= d
+        if count > size * max(1, block):
+            raise FormatError(f"{where}: tensor {name!r} claims {count} elements, more than the file")
+        infos.append((name, tuple(reversed(ne)), qtype.name, offset, count // block * type_size))
+    data_start = cur.pos + (-cur.pos % align)
+    expected = 0
+    for name, shape, tname, offset, nbytes in infos:
+        if offset != expected:
+            raise FormatError(
+                f"{where}: tensor {name!r} has data offset {offset}, expected {expected}"
+            )
+        if data_start + offset + nbytes > size:
+            raise FormatError(
+                f"{where}: tensor {name!r} data ends past the end of the file; truncated"
+            )
+        expected = offset + nbytes + (-nbytes % align)
+        scan.tensors.append(GGUFTensorInfo(name, shape, tname, data_start + offset, nbytes))
+    return scan
+
+
+def open_gguf(path: str | os.PathLike[str]) -> Any:
+    """Scan then open a GGUF with ``gguf.GGUFReader`` (memory-mapped, read-only)."""
+    from gguf import GGUFReader
+
+    scan_gguf(path)
+    try:
+        return GGUFReader(path, "r")
+    except (ValueError, struct.error) as exc:
+        raise FormatError(f"{path}: cannot read GGUF ({exc})") from exc
+
+
+def read_tensor_f32(reader: Any, name: str) -> np.ndarray:
+    """Dequantize one tensor of an open reader to float32, numpy order."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    for t in reader.tensors:
+        if t.name == name:
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            if t.tensor_type in (GGMLQuantizationType.F32,):
+                return np.array(t.data, dtype=np.float32).reshape(shape)
+            try:
+                out = dequantize(t.data, t.tensor_type)
+            except NotImplementedError as exc:
+                raise FormatError(
+                    f"{reader.data.filename if hasattr(reader.data, 'filename') else 'gguf'}: "
+                    f"tensor {name!r} has type {t.tensor_type.name}, which cannot be dequantized"
+                ) from exc
+            return np.asarray(out, dtype=np.float32).reshape(shape)
+    raise KeyError(name)

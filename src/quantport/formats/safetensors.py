@@ -1,0 +1,226 @@
+"""safetensors container: a header-validating streaming reader and an atomic writer.
+
+Layout (huggingface/safetensors docs, "Format"): ``u64 little-endian N``, ``N`` bytes of JSON
+header ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``, then the
+byte buffer. The reader checks every header field against the file size before it maps a
+single tensor, so a hostile header (huge N, offsets past the end, shapes whose byte count does
+not match their offsets) is refused before anything is allocated. Tensors are read one at a
+time through ``numpy.memmap``; the whole file is never loaded.
+
+Pure numpy: no torch here (bf16 is widened to float32 by a bit shift).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quantport.errors import FormatError
+from quantport.formats._atomic import atomic_file
+
+__all__ = [
+    "DTYPES",
+    "SafetensorsFile",
+    "TensorInfo",
+    "bf16_bits",
+    "write_safetensors",
+]
+
+# safetensors dtype tag -> (numpy dtype, itemsize). BF16 is carried as raw uint16 bits.
+DTYPES: dict[str, tuple[np.dtype, int]] = {
+    "F64": (np.dtype("<f8"), 8),
+    "F32": (np.dtype("<f4"), 4),
+    "F16": (np.dtype("<f2"), 2),
+    "BF16": (np.dtype("<u2"), 2),
+    "I64": (np.dtype("<i8"), 8),
+    "I32": (np.dtype("<i4"), 4),
+    "I16": (np.dtype("<i2"), 2),
+    "I8": (np.dtype("i1"), 1),
+    "U8": (np.dtype("u1"), 1),
+    "U16": (np.dtype("<u2"), 2),
+    "U32": (np.dtype("<u4"), 4),
+    "U64": (np.dtype("<u8"), 8),
+    "BOOL": (np.dtype("?"), 1),
+}
+_NP_TO_TAG = {np.dtype(v[0]).str: k for k, v in DTYPES.items() if k not in ("BF16", "U16")}
+_NP_TO_TAG[np.dtype("<u2").str] = "U16"
+
+# The reference implementation refuses headers above 100 MB (safetensors/src/tensor.rs
+# MAX_HEADER_SIZE); so do we, before reading them.
+MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One header entry: dtype tag, shape, absolute byte range in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        """Byte length of the tensor's data."""
+        return self.end - self.begin
+
+
+class SafetensorsFile:
+    """A validated safetensors file, read tensor by tensor.
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Raises:
+        FormatError: if the file is truncated, its header is not valid JSON, or any tensor's
+            dtype, shape or offsets are inconsistent with the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        where = str(self.path)
+        if size < 8:
+            raise FormatError(f"{where}: truncated safetensors file ({size} bytes)")
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER or n > size - 8:
+                raise FormatError(
+                    f"{where}: header claims {n} bytes but the file has {size - 8}; "
+                    "the file is truncated or not safetensors"
+                )
+            raw = f.read(n)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{where}: header is not valid JSON ({exc.__class__.__name__})") from exc
+        if not isinstance(header, dict):
+            raise FormatError(f"{where}: header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in dict(meta).items()}
+        data_start = 8 + n
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, entry in header.items():
+            try:
+                dtype = entry["dtype"]
+                shape = tuple(int(s) for s in entry["shape"])
+                b, e = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FormatError(f"{where}: malformed header entry for tensor {name!r}") from exc
+            if dtype not in DTYPES:
+                raise FormatError(f"{where}: tensor {name!r} has unsupported dtype {dtype!r}")
+            if any(s < 0 for s in shape):
+                raise FormatError(f"{where}: tensor {name!r} has a negative dimension {shape}")
+            count = 1
+            for s in shape:
+                count *= s
+            if not 0 <= b <= e or e - b != count * DTYPES[dtype][1]:
+                raise FormatError(
+                    f"{where}: tensor {name!r} offsets [{b}, {e}] do not match shape {shape} "
+                    f"of {dtype}"
+                )
+            if data_start + e > size:
+                raise FormatError(
+                    f"{where}: tensor {name!r} ends at byte {data_start + e} past the end of "
+                    f"the file ({size} bytes); the file is truncated"
+                )
+            self.tensors[name] = TensorInfo(name, dtype, shape, data_start + b, data_start + e)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def keys(self) -> list[str]:
+        """Tensor names in header order."""
+        return list(self.tensors)
+
+    def raw(self, name: str) -> np.ndarray:
+        """Return a read-only memory map of a tensor in its stored dtype (BF16 as uint16)."""
+        info = self.tensors[name]
+        np_dtype = DTYPES[info.dtype][0]
+        if info.nbytes == 0:
+            return np.zeros(info.shape, dtype=np_dtype)
+        arr = np.memmap(self.path, dtype=np_dtype, mode="r", offset=info.begin, shape=info.shape)
+        return arr
+
+    def get(self, name: str) -> np.ndarray:
+        """Return a tensor as an in-memory array; floats (including BF16) as float32."""
+        info = self.tensors[name]
+        arr = np.array(self.raw(name))
+        if info.dtype == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        if info.dtype in ("F16", "F64"):
+            return arr.astype(np.float32)
+        return arr
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept quiet.
+
+    Matches ``torch.Tensor.to(torch.bfloat16)`` and gguf-py ``__compute_fp32_to_bf16``.
+    """
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((u.astype(np.uint64) + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    dtypes: Mapping[str, str] | None = None,
+) -> int:
+    """Write tensors to a safetensors file atomically.
+
+    Args:
+        path: target file; written under a temporary name and renamed into place.
+        tensors: arrays by name, written in this order.
+        metadata: the ``__metadata__`` string map (``{"format": "pt"}`` by default).
+        dtypes: optional per-tensor dtype tags overriding the array's own dtype; ``"BF16"``
+            and ``"F16"`` convert float32 data on the fly.
+
+    Returns:
+        The number of bytes written.
+    """
+    dtypes = dict(dtypes or {})
+    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    prepared: list[np.ndarray] = []
+    offset = 0
+    for name, arr in tensors.items():
+        tag = dtypes.get(name)
+        a = np.asarray(arr)
+        if tag == "BF16":
+            data = bf16_bits(a)
+        elif tag is not None:
+            data = np.ascontiguousarray(a, dtype=DTYPES[tag][0])
+        else:
+            data = np.ascontiguousarray(a)
+            if data.dtype.str not in _NP_TO_TAG and data.dtype != np.dtype("i1"):
+                raise FormatError(f"tensor {name!r}: dtype {data.dtype} cannot be stored")
+            tag = "I8" if data.dtype == np.dtype("i1") else _NP_TO_TAG[data.dtype.str]
+        header[name] = {
+            "dtype": tag,
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + data.nbytes],
+        }
+        offset += data.nbytes
+        prepared.append(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the buffer 8-byte aligned, as the reference does
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for data in prepared:
+            f.write(data.tobytes())
+    return 8 + len(raw) + offset
