@@ -19,7 +19,7 @@ import numpy as np
 
 import quantport
 from quantport.converters.sources import ModelSource
-from quantport.errors import ShapeError, UnsupportedQuantError
+from quantport.errors import ShapeError
 from quantport.formats._atomic import atomic_dir, check_output
 from quantport.formats.compressed_tensors import write_pack_quantized
 from quantport.formats.safetensors import write_safetensors
@@ -175,7 +175,7 @@ def convert_safetensors(
     integer scheme (``w4-g64-sym``...: compressed-tensors ``pack-quantized``).
 
     Raises:
-        UnsupportedQuantError: unknown scheme, or an asymmetric one (see below).
+        UnsupportedQuantError: unknown scheme.
         ShapeError: a group size that does not divide a tensor's width.
         OutputExistsError: ``out_dir`` exists and ``force`` is false.
     """
@@ -184,16 +184,6 @@ def convert_safetensors(
                             on_progress=on_progress)
     t0 = time.perf_counter()
     scheme = parse_scheme(quant)
-    if not scheme.symmetric:
-        # transformers 5.23 + compressed-tensors 0.20 build the zero-point parameter unpacked
-        # ([out, groups]) but compress() packs it ([out*bits/32, groups]); loading reports a
-        # shape MISMATCH and leaves the zero-point uninitialised (llm-compressor #1618,
-        # compressed-tensors #458). Writing it unpacked instead loads with the wrong values.
-        raise UnsupportedQuantError(
-            f"asymmetric scheme {quant!r} cannot be written as compressed-tensors: transformers "
-            "5.23 with compressed-tensors 0.20 fails to load asymmetric pack-quantized "
-            f"checkpoints; use the symmetric {str(scheme).replace('-asym', '-sym')}"
-        )
     out = Path(out_dir)
     check_output(out, force)
     tensors, kept = quantize_source(source, scheme, keep_unquantized=keep_unquantized,

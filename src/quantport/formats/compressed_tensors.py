@@ -9,8 +9,9 @@ quantized Linear ``<m>``:
   2/4/8 bits).
 * ``<m>.weight_scale``   ``[out, in/group]`` (``[out, 1]`` per channel) in the model dtype.
 * ``<m>.weight_shape``   int64 ``[2]``, the original ``[out, in]``.
-* ``<m>.weight_zero_point`` int32 ``[ceil(out*bits/32), groups]`` for asymmetric schemes,
-  packed along the *output* axis (``pack_to_int32(..., packed_dim=0)``).
+* ``<m>.weight_zero_point`` int32 for asymmetric schemes, packed along the *output* axis
+  (``pack_to_int32(..., packed_dim=0)``, ``ceil(out*bits/32)`` rows) and zero-padded to
+  ``[out, groups]`` so that transformers 5.23 loads it (see :func:`write_pack_quantized`).
 
 ``config.json`` gains ``quantization_config`` (``QuantizationConfig.to_dict()`` shape, see
 shared/reference/algorithms.md section 4). Pure numpy.
@@ -173,7 +174,15 @@ def write_pack_quantized(
             zp = np.asarray(t.zero_point).astype(np.int64)
             if not t.signed:
                 zp = zp - offset
-            out[f"{module}.weight_zero_point"] = pack_int32((zp + offset).T, t.bits).T.copy()
+            packed = pack_int32((zp + offset).T, t.bits).T
+            # transformers 5.23 builds the zero-point parameter with the *unpacked* shape
+            # [out, groups] and refuses a checkpoint whose packed [ceil(out*bits/32), groups]
+            # differs (llm-compressor #1618); decompress() then unpacks it along dim 0 and
+            # keeps the first `out` values (helpers.unpack_from_int32 "[:, :cols]"). Zero-padding
+            # the packed words to [out, groups] satisfies both: it loads and decodes exactly.
+            padded = np.zeros(zp.shape, dtype=np.int32)
+            padded[: packed.shape[0]] = packed
+            out[f"{module}.weight_zero_point"] = padded
     cfg = dict(config)
     if args is not None:
         # compressed-tensors applies the scheme to "Linear" modules not in `ignore`

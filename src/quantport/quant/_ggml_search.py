@@ -1,0 +1,356 @@
+"""Vectorized ports of llama.cpp's per-block scale searches (``ggml-quants.c``).
+
+Every function here works on *element-major* arrays: shape ``[n, B]`` where ``n`` is the
+number of values in one block (16 or 32 for sub-blocks, 8 or 16 for super-block scale
+vectors) and ``B`` is the number of independent blocks. Two reasons:
+
+* ``np.add.reduce(a, axis=0)`` over a C-contiguous ``[n, B]`` array adds the rows one after
+  the other (``((a0 + a1) + a2) + ...``), exactly the float32 order of the C loops
+  ``for (i = 0; i < n; ++i) sum += ...``. Reducing along the last axis would use numpy's
+  pairwise summation instead and change the last bits, which flips near-tie decisions.
+* each elementwise step touches one contiguous vector of length ``B``.
+
+All arithmetic is float32, operation by operation in the C order (``w*x*l`` is ``(w*x)*l``,
+``a/b`` stays a division where C divides), so results are bit-identical to the C code as it
+is compiled in ``libggml-base`` (x86-64 baseline: SSE2, no FMA contraction).
+
+Loops below run over a small fixed number of search candidates or coordinate-descent steps,
+never over blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "GROUP_MAX_EPS",
+    "best_index_int8",
+    "first_absmax",
+    "make_q3_quants",
+    "make_qkx2_quants",
+    "make_qp_quants",
+    "make_qx_quants",
+    "nearest_int",
+    "qkx_codes",
+    "seq_sum",
+]
+
+F32 = np.float32
+#: ``GROUP_MAX_EPS`` of ggml-quants.c: groups whose largest magnitude is below it are "all zero".
+GROUP_MAX_EPS = F32(1e-15)
+_MAGIC = F32(12582912.0)
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """``nearest_int`` of ggml-quants.c, bit for bit, as int32.
+
+    C adds the magic number ``12582912.f`` (1.5 * 2**23) in float32 and reads the low 23
+    mantissa bits: round half to even for ``|v| <= 4194303``, and the same wrapped garbage as
+    C outside that range (the C ``assert`` is compiled out in release builds).
+    """
+    t = np.add(np.asarray(v, dtype=F32), _MAGIC, dtype=F32)
+    i = t.view(np.int32)
+    return (i & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+
+
+def seq_sum(a: np.ndarray, *, from_zero: bool = True) -> np.ndarray:
+    """Sum ``[n, B]`` over axis 0 in C loop order (float32, sequential).
+
+    ``from_zero`` reproduces ``float s = 0; for (...) s += a[i];`` (so ``-0.0`` terms give
+    ``+0.0``); ``from_zero=False`` reproduces sums that C starts from the first term.
+    """
+    # ``initial=-0.0`` makes the first step ``-0.0 + a[0] == a[0]`` exactly (C starting from
+    # the first term); ``+0.0`` is C's ``s = 0``.
+    init = F32(0.0) if from_zero else F32(-0.0)
+    if a.ndim == 2 and a.shape[1] < 2:
+        # numpy would drop the length-1 axis and sum pairwise; keep C's order explicitly.
+        s = np.full(a.shape[1:], init, dtype=F32)
+        for row in a:
+            s = s + row
+        return s
+    return np.add.reduce(np.ascontiguousarray(a), axis=0, initial=init, dtype=F32)
+
+
+def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``amax = max |x|`` and ``max`` = the signed value of its first occurrence, per column.
+
+    Matches ``float amax = 0, max = 0; if (ax > amax) { amax = ax; max = x[i]; }``: an
+    all-zero column gives ``max = +0.0``.
+    """
+    ax = np.abs(x)
+    idx = np.argmax(ax, axis=0)
+    cols = np.arange(x.shape[1])
+    amax = ax[idx, cols]
+    mx = x[idx, cols]
+    mx = np.where(amax > 0, mx, F32(0.0)).astype(F32, copy=False)
+    return amax, mx
+
+
+def _rint_clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``MAX(lo, MIN(hi, nearest_int(v)))`` as float32, for ``|v|`` within nearest_int's range."""
+    out = np.rint(v)
+    return np.clip(out, F32(lo), F32(hi), out=out)
+
+
+def make_qx_quants(
+    x: np.ndarray, nmax: int, qw: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: symmetric scale search.
+
+    Args:
+        x: ``[n, B]`` float32 values.
+        nmax: codes lie in ``[-nmax, nmax-1]``.
+        qw: ``[n, B]`` weights, or None for C's ``rmse_type == 1`` weights ``x*x``.
+
+    Returns:
+        ``(scale, iscale, zero)``: the fitted scale (C's return value), the inverse scale of
+        the winning candidate (the codes are ``clamp(nearest_int(iscale*x), -nmax, nmax-1)``)
+        and the mask of all-zero groups (C stores ``L = 0``, i.e. code ``-nmax``, there).
+    """
+    amax, mx = first_absmax(x)
+    zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1.0), mx).astype(F32, copy=False)
+    w = x * x if qw is None else qw
+    wx = w * x
+    lo, hi = -nmax, nmax - 1
+    # C: float iscale = -nmax / max;  (int negated, then converted)
+    iscale = F32(-nmax) / mx
+    ell = _rint_clip(iscale * x, lo, hi)
+    sumlx = seq_sum(wx * ell)
+    suml2 = seq_sum(w * ell * ell)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0.0)).astype(F32, copy=False)
+    best = scale * sumlx
+    best_iscale = iscale
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        # C: iscale = -(nmax + 0.1f*is) / max;
+        c = -(F32(nmax) + F32(0.1) * F32(step))
+        isc = F32(c) / mx
+        ell = _rint_clip(isc * x, lo, hi)
+        sumlx = seq_sum(wx * ell)
+        suml2 = seq_sum(w * ell * ell)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        if better.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new_scale = sumlx / suml2
+            scale = np.where(better, new_scale, scale)
+            best = np.where(better, new_scale * sumlx, best)
+            best_iscale = np.where(better, isc, best_iscale)
+    scale = np.where(zero, F32(0.0), scale).astype(F32, copy=False)
+    best_iscale = np.where(zero, F32(0.0), best_iscale).astype(F32, copy=False)
+    return scale, best_iscale, zero
+
+
+def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``make_q3_quants(n, nmax, x, L, do_rmse=true)``: symmetric scale + coordinate descent.
+
+    Returns ``(scale, codes)`` with codes (int32, ``[n, B]``) in ``[-nmax, nmax-1]``; all-zero
+    groups get C's ``L = 0`` stored, which is code ``-nmax``.
+    """
+    n = x.shape[0]
+    amax, mx = first_absmax(x)
+    zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1.0), mx).astype(F32, copy=False)
+    iscale = F32(-nmax) / mx
+    ell = _rint_clip(iscale * x, -nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    sumlx = seq_sum(wx * ell)
+    suml2 = seq_sum(w * ell * ell)
+    # Five passes of coordinate descent, one element at a time in C order. A block that
+    # changed nothing in a pass (C breaks out) would change nothing in later passes either,
+    # so running all five passes for every block gives the same result.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(5):
+            for i in range(n):
+                wi, wxi, xi, li = w[i], wx[i], x[i], ell[i]
+                slx = sumlx - wxi * li
+                sl2 = suml2 - wi * li * li
+                new_l = nearest_int(xi * sl2 / slx)
+                np.clip(new_l, -nmax, nmax - 1, out=new_l)
+                nl = new_l.astype(F32)
+                cand = (slx > 0) & (nl != li)
+                slx2 = slx + wxi * nl
+                sl22 = sl2 + wi * nl * nl
+                ok = cand & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                ell[i] = np.where(ok, nl, li)
+                sumlx = np.where(ok, slx2, sumlx)
+                suml2 = np.where(ok, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0.0)).astype(F32, copy=False)
+    codes = ell.astype(np.int32)
+    codes[:, zero] = -nmax
+    scale = np.where(zero, F32(0.0), scale).astype(F32, copy=False)
+    return scale, codes
+
+
+def make_qkx2_quants(
+    x: np.ndarray,
+    w: np.ndarray,
+    nmax: int,
+    rmin: float,
+    rdelta: float,
+    nstep: int,
+    use_mad: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qkx2_quants`` / ``make_qkx3_quants`` (with weights): asymmetric ``x ~ s*L + min``.
+
+    Args:
+        x: ``[n, B]`` float32 values; w: ``[n, B]`` float32 weights.
+        nmax: codes lie in ``[0, nmax]``.
+        rmin, rdelta, nstep: candidate inverse scales ``(rmin + rdelta*is + nmax)/(max-min)``
+            for ``is = 0..nstep``.
+        use_mad: weighted absolute error instead of squared error.
+
+    Returns:
+        ``(scale, the_min, iscale, min0)``: C's return value and ``*the_min`` (``-min``),
+        plus what reproduces C's ``L``: ``clamp(nearest_int(iscale*(x - min0)), 0, nmax)``
+        with the winning candidate's inverse scale and the min in force when it ran
+        (``iscale = 0`` for flat blocks, where C stores ``L = 0``).
+
+    ``make_qkx3_quants`` with non-NULL weights is the same computation (its ``max <= min``
+    test equals ``max == min`` because ``min <= max`` always).
+    """
+    xmin = np.minimum.reduce(x, axis=0)
+    xmax = np.maximum.reduce(x, axis=0)
+    xmin = np.where(xmin > 0, F32(0.0), xmin).astype(F32, copy=False)  # if (min > 0) min = 0;
+    sum_w = seq_sum(w, from_zero=False)  # C starts from weights[0]
+    wx = w * x
+    sum_x = seq_sum(wx, from_zero=False)  # C starts from sum_w * x[0]
+    flat = xmax == xmin
+    # C updates ``min`` when a candidate wins, and later candidates use the *current* min
+    # both in ``iscale = (...)/(max - min)`` and in ``nearest_int(iscale*(x[i] - min))``.
+    cur_min = xmin
+    rng = np.where(flat, F32(1.0), xmax - xmin).astype(F32, copy=False)
+    iscale = F32(nmax) / rng
+    scale = F32(1.0) / iscale
+    ell = np.rint(iscale * (x - cur_min))
+    np.clip(ell, F32(0.0), F32(nmax), out=ell)
+    diff = scale * ell
+    diff += xmin
+    diff -= x
+    err = np.abs(diff, out=diff) if use_mad else np.multiply(diff, diff, out=diff)
+    err *= w
+    best_error = seq_sum(err)
+    best_iscale = iscale
+    best_off = xmin  # the min that was subtracted when the winning L was computed
+    tmp = np.empty_like(x)
+    tmp2 = np.empty_like(x)
+    xm = x - cur_min  # C's x[i] - min with the current min
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for step in range(nstep + 1):
+            c = F32(F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)
+            isc = c / (xmax - cur_min)
+            np.multiply(xm, isc, out=ell)
+            np.rint(ell, out=ell)
+            # MAX(0, MIN(nmax, l)); np.clip is several times faster than minimum+maximum
+            np.clip(ell, F32(0.0), F32(nmax), out=ell)
+            np.multiply(w, ell, out=tmp)  # w*l
+            sum_l = seq_sum(tmp)
+            sum_xl = seq_sum(np.multiply(tmp, x, out=tmp2))  # w*l*x
+            tmp *= ell  # w*l*l
+            sum_l2 = seq_sum(tmp)
+            dd = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / dd
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / dd
+            pos = this_min > 0
+            if pos.any():
+                this_min = np.where(pos, F32(0.0), this_min)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            np.multiply(this_scale, ell, out=tmp)
+            tmp += this_min
+            tmp -= x
+            if use_mad:
+                np.abs(tmp, out=tmp)
+            else:
+                np.multiply(tmp, tmp, out=tmp)
+            tmp *= w
+            cur = seq_sum(tmp)
+            better = (dd > 0) & (cur < best_error) & ~flat
+            if better.any():
+                best_error = np.where(better, cur, best_error)
+                scale = np.where(better, this_scale, scale)
+                best_iscale = np.where(better, isc, best_iscale)
+                best_off = np.where(better, cur_min, best_off)
+                cur_min = np.where(better, this_min, cur_min)
+                np.subtract(x, cur_min, out=xm)
+    scale = np.where(flat, F32(0.0), scale).astype(F32, copy=False)
+    best_iscale = np.where(flat, F32(0.0), best_iscale).astype(F32, copy=False)
+    return scale, -cur_min, best_iscale, best_off
+
+
+def qkx_codes(x: np.ndarray, iscale: np.ndarray, min0: np.ndarray, nmax: int) -> np.ndarray:
+    """The ``L`` that :func:`make_qkx2_quants` leaves behind (int32, ``[n, B]``)."""
+    ell = np.rint(iscale * (x - min0))
+    np.clip(ell, 0, nmax, out=ell)
+    return ell.astype(np.int32)
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``make_qp_quants(n, nmax, x, L, quant_weights)``: scale for non-negative values.
+
+    Returns ``(scale, L)`` with ``L`` as C's ``uint8_t`` array holds it (int32, ``[n, B]``).
+    """
+    n = x.shape[0]
+    mx = np.maximum(np.maximum.reduce(x, axis=0), F32(0.0))
+    zero = mx < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1.0), mx).astype(F32, copy=False)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = F32(nmax) / mx
+        ell = nearest_int(iscale * x).astype(F32)
+        scale = F32(1.0) / iscale
+        diff = x - scale * ell
+        best_mse = seq_sum(qw * diff * diff)
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            isc = (F32(0.1) * F32(step) + F32(nmax)) / mx
+            sc = F32(1.0) / isc
+            ell = np.minimum(nearest_int(isc * x), nmax).astype(F32)
+            diff = x - sc * ell
+            mse = seq_sum(qw * diff * diff)
+            better = mse < best_mse
+            best_mse = np.where(better, mse, best_mse)
+            iscale = np.where(better, isc, iscale)
+        # uint8_t L[i] = MIN(nmax, l): the store wraps negative values
+        L = (np.minimum(nearest_int(iscale * x), nmax) & 0xFF).astype(np.int32)
+        Lf = L.astype(F32)
+        wx = qw * x
+        sumlx = seq_sum(wx * Lf)
+        suml2 = seq_sum(qw * Lf * Lf)
+        for _ in range(5):
+            for i in range(n):
+                wi, wxi, li = qw[i], wx[i], Lf[i]
+                slx = sumlx - wxi * li
+                sl2 = suml2 - wi * li * li
+                new_l = np.minimum(nearest_int(x[i] * sl2 / slx), nmax)
+                nl = new_l.astype(F32)
+                cand = (slx > 0) & (sl2 > 0) & (new_l != L[i])
+                slx2 = slx + wxi * nl
+                sl22 = sl2 + wi * nl * nl
+                ok = cand & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[i] = np.where(ok, new_l & 0xFF, L[i])
+                Lf[i] = L[i].astype(F32)
+                sumlx = np.where(ok, slx2, sumlx)
+                suml2 = np.where(ok, sl22, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0.0)).astype(F32, copy=False)
+    L[:, zero] = 0
+    scale = np.where(zero, F32(0.0), scale).astype(F32, copy=False)
+    return scale, L
+
+
+def best_index_int8(values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``best_index_int8(16, values, x)``: index of the nearest table value (ties as C).
+
+    ``values`` is the sorted int8 table as float32; returns int32 indices of ``x``'s shape.
+    """
+    n = values.shape[0]
+    mu = np.searchsorted(values, x, side="right")
+    np.clip(mu, 1, n - 1, out=mu)
+    lo_v = values[mu - 1]
+    hi_v = values[mu]
+    idx = np.where(x - lo_v < hi_v - x, mu - 1, mu)
+    idx = np.where(x <= values[0], 0, idx)
+    idx = np.where(x >= values[-1], n - 1, idx)
+    return idx.astype(np.int32)

@@ -1,0 +1,353 @@
+"""Validation: run the artifact in the runtime that will serve it and compare with the source.
+
+* safetensors checkpoints are loaded by transformers itself (with compressed-tensors for
+  quantized ones), not by quantport;
+* GGUF files are loaded by llama.cpp (llama-cpp-python, ``logits_all=True``).
+
+The reference is the source checkpoint run by transformers in float32. Both sides see the same
+token ids (the source tokenizer's), window by window over the evaluation text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantport.errors import QuantportError, ValidationFailed
+from quantport.validate.metrics import LogitStats
+
+__all__ = [
+    "Thresholds",
+    "ValidationReport",
+    "default_text",
+    "load_windows",
+    "validate",
+]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits. ``None`` disables a check."""
+
+    max_kld: float | None = 0.5
+    min_top1: float | None = 0.60
+    max_ppl_ratio: float | None = 1.5
+    min_cosine: float | None = 0.98
+
+
+@dataclass
+class ValidationReport:
+    """Result of comparing an artifact with its source.
+
+    The metric keys (``ppl``, ``ppl_reference``, ``kld_mean``, ``top1_agreement``,
+    ``max_abs_logit_diff``) are ``None`` where they do not apply (encoders have no next-token
+    distribution; they report ``cosine_mean``/``cosine_min`` of the embeddings instead).
+    """
+
+    artifact: str
+    reference: str
+    runtime: str
+    passed: bool
+    ppl: float | None = None
+    ppl_reference: float | None = None
+    kld_mean: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    top1_agreement: float | None = None
+    max_abs_logit_diff: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    n_windows: int = 0
+    window: int = 0
+    n_tokens_scored: int = 0
+    failures: list[str] = field(default_factory=list)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return asdict(self)
+
+
+def default_text() -> Path:
+    """The evaluation text: ``$QUANTPORT_EVAL_TEXT`` or the WikiText-2 test split in fixtures."""
+    env = os.environ.get("QUANTPORT_EVAL_TEXT")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "fixtures" / "wikitext-2" / "wiki.test.raw"
+        if cand.is_file():
+            return cand
+    raise QuantportError(
+        "no evaluation text found; pass --text FILE or set QUANTPORT_EVAL_TEXT"
+    )
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_windows(tokenizer: Any, text_path: Path, ctx: int, n_windows: int) -> list[np.ndarray]:
+    """Tokenize the text and cut it into ``n_windows`` consecutive windows of ``ctx`` tokens."""
+    try:
+        text = Path(text_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QuantportError(f"{text_path}: evaluation text not found") from None
+    except UnicodeDecodeError:
+        raise QuantportError(f"{text_path}: evaluation text is not UTF-8") from None
+    # tokenizing the whole 1.3 MB file takes seconds; take a prefix that surely suffices
+    need = ctx * n_windows
+    ids: list[int] = []
+    chars = need * 8
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) >= need or chars >= len(text):
+            break
+        chars *= 2
+    if len(ids) < ctx + 2:
+        raise QuantportError(f"{text_path}: text too short for one window of {ctx} tokens")
+    n = min(n_windows, len(ids) // ctx)
+    return [np.asarray(ids[i * ctx : (i + 1) * ctx], dtype=np.int64) for i in range(n)]
+
+
+class TransformersLM:
+    """A Hugging Face checkpoint run by transformers on CPU in float32."""
+
+    def __init__(self, path: str | os.PathLike[str], *, causal: bool = True,
+                 state_dict: dict[str, np.ndarray] | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        cls = AutoModelForCausalLM if causal else AutoModel
+        try:
+            self.model = cls.from_pretrained(str(path), dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise QuantportError(f"{path}: transformers cannot load it ({str(exc).splitlines()[0]})") from exc
+        if state_dict is not None:
+            sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+            missing = set(sd) - set(self.model.state_dict())
+            if missing:
+                raise QuantportError(f"tensors {sorted(missing)[:3]} do not belong to the model")
+            self.model.load_state_dict(sd, strict=False)
+            if getattr(self.model.config, "tie_word_embeddings", False):
+                self.model.tie_weights()
+        self.model.eval()
+        self.causal = causal
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Next-token logits for every position, float32 ``[n, vocab]``."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.as_tensor(ids)[None])
+        return out.logits[0].float().numpy()
+
+    def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean-pooled last hidden states (sentence-transformers pooling)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
+        h = out.last_hidden_state.float().numpy()
+        m = mask[..., None].astype(np.float32)
+        return (h * m).sum(1) / np.maximum(m.sum(1), 1)
+
+
+class LlamaCppLM:
+    """A GGUF file run by llama.cpp through llama-cpp-python, full-vocabulary logits."""
+
+    def __init__(self, path: str | os.PathLike[str], *, n_ctx: int = 512,
+                 embedding: bool = False) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise QuantportError("llama-cpp-python is required to run GGUF files") from exc
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                             logits_all=not embedding, embedding=embedding, verbose=False,
+                             n_threads=max(1, min(os.cpu_count() or 1, 8)))
+        except (ValueError, RuntimeError) as exc:
+            raise QuantportError(f"{path}: llama.cpp cannot load it ({exc})") from exc
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits for every position of one window."""
+        self.llm.reset()
+        self.llm.eval([int(i) for i in ids])
+        return np.array(self.llm.scores[: self.llm.n_tokens], dtype=np.float32)
+
+    def close(self) -> None:
+        """Free the llama.cpp context."""
+        self.llm.close()
+
+
+def _reference_dir(against: str | os.PathLike[str] | None, tmp: Path) -> tuple[Path, Any]:
+    from quantport.converters.convert import export_dense
+    from quantport.converters.sources import GGUFSource, HFCheckpoint, open_source
+
+    src = open_source(against)
+    if isinstance(src, GGUFSource):
+        out = tmp / "reference"
+        export_dense(src, out, dtype="F32")
+        return out, HFCheckpoint(out)
+    return Path(src.path), src
+
+
+def _causal_compare(art: Any, ref: Any, windows: list[np.ndarray], on_progress: Progress | None,
+                    extra_ref: Any = None) -> tuple[dict[str, float], dict[str, float] | None]:
+    stats = LogitStats()
+    ir_stats = LogitStats() if extra_ref is not None else None
+    for i, w in enumerate(windows):
+        r = ref.logits(w)
+        a = art.logits(w)
+        stats.add(r, a, w, len(w) // 2)
+        if ir_stats is not None:
+            ir_stats.add(extra_ref.logits(w), a, w, len(w) // 2)
+        if on_progress:
+            on_progress("validate", i + 1, len(windows))
+    return stats.summary(), (ir_stats.summary() if ir_stats else None)
+
+
+def validate(
+    artifact: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    text: str | os.PathLike[str] | None = None,
+    ctx: int = 512,
+    n_windows: int = 8,
+    thresholds: Thresholds | None = None,
+    on_progress: Progress | None = None,
+    raise_on_fail: bool = False,
+) -> ValidationReport:
+    """Compare an artifact's outputs with its source model's on real text.
+
+    Args:
+        artifact: a safetensors checkpoint directory or a ``.gguf`` file.
+        against: the source (checkpoint directory, GGUF, alias); ``None`` = default model.
+        text: evaluation text file (default: WikiText-2 test split).
+        ctx: tokens per window.
+        n_windows: number of windows.
+        thresholds: pass/fail limits.
+        on_progress: progress callback.
+        raise_on_fail: raise :class:`ValidationFailed` instead of returning a failed report.
+
+    Returns:
+        The report; ``passed`` says whether every threshold held.
+    """
+    th = thresholds or Thresholds()
+    art_path = Path(artifact)
+    if not art_path.exists():
+        raise QuantportError(f"{art_path}: artifact not found")
+    with tempfile.TemporaryDirectory(prefix="quantport-val-") as tmpd:
+        ref_dir, ref_src = _reference_dir(against, Path(tmpd))
+        causal = ref_src.architecture.causal
+        tok = _tokenizer(ref_dir)
+        text_path = Path(text) if text else default_text()
+        if art_path.is_dir():
+            runtime = "transformers"
+            art: Any = TransformersLM(art_path, causal=causal)
+        elif art_path.suffix == ".gguf":
+            runtime = "llama.cpp"
+            if not causal:
+                return _validate_gguf_encoder(art_path, ref_dir, tok, text_path, th, on_progress)
+            art = LlamaCppLM(art_path, n_ctx=ctx)
+        elif art_path.suffix == ".onnx":
+            raise QuantportError(f"{art_path}: ONNX validation is not available yet")
+        else:
+            raise QuantportError(
+                f"{art_path}: unknown artifact type (expected a checkpoint directory or .gguf)"
+            )
+        ref = TransformersLM(ref_dir, causal=causal)
+        if causal:
+            windows = load_windows(tok, text_path, ctx, n_windows)
+            metrics, _ = _causal_compare(art, ref, windows, on_progress)
+            report = ValidationReport(str(art_path), str(ref_dir), runtime, True, **metrics,
+                                      n_windows=len(windows), window=ctx)
+        else:
+            report = _encoder_report(art, ref, tok, text_path, runtime, str(art_path),
+                                     str(ref_dir), on_progress)
+    return _judge(report, th, raise_on_fail)
+
+
+def _sentences(text_path: Path, n: int) -> list[str]:
+    lines = [ln.strip() for ln in Path(text_path).read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if len(ln.split()) >= 8 and not ln.startswith("=")][:n]
+
+
+def _encoder_report(art: Any, ref: Any, tok: Any, text_path: Path, runtime: str, art_name: str,
+                    ref_name: str, on_progress: Progress | None) -> ValidationReport:
+    sents = _sentences(text_path, 64)
+    cos: list[float] = []
+    max_abs = 0.0
+    for i in range(0, len(sents), 16):
+        enc = tok(sents[i : i + 16], padding=True, truncation=True, max_length=128,
+                  return_tensors="np")
+        a = art.embed(enc["input_ids"], enc["attention_mask"])
+        r = ref.embed(enc["input_ids"], enc["attention_mask"])
+        max_abs = max(max_abs, float(np.abs(a - r).max()))
+        cos.extend((a * r).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1)))
+        if on_progress:
+            on_progress("validate", min(i + 16, len(sents)), len(sents))
+    return ValidationReport(art_name, ref_name, runtime, True, cosine_mean=float(np.mean(cos)),
+                            cosine_min=float(np.min(cos)), max_abs_logit_diff=max_abs,
+                            n_windows=len(sents), window=128)
+
+
+def _validate_gguf_encoder(art_path: Path, ref_dir: Path, tok: Any, text_path: Path,
+                           th: Thresholds, on_progress: Progress | None) -> ValidationReport:
+    ref = TransformersLM(ref_dir, causal=False)
+    art = LlamaCppLM(art_path, n_ctx=512, embedding=True)
+    sents = _sentences(text_path, 32)
+    cos: list[float] = []
+    for i, s in enumerate(sents):
+        enc = tok([s], truncation=True, max_length=128, return_tensors="np")
+        r = ref.embed(enc["input_ids"], enc["attention_mask"])[0]
+        a = np.asarray(art.llm.embed(s, normalize=False), dtype=np.float32)
+        if a.ndim == 2:
+            a = a.mean(0)
+        cos.append(float(a @ r / (np.linalg.norm(a) * np.linalg.norm(r))))
+        if on_progress:
+            on_progress("validate", i + 1, len(sents))
+    report = ValidationReport(str(art_path), str(ref_dir), "llama.cpp", True,
+                              cosine_mean=float(np.mean(cos)), cosine_min=float(np.min(cos)),
+                              n_windows=len(sents), window=128)
+    return _judge(report, th, False)
+
+
+def _judge(report: ValidationReport, th: Thresholds, raise_on_fail: bool) -> ValidationReport:
+    fails = []
+    report.thresholds = asdict(th)
+    if report.kld_mean is not None and th.max_kld is not None and report.kld_mean > th.max_kld:
+        fails.append(f"kld_mean {report.kld_mean:.4f} > {th.max_kld}")
+    if (report.top1_agreement is not None and th.min_top1 is not None
+            and report.top1_agreement < th.min_top1):
+        fails.append(f"top1_agreement {report.top1_agreement:.4f} < {th.min_top1}")
+    if (report.ppl is not None and report.ppl_reference and th.max_ppl_ratio is not None
+            and report.ppl / report.ppl_reference > th.max_ppl_ratio):
+        fails.append(f"ppl ratio {report.ppl / report.ppl_reference:.4f} > {th.max_ppl_ratio}")
+    if (report.cosine_mean is not None and th.min_cosine is not None
+            and report.cosine_mean < th.min_cosine):
+        fails.append(f"cosine_mean {report.cosine_mean:.4f} < {th.min_cosine}")
+    report.failures = fails
+    report.passed = not fails
+    if fails and raise_on_fail:
+        raise ValidationFailed(f"{report.artifact}: validation failed: {'; '.join(fails)}", report)
+    return report
+
+
+def report_json(report: ValidationReport) -> str:
+    """The report as indented JSON."""
+    return json.dumps(report.to_dict(), indent=2)
