@@ -1,0 +1,191 @@
+"""Every command, its success path and its error paths, through click's CliRunner."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from quantport.cli.main import cli
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("cmd", ["convert", "validate", "inspect", "list"])
+def test_help_has_example(runner, cmd):
+    res = run(runner, cmd, "--help")
+    assert res.exit_code == 0
+    assert "Example" in res.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from quantport.cli.main import cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_list(runner):
+    res = run(runner, "list", "--json")
+    assert res.exit_code == 0
+    d = json.loads(res.stdout)
+    assert {a["name"] for a in d["architectures"]} == {"llama", "bert"}
+    assert "w4-g64-sym" in d["schemes"] and "Q4_K_M" in d["gguf_presets"]
+    assert "Q6_K" in d["gguf_types"]
+    assert "architectures:" in run(runner, "list").output
+
+
+def test_convert_inspect_validate_tiny(runner, tiny_llama, tmp_path):
+    out = tmp_path / "w4"
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
+              "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["n_quantized"] == 14 and rep["quant"] == "w4-g32-sym"
+    info = json.loads(run(runner, "inspect", out, "--json").stdout)
+    assert info["format"] == "safetensors"
+    assert info["quantization"]["weights"]["group_0"]["group_size"] == 32
+    assert any(t["name"].endswith("q_proj.weight_packed") for t in info["tensors"])
+    res = run(runner, "validate", out, "--against", tiny_llama, "--windows", "2", "--ctx", "64",
+              "--json")
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)
+    for key in ("ppl", "ppl_reference", "kld_mean", "top1_agreement", "max_abs_logit_diff",
+                "passed"):
+        assert key in v
+    assert v["passed"] is True and v["runtime"] == "transformers"
+    # text report
+    res = run(runner, "validate", out, "--against", tiny_llama, "--windows", "1", "--ctx", "64")
+    assert res.exit_code == 0 and "PASSED" in res.output
+    # thresholds breached -> exit 3
+    res = run(runner, "validate", out, "--against", tiny_llama, "--windows", "1", "--ctx", "64",
+              "--max-kld", "0", "--json")
+    assert res.exit_code == 3
+    assert json.loads(res.stdout)["passed"] is False
+
+
+def test_existing_output_needs_force(runner, tiny_llama, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
+              "-o", out)
+    assert res.exit_code == 1 and "already exists; pass --force" in res.output
+    assert (out / "keep").read_text() == "x"
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
+              "-o", out, "--force", "-q")
+    assert res.exit_code == 0 and (out / "model.safetensors").is_file()
+    assert not (out / "keep").exists()
+
+
+def test_group_size_refused_then_kept(runner, tiny_llama, tmp_path):
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g128-sym",
+              "-o", tmp_path / "a")
+    assert res.exit_code == 1
+    assert "model.layers.0." in res.output and "input width 64" in res.output
+    assert "that divide it: 32, 64 " in res.output
+    assert not (tmp_path / "a").exists()
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g128-sym",
+              "-o", tmp_path / "b", "--keep-unquantized", "--json")
+    assert res.exit_code == 0
+    d = json.loads(res.stdout)
+    assert d["n_quantized"] == 2 and len(d["kept"]) == 12  # only down_proj (width 128) is cut
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "msg"),
+    [
+        (["--quant", "w9-g32-sym"], 1, "bits must be 2..8"),
+        (["--quant", "int4"], 1, "unknown quantization scheme"),
+        (["--quant", "w4-g32-sym", "--pure"], 2, "apply to --to gguf only"),
+    ],
+)
+def test_convert_bad_options(runner, tiny_llama, tmp_path, args, code, msg):
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "-o", tmp_path / "x", *args)
+    assert res.exit_code == code
+    assert msg in res.output
+    assert "Traceback" not in res.output
+
+
+def test_convert_onnx_not_yet(runner, tiny_llama, tmp_path):
+    res = run(runner, "convert", tiny_llama, "--to", "onnx", "--quant", "w8-channel-sym",
+              "-o", tmp_path / "x")
+    assert res.exit_code == 1 and "not available yet" in res.output
+
+
+def test_bad_sources(runner, tiny_llama, tmp_path):
+    d = tmp_path / "gpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"architectures": ["GPTNeoXForCausalLM"]}))
+    res = run(runner, "convert", d, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "not supported; supported: llama" in res.output
+    (d / "config.json").write_text("{")
+    res = run(runner, "convert", d, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "invalid JSON" in res.output
+    (d / "config.json").unlink()
+    res = run(runner, "convert", d, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "no config.json" in res.output
+    # truncated safetensors
+    t = tmp_path / "trunc"
+    shutil.copytree(tiny_llama, t)
+    data = (t / "model.safetensors").read_bytes()
+    (t / "model.safetensors").write_bytes(data[: len(data) // 2])
+    res = run(runner, "convert", t, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "truncated" in res.output
+    # pickle checkpoints need --allow-pickle
+    (t / "model.safetensors").unlink()
+    (t / "pytorch_model.bin").write_bytes(b"not really")
+    res = run(runner, "convert", t, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "--allow-pickle" in res.output
+    res = run(runner, "convert", t, "--to", "safetensors", "--quant", "f16", "-o",
+              tmp_path / "o", "--allow-pickle")
+    assert res.exit_code == 1 and "cannot load pickle" in res.output
+    assert not (tmp_path / "o").exists()
+    res = run(runner, "convert", tmp_path / "missing", "--to", "safetensors", "--quant", "f16",
+              "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "no such file" in res.output
+
+
+def test_full_disk_leaves_nothing(runner, tiny_llama, tmp_path, monkeypatch):
+    import quantport.formats.compressed_tensors as ct
+
+    def boom(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ct, "write_safetensors", boom)
+    out = tmp_path / "o"
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
+              "-o", out)
+    assert res.exit_code == 1 and "no space left" in res.output
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_inspect_errors_and_gguf(runner, tmp_path, smollm2_gguf):
+    res = run(runner, "inspect", tmp_path / "nope")
+    assert res.exit_code == 1 and "no such file" in res.output
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(smollm2_gguf.read_bytes()[:5000])
+    res = run(runner, "inspect", bad)
+    assert res.exit_code == 1 and "Error:" in res.output and "Traceback" not in res.output
+    res = run(runner, "inspect", smollm2_gguf, "--json")
+    d = json.loads(res.stdout)
+    assert d["format"] == "gguf" and d["quantization"]["types"]["Q4_1"] == 210
+    assert d["metadata"]["general.architecture"] == "llama"
+    res = run(runner, "inspect", smollm2_gguf)
+    assert res.exit_code == 0 and "token_embd.weight" in res.output
+
+
+def test_validate_missing_artifact(runner, tmp_path):
+    res = run(runner, "validate", tmp_path / "nope")
+    assert res.exit_code == 1 and "not found" in res.output

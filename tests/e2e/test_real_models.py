@@ -1,0 +1,94 @@
+"""End to end on the real embedded models: SmolLM2-135M-Instruct and all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quantport.cli.main import cli
+from quantport.converters.convert import dequantized_state, quantize_source
+from quantport.converters.sources import open_source
+from quantport.quant.scheme import parse_scheme
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2_w4(tmp_path_factory, default_model_dir):
+    out = tmp_path_factory.mktemp("e2e") / "smollm2-w4"
+    res = run("convert", "--to", "safetensors", "--quant", "w4-g64-sym", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_transformers_logits_equal_ir(smollm2_w4, default_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    ids = tok("The tower is 324 metres tall, about the same height as", return_tensors="pt").input_ids
+    art = AutoModelForCausalLM.from_pretrained(smollm2_w4, dtype=torch.float32)
+    with torch.inference_mode():
+        got = art(ids).logits[0].numpy()
+    # quantport's own meaning of the same weights: the shared dequantize() of the IR
+    src = open_source(default_model_dir)
+    tensors, _ = quantize_source(src, parse_scheme("w4-g64-sym"))
+    ref = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dequantized_state(tensors).items()}
+    ref.load_state_dict(sd, strict=False)
+    with torch.inference_mode():
+        want = ref(ids).logits[0].numpy()
+    assert np.abs(got - want).max() < 1e-3
+    # and it is really quantized: the fp32 source differs
+    src_model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        orig = src_model(ids).logits[0].numpy()
+    assert np.abs(orig - want).max() > 1e-2
+
+
+def test_validate_json(smollm2_w4):
+    res = run("validate", smollm2_w4, "--against", "smollm2", "--windows", "2", "--json")
+    assert res.exit_code in (0, 3), res.output
+    d = json.loads(res.stdout)
+    for key in ("ppl", "ppl_reference", "kld_mean", "top1_agreement", "max_abs_logit_diff",
+                "passed"):
+        assert key in d
+    assert d["ppl_reference"] < d["ppl"] < 2 * d["ppl_reference"]
+    assert 0 < d["kld_mean"] < 1.0 and 0.5 < d["top1_agreement"] < 1.0
+    assert d["passed"] == (res.exit_code == 0)
+
+
+def test_inspect_json_gguf_and_safetensors(smollm2_w4, smollm2_gguf):
+    d = json.loads(run("inspect", smollm2_w4, "--json").stdout)
+    assert d["quantization"]["quantized_modules"] == 210
+    g = json.loads(run("inspect", smollm2_gguf, "--json").stdout)
+    assert len(g["tensors"]) == 272 and g["metadata"]["llama.block_count"] == 30
+
+
+def test_minilm_w8_validates(tmp_path):
+    out = tmp_path / "minilm-w8"
+    res = run("convert", "minilm", "--to", "safetensors", "--quant", "w8-channel-sym", "-o", out,
+              "-q", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_quantized"] == 36
+    res = run("validate", out, "--against", "minilm", "--json")
+    d = json.loads(res.stdout)
+    assert res.exit_code == 0, res.output
+    assert d["cosine_mean"] > 0.99 and d["ppl"] is None
+
+
+def test_gguf_to_dense_safetensors(tmp_path, smollm2_gguf):
+    out = tmp_path / "f16"
+    res = run("convert", smollm2_gguf, "--to", "safetensors", "--quant", "f16", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert m.config.tie_word_embeddings and m.model.embed_tokens.weight.shape == (49152, 576)
