@@ -20,7 +20,8 @@ import numpy as np
 from quantport.converters.arch import ARCHITECTURES, Architecture, detect_architecture, llama_unpermute
 from quantport.converters.tokenizer import hf_tokenizer_from_gguf
 from quantport.errors import ConfigError, FormatError, QuantportError
-from quantport.formats.gguf_file import open_gguf, read_tensor_f32, scan_gguf
+from quantport.formats.gguf_file import open_gguf, read_tensor_ir, scan_gguf
+from quantport.ir import QuantizedTensor, dequantize
 from quantport.formats.safetensors import SafetensorsFile
 
 __all__ = [
@@ -245,9 +246,14 @@ class GGUFSource:
         return self._shapes[name]
 
     def get(self, name: str) -> np.ndarray:
-        """Dequantize one tensor to float32 in HF layout."""
+        """Dequantize one tensor to float32 in HF layout.
+
+        Types quantport implements are read into IR records and dequantized by the shared
+        :func:`quantport.ir.dequantize`; other types go through ``gguf.quants``.
+        """
         gname = self._gguf_of[name]
-        w = read_tensor_f32(self._reader, gname)
+        t = read_tensor_ir(self._reader, gname)
+        w = dequantize(t) if isinstance(t, QuantizedTensor) else t
         if gname.endswith("attn_q.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head)
         elif gname.endswith("attn_k.weight"):

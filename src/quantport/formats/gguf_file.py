@@ -21,7 +21,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 
-__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor_f32", "scan_gguf"]
+__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor_f32", "read_tensor_ir", "scan_gguf"]
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -210,6 +210,25 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
         return GGUFReader(path, "r")
     except (ValueError, struct.error) as exc:
         raise FormatError(f"{path}: cannot read GGUF ({exc})") from exc
+
+
+def read_tensor_ir(reader: Any, name: str) -> Any:
+    """One tensor of an open reader as quantport IR where quantport knows the type.
+
+    Returns a :class:`~quantport.ir.QuantizedTensor` for the ggml types of
+    :mod:`quantport.formats.gguf_blocks` (2-D), else a float32 array (F32/F16/BF16 and types
+    only ``gguf.quants`` can dequantize).
+    """
+    from quantport.formats.gguf_blocks import GGML_BLOCK, unpack
+
+    for t in reader.tensors:
+        if t.name == name:
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            tname = t.tensor_type.name
+            if tname in GGML_BLOCK and tname not in ("F32", "F16", "BF16") and len(shape) == 2:
+                return unpack(tname, np.asarray(t.data), shape)
+            return read_tensor_f32(reader, name)
+    raise KeyError(name)
 
 
 def read_tensor_f32(reader: Any, name: str) -> np.ndarray:

@@ -206,6 +206,15 @@ def _reference_dir(against: str | os.PathLike[str] | None, tmp: Path) -> tuple[P
     return Path(src.path), src
 
 
+def _ir_model(gguf_path: Path, ref_dir: Path) -> TransformersLM:
+    """The source architecture loaded with the GGUF's own weights, dequantized by quantport."""
+    from quantport.converters.sources import GGUFSource
+
+    src = GGUFSource(gguf_path)
+    state = {n: src.get(n) for n in src.names()}
+    return TransformersLM(ref_dir, causal=True, state_dict=state)
+
+
 def _causal_compare(art: Any, ref: Any, windows: list[np.ndarray], on_progress: Progress | None,
                     extra_ref: Any = None) -> tuple[dict[str, float], dict[str, float] | None]:
     stats = LogitStats()
@@ -256,6 +265,7 @@ def validate(
         causal = ref_src.architecture.causal
         tok = _tokenizer(ref_dir)
         text_path = Path(text) if text else default_text()
+        ir_ref = None
         if art_path.is_dir():
             runtime = "transformers"
             art: Any = TransformersLM(art_path, causal=causal)
@@ -264,6 +274,7 @@ def validate(
             if not causal:
                 return _validate_gguf_encoder(art_path, ref_dir, tok, text_path, th, on_progress)
             art = LlamaCppLM(art_path, n_ctx=ctx)
+            ir_ref = _ir_model(art_path, ref_dir)
         elif art_path.suffix == ".onnx":
             raise QuantportError(f"{art_path}: ONNX validation is not available yet")
         else:
@@ -273,9 +284,18 @@ def validate(
         ref = TransformersLM(ref_dir, causal=causal)
         if causal:
             windows = load_windows(tok, text_path, ctx, n_windows)
-            metrics, _ = _causal_compare(art, ref, windows, on_progress)
+            metrics, ir_metrics = _causal_compare(art, ref, windows, on_progress, ir_ref)
             report = ValidationReport(str(art_path), str(ref_dir), runtime, True, **metrics,
                                       n_windows=len(windows), window=ctx)
+            if ir_metrics is not None:
+                # (a) the file means what the IR means: llama.cpp vs quantport's torch forward
+                # of the very weights the file holds, dequantized by quantport
+                report.extra = {
+                    "ir_kld_mean": ir_metrics["kld_mean"],
+                    "ir_top1_agreement": ir_metrics["top1_agreement"],
+                    "ir_max_abs_logit_diff": ir_metrics["max_abs_logit_diff"],
+                    "ir_ppl": ir_metrics["ppl_reference"],
+                }
         else:
             report = _encoder_report(art, ref, tok, text_path, runtime, str(art_path),
                                      str(ref_dir), on_progress)
