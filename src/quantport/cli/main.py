@@ -39,11 +39,13 @@ class _Bars:
 
         bar = self.bars.get(phase)
         if bar is None:
+            as_bytes = phase in ("write",)
             bar = self.bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False,
-                                          unit="step", dynamic_ncols=True)
+                                          unit="B" if as_bytes else "tensor",
+                                          unit_scale=as_bytes, dynamic_ncols=True,
+                                          mininterval=0.25)
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # update() honours mininterval; refresh() would redraw each call
         if done >= total:
             bar.close()
             del self.bars[phase]
@@ -199,15 +201,20 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
         rows = [{"name": p.name, "shape": list(p.shape), "type": p.type, "reason": p.reason,
                  "bytes": p.nbytes} for p in result.plan]
         if as_json:
-            click.echo(json.dumps({"output": str(output), "file_size": result.file_size,
+            click.echo(json.dumps({"output": str(output), "file_size": result.size,
                                    "tensors": rows}, indent=2))
         else:
             for r in rows:
                 click.echo(f"{r['name']:<32} {str(tuple(r['shape'])):<16} {r['type']:<7} "
                            f"{r['bytes']:>12,}  {r['reason']}")
-            click.echo(f"file size: {result.file_size:,} bytes ({result.file_size / 2**20:.2f} MiB)")
+            click.echo(f"file size: {result.size:,} bytes ({result.size / 2**20:.2f} MiB)")
         return
-    _emit_convert(result.report.to_dict(), as_json)
+    d = result.report.to_dict()
+    types: dict[str, int] = {}
+    for p in result.plan:
+        types[p.type] = types.get(p.type, 0) + 1
+    d["tensor_types"] = types
+    _emit_convert(d, as_json)
 
 
 def _emit_convert(d: dict[str, Any], as_json: bool) -> None:
@@ -216,6 +223,9 @@ def _emit_convert(d: dict[str, Any], as_json: bool) -> None:
         return
     click.echo(f"wrote {d['output']} ({d['format']}, {d['quant']}): {d['bytes'] / 2**20:.1f} MiB, "
                f"{d['n_quantized']} tensors quantized in {d['seconds']:.1f}s")
+    if "tensor_types" in d:
+        click.echo("  tensor types: " + ", ".join(f"{k} x{v}" for k, v in d["tensor_types"].items()))
+        return
     for name, why in d.get("kept", {}).items():
         click.echo(f"  kept in float: {name} ({why})")
 
