@@ -92,6 +92,13 @@ def _rint_clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, F32(lo), F32(hi), out=out)
 
 
+def _pad_cols(*arrays: np.ndarray | None) -> tuple[np.ndarray | None, ...]:
+    """Give ``[n, 1]`` arrays a second (zero) column: numpy would sum a single column pairwise."""
+    return tuple(
+        None if a is None else np.concatenate([a, np.zeros_like(a)], axis=1) for a in arrays
+    )
+
+
 def make_qx_quants(
     x: np.ndarray, nmax: int, qw: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,39 +114,52 @@ def make_qx_quants(
         the winning candidate (the codes are ``clamp(nearest_int(iscale*x), -nmax, nmax-1)``)
         and the mask of all-zero groups (C stores ``L = 0``, i.e. code ``-nmax``, there).
     """
+    if x.shape[1] == 1:
+        xp, qp = _pad_cols(x, qw)
+        return tuple(r[:1] for r in make_qx_quants(xp, nmax, qp))  # type: ignore[return-value]
+    x = np.ascontiguousarray(x, dtype=F32)
     amax, mx = first_absmax(x)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1.0), mx).astype(F32, copy=False)
-    w = x * x if qw is None else qw
+    w = x * x if qw is None else np.ascontiguousarray(qw, dtype=F32)
     wx = w * x
-    lo, hi = -nmax, nmax - 1
-    # C: float iscale = -nmax / max;  (int negated, then converted)
-    iscale = F32(-nmax) / mx
-    ell = _rint_clip(iscale * x, lo, hi)
-    sumlx = seq_sum(wx * ell)
-    suml2 = seq_sum(w * ell * ell)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    lo, hi = F32(-nmax), F32(nmax - 1)
+    ell = np.empty_like(x)
+    tmp = np.empty_like(x)
+    zf = F32(0.0)
+
+    def sums(isc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        np.multiply(x, isc, out=ell)
+        np.rint(ell, out=ell)  # nearest_int (half to even), exact for |v| < 2**22
+        np.clip(ell, lo, hi, out=ell)
+        np.multiply(wx, ell, out=tmp)  # (w*x)*l
+        sumlx = np.add.reduce(tmp, axis=0, initial=zf)
+        np.multiply(w, ell, out=tmp)  # (w*l)*l
+        np.multiply(tmp, ell, out=tmp)
+        return sumlx, np.add.reduce(tmp, axis=0, initial=zf)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # C: float iscale = -nmax / max;  (int negated, then converted)
+        best_iscale = F32(-nmax) / mx
+        sumlx, suml2 = sums(best_iscale)
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0.0)).astype(F32, copy=False)
-    best = scale * sumlx
-    best_iscale = iscale
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        # C: iscale = -(nmax + 0.1f*is) / max;
-        c = -(F32(nmax) + F32(0.1) * F32(step))
-        isc = F32(c) / mx
-        ell = _rint_clip(isc * x, lo, hi)
-        sumlx = seq_sum(wx * ell)
-        suml2 = seq_sum(w * ell * ell)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        if better.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            # C: iscale = -(nmax + 0.1f*is) / max;
+            isc = F32(-(F32(nmax) + F32(0.1) * F32(step))) / mx
+            sumlx, suml2 = sums(isc)
+            better = sumlx * sumlx
+            better = better > best * suml2
+            better &= suml2 > 0
+            if better.any():
                 new_scale = sumlx / suml2
-            scale = np.where(better, new_scale, scale)
-            best = np.where(better, new_scale * sumlx, best)
-            best_iscale = np.where(better, isc, best_iscale)
-    scale = np.where(zero, F32(0.0), scale).astype(F32, copy=False)
-    best_iscale = np.where(zero, F32(0.0), best_iscale).astype(F32, copy=False)
+                np.putmask(scale, better, new_scale)
+                np.putmask(best, better, new_scale * sumlx)
+                np.putmask(best_iscale, better, isc)
+    scale[zero] = F32(0.0)
+    best_iscale[zero] = F32(0.0)
     return scale, best_iscale, zero
 
 
@@ -212,71 +232,93 @@ def make_qkx2_quants(
     ``make_qkx3_quants`` with non-NULL weights is the same computation (its ``max <= min``
     test equals ``max == min`` because ``min <= max`` always).
     """
+    if x.shape[1] == 1:
+        xp, wp = _pad_cols(x, w)
+        res = make_qkx2_quants(xp, wp, nmax, rmin, rdelta, nstep, use_mad)  # type: ignore[arg-type]
+        return tuple(r[:1] for r in res)  # type: ignore[return-value]
+    x = np.ascontiguousarray(x, dtype=F32)
+    w = np.ascontiguousarray(w, dtype=F32)
+    zf, fmax = F32(0.0), F32(nmax)
     xmin = np.minimum.reduce(x, axis=0)
     xmax = np.maximum.reduce(x, axis=0)
     xmin = np.where(xmin > 0, F32(0.0), xmin).astype(F32, copy=False)  # if (min > 0) min = 0;
-    sum_w = seq_sum(w, from_zero=False)  # C starts from weights[0]
-    wx = w * x
-    sum_x = seq_sum(wx, from_zero=False)  # C starts from sum_w * x[0]
     flat = xmax == xmin
-    # C updates ``min`` when a candidate wins, and later candidates use the *current* min
-    # both in ``iscale = (...)/(max - min)`` and in ``nearest_int(iscale*(x[i] - min))``.
-    cur_min = xmin
-    rng = np.where(flat, F32(1.0), xmax - xmin).astype(F32, copy=False)
-    iscale = F32(nmax) / rng
-    scale = F32(1.0) / iscale
-    ell = np.rint(iscale * (x - cur_min))
-    np.clip(ell, F32(0.0), F32(nmax), out=ell)
-    diff = scale * ell
-    diff += xmin
-    diff -= x
-    err = np.abs(diff, out=diff) if use_mad else np.multiply(diff, diff, out=diff)
-    err *= w
-    best_error = seq_sum(err)
-    best_iscale = iscale
-    best_off = xmin  # the min that was subtracted when the winning L was computed
+    ell = np.empty_like(x)
     tmp = np.empty_like(x)
     tmp2 = np.empty_like(x)
-    xm = x - cur_min  # C's x[i] - min with the current min
+    # Per-block sums, one row each, laid out so that the two numerators below are a single
+    # operation on pairs of rows: 0 sum_w, 1 sum_l2, 2 sum_xl, 3 sum_x, 4 sum_l, 5 sum_xl.
+    sm = np.empty((6, x.shape[1]), dtype=F32)
+    sm[0] = seq_sum(w, from_zero=False)  # C starts from weights[0]
+    np.multiply(w, x, out=tmp)
+    sm[3] = seq_sum(tmp, from_zero=False)  # C starts from sum_w * x[0]
+
+    def error(s: np.ndarray, m: np.ndarray) -> np.ndarray:
+        # sum of w * (s*l + m - x)^2 (or |.|), in C order
+        np.multiply(ell, s, out=tmp)
+        np.add(tmp, m, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        if use_mad:
+            np.abs(tmp, out=tmp)
+        else:
+            np.multiply(tmp, tmp, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        return np.add.reduce(tmp, axis=0, initial=zf)
+
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # C updates ``min`` when a candidate wins, and later candidates use the *current* min
+        # both in ``iscale = (...)/(max - min)`` and in ``nearest_int(iscale*(x[i] - min))``.
+        rng = np.where(flat, F32(1.0), xmax - xmin).astype(F32, copy=False)
+        best_iscale = fmax / rng
+        scale = F32(1.0) / best_iscale
+        xm = x - xmin  # C's x[i] - min with the current min
+        np.multiply(xm, best_iscale, out=ell)
+        np.rint(ell, out=ell)
+        np.clip(ell, zf, fmax, out=ell)
+        best_error = error(scale, xmin)
+        best_error[flat] = -np.inf  # C returns before the search: no candidate may win
+        cur_min = xmin.copy()
+        best_off = xmin.copy()  # the min that was subtracted when the winning L was computed
+        rng = xmax - cur_min
+        num = np.empty((2, x.shape[1]), dtype=F32)
         for step in range(nstep + 1):
-            c = F32(F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)
-            isc = c / (xmax - cur_min)
+            c = F32(F32(rmin) + F32(rdelta) * F32(step)) + fmax
+            isc = c / rng
             np.multiply(xm, isc, out=ell)
-            np.rint(ell, out=ell)
-            # MAX(0, MIN(nmax, l)); np.clip is several times faster than minimum+maximum
-            np.clip(ell, F32(0.0), F32(nmax), out=ell)
+            np.rint(ell, out=ell)  # nearest_int, exact for |v| < 2**22
+            np.clip(ell, zf, fmax, out=ell)  # MAX(0, MIN(nmax, l))
             np.multiply(w, ell, out=tmp)  # w*l
-            sum_l = seq_sum(tmp)
-            sum_xl = seq_sum(np.multiply(tmp, x, out=tmp2))  # w*l*x
+            np.add.reduce(tmp, axis=0, initial=zf, out=sm[4])  # sum_l
+            np.multiply(tmp, x, out=tmp2)  # w*l*x
+            np.add.reduce(tmp2, axis=0, initial=zf, out=sm[2])  # sum_xl
             tmp *= ell  # w*l*l
-            sum_l2 = seq_sum(tmp)
-            dd = sum_w * sum_l2 - sum_l * sum_l
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / dd
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / dd
+            np.add.reduce(tmp, axis=0, initial=zf, out=sm[1])  # sum_l2
+            sm[5] = sm[2]
+            # D = sum_w*sum_l2 - sum_l*sum_l
+            dd = sm[0] * sm[1]
+            dd -= sm[4] * sm[4]
+            # this_scale = (sum_w*sum_xl - sum_x*sum_l)/D; this_min = (sum_l2*sum_x - sum_l*sum_xl)/D
+            np.multiply(sm[0:2], sm[2:4], out=num)
+            num -= sm[3:5] * sm[4:6]
+            num /= dd
+            this_scale, this_min = num[0], num[1]
             pos = this_min > 0
-            if pos.any():
-                this_min = np.where(pos, F32(0.0), this_min)
-                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            np.multiply(this_scale, ell, out=tmp)
-            tmp += this_min
-            tmp -= x
-            if use_mad:
-                np.abs(tmp, out=tmp)
-            else:
-                np.multiply(tmp, tmp, out=tmp)
-            tmp *= w
-            cur = seq_sum(tmp)
-            better = (dd > 0) & (cur < best_error) & ~flat
+            if pos.any():  # this_min = 0; this_scale = sum_xl / sum_l2
+                np.putmask(this_scale, pos, sm[2] / sm[1])
+                this_min[pos] = zf
+            cur = error(this_scale, this_min)
+            better = cur < best_error
+            better &= dd > 0
             if better.any():
-                best_error = np.where(better, cur, best_error)
-                scale = np.where(better, this_scale, scale)
-                best_iscale = np.where(better, isc, best_iscale)
-                best_off = np.where(better, cur_min, best_off)
-                cur_min = np.where(better, this_min, cur_min)
+                np.putmask(best_error, better, cur)
+                np.putmask(scale, better, this_scale)
+                np.putmask(best_iscale, better, isc)
+                np.putmask(best_off, better, cur_min)
+                np.putmask(cur_min, better, this_min)
+                np.subtract(xmax, cur_min, out=rng)
                 np.subtract(x, cur_min, out=xm)
-    scale = np.where(flat, F32(0.0), scale).astype(F32, copy=False)
-    best_iscale = np.where(flat, F32(0.0), best_iscale).astype(F32, copy=False)
+    scale[flat] = zf
+    best_iscale[flat] = zf
     return scale, -cur_min, best_iscale, best_off
 
 

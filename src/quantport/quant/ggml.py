@@ -41,10 +41,14 @@ KVALUES_IQ4NL = np.array(
     [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32
 )
 
-# Blocks processed per task: small enough for the [n, chunk] work arrays to stay in cache,
-# large enough that numpy's per-call overhead is negligible.
-_CHUNK_ELEMS = 1 << 17
+# Most weights per task of the searches: large enough that numpy's per-call overhead (and
+# the GIL it holds) stays small against the vector work, small enough for the L2/L3 caches.
+_CHUNK_ELEMS = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
+# Weights per task of the legacy ``_ref`` paths (a few passes each: cache-sized chunks).
+_LEGACY_CHUNK_ELEMS = 1 << 18
+_SIGN_BIT = np.int32(-0x80000000)
+_HALF_BELOW = np.int32(0x3EFFFFFF)  # 0.49999997f, the float32 just below 0.5
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -54,15 +58,54 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _map_chunks(fn: Callable[[int, int], dict[str, np.ndarray]], n: int, chunk: int) -> Params:
+def _n_workers() -> int:
+    return _pool()._max_workers
+
+
+def _chunk_items(n: int, per_item: int, max_elems: int | None = None, min_split: int = 1 << 15) -> int:
+    """Items per task for ``n`` items of ``per_item`` weights: at most ``max_elems`` weights a
+    task, and a multiple of the worker count of tasks (one each, when they fit); a single
+    task below ``min_split`` weights (not worth a thread hand-off)."""
+    limit = max(1, (max_elems or _CHUNK_ELEMS) // max(per_item, 1))
+    workers = _n_workers()
+    if n * per_item < min_split:
+        return max(n, 1)
+    tasks = -(-n // limit)
+    tasks = -(-tasks // workers) * workers
+    return max(1, -(-n // tasks))
+
+
+def _map_chunks(fn: Callable[[int, int], dict[str, np.ndarray]], n: int, per_item: int) -> Params:
     """Run ``fn(lo, hi)`` over ``[0, n)`` in chunks (threads: numpy releases the GIL) and
     concatenate each returned array along axis 0."""
+    chunk = _chunk_items(n, per_item)
     bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)] or [(0, 0)]
     if len(bounds) == 1:
         parts = [fn(*bounds[0])]
     else:
         parts = list(_pool().map(lambda b: fn(*b), bounds))
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+
+def _quiet(fn: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """Run ``fn`` with float warnings off (``np.errstate`` is per thread)."""
+
+    def run(lo: int, hi: int) -> None:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            fn(lo, hi)
+
+    return run
+
+
+def _for_chunks(fn: Callable[[int, int], None], n: int, per_item: int) -> None:
+    """Run ``fn(lo, hi)`` (which writes its results in place) over ``[0, n)`` in chunks."""
+    chunk = _chunk_items(n, per_item, _LEGACY_CHUNK_ELEMS, 1 << 19)
+    bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    if len(bounds) <= 1:
+        for b in bounds:
+            fn(*b)
+        return
+    list(_pool().map(lambda b: fn(*b), bounds))
 
 
 def _fp16(a: np.ndarray) -> np.ndarray:
@@ -81,6 +124,23 @@ def _from_emajor(e: np.ndarray, b: int) -> np.ndarray:
     """Inverse of :func:`_emajor`: ``[n, b*k]`` -> ``[b, k*n]``."""
     n = e.shape[0]
     return np.ascontiguousarray(e.reshape(n, b, -1).transpose(1, 2, 0)).reshape(b, -1)
+
+
+def _fallback(
+    d: np.ndarray, sc: np.ndarray, sub: int, codes_of: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``[b, 256]`` int8 search codes, filled in only for the sub-blocks whose effective
+    scale ``d*sc`` is zero (the only ones :meth:`GgmlKGrid.round` takes them from).
+
+    ``codes_of(cols)`` gives the ``[sub, len(cols)]`` codes of element-major columns ``cols``
+    (sub-block ``j`` of super-block ``i`` is column ``i*(256//sub) + j``).
+    """
+    b = d.shape[0]
+    fb = np.zeros((b, QK_K), dtype=np.int8)
+    cols = np.flatnonzero((d[:, None] * sc.astype(F32)).reshape(-1) == 0)
+    if cols.size:
+        fb.reshape(-1, sub)[cols] = codes_of(cols).T
+    return fb
 
 
 def _importance(importance: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
@@ -165,25 +225,56 @@ class GgmlLegacyGrid:
             return self._fit_impl(x, imp)
 
     def _fit_ref(self, x: np.ndarray) -> Params:
-        if self.name == "Q8_0":
-            # quantize_row_q8_0_ref: d = amax/127, id = d ? 1/d : 0
-            d = np.abs(x).max(axis=-1) / F32(127)
-        elif not self.asym:
-            # quantize_row_q4_0_ref / q5_0_ref: d = max / -8 (-16), max = signed absmax
-            idx = np.argmax(np.abs(x), axis=-1)[..., None]
-            mx = np.take_along_axis(x, idx, axis=-1)[..., 0]
-            mx = np.where(mx == 0, F32(0.0), mx)  # C's max starts at +0.0
-            d = mx / F32(-self._nmax)
-        else:
-            # quantize_row_q4_1_ref / q5_1_ref: d = (max - min) / 15 (31), m = min
-            mn = x.min(axis=-1)
-            d = (x.max(axis=-1) - mn) / F32((1 << self.bits) - 1)
-        d = d.astype(F32)
-        inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-        params: Params = {"d": _fp16(d), "id": inv}
+        rows, nb, block = x.shape
+        xb = np.ascontiguousarray(x).reshape(rows * nb, block)
+        n = rows * nb
+        d = np.empty(n, dtype=F32)
+        inv = np.empty(n, dtype=F32)
+        mins = np.empty(n, dtype=F32) if self.asym else None
+        nmax = self._nmax
+
+        @_quiet
+        def work(lo: int, hi: int) -> None:
+            # element-major copy: the per-block extremes are then contiguous vector ops
+            e = np.ascontiguousarray(xb[lo:hi].T)
+            mx = np.maximum.reduce(e, axis=0)
+            mn = np.minimum.reduce(e, axis=0)
+            if self.name == "Q8_0":
+                # quantize_row_q8_0_ref: amax = max |x| (from +0.0), d = amax/127
+                amax = np.maximum(mx, -mn)
+                amax += F32(0.0)  # -0.0 -> +0.0
+                dd = amax / F32(127)
+            elif not self.asym:
+                # quantize_row_q4_0_ref / q5_0_ref: d = max / -8 (-16), max = the value of the
+                # first element of largest magnitude (+0.0 for an all-zero block)
+                neg = -mn
+                sel = np.where(neg > mx, mn, mx)
+                tie = np.flatnonzero((neg == mx) & (mx > 0))
+                if tie.size:  # +v and -v both present: the first one wins
+                    sub = xb[lo + tie]
+                    sel[tie] = sub[np.arange(tie.size), np.argmax(np.abs(sub), axis=1)]
+                sel[np.maximum(mx, neg) == 0] = F32(0.0)
+                dd = sel / F32(-nmax)
+            else:
+                # quantize_row_q4_1_ref / q5_1_ref: d = (max - min) / 15 (31), m = min, with
+                # C's ``if (v < min) min = v``: a zero min has the sign of the first zero
+                z = np.flatnonzero(mn == 0)
+                if z.size:
+                    sub = xb[lo + z]
+                    mn[z] = sub[np.arange(z.size), np.argmax(sub == 0, axis=1)]
+                dd = (mx - mn) / F32((1 << self.bits) - 1)
+                mins[lo:hi] = mn
+            d[lo:hi] = dd
+            nz = dd != 0
+            np.divide(F32(1.0), dd, out=dd, where=nz)
+            dd[~nz] = F32(0.0)
+            inv[lo:hi] = dd
+
+        _for_chunks(work, n, block)
+        params: Params = {"d": _fp16(d).reshape(rows, nb), "id": inv.reshape(rows, nb)}
         if self.asym:
-            params["m"] = _fp16(mn)
-            params["min"] = mn.astype(F32)
+            params["m"] = _fp16(mins).reshape(rows, nb)
+            params["min"] = mins.reshape(rows, nb)
         return params
 
     def _fit_impl(self, x: np.ndarray, imp: np.ndarray) -> Params:
@@ -191,7 +282,6 @@ class GgmlLegacyGrid:
         sigma2 = _row_sigma2(x)  # sum_x2 / n_per_row over the whole row
         xb = x.reshape(rows * nb, block)
         nmax = self._nmax if not self.asym else (1 << self.bits) - 1
-        chunk = max(1, _CHUNK_ELEMS // block)
 
         def work(lo: int, hi: int) -> dict[str, np.ndarray]:
             xe = _emajor(xb[lo:hi], block)
@@ -206,7 +296,7 @@ class GgmlLegacyGrid:
             scale, the_min, isc, min0 = S.make_qkx2_quants(xe, w, nmax, -0.9, 0.05, 36, False)
             return {"d": _fp16(scale), "m": _fp16(-the_min), "iscale": isc, "min0": min0}
 
-        out = _map_chunks(work, rows * nb, chunk)
+        out = _map_chunks(work, rows * nb, block)
         return {k: v.reshape(rows, nb) for k, v in out.items()}
 
     def round(self, x: np.ndarray, params: Params) -> np.ndarray:
@@ -222,16 +312,57 @@ class GgmlLegacyGrid:
                 q = np.clip(S.nearest_int(isc * x), -self._nmax, self._nmax - 1)
                 q = np.where(params["zero"][..., None], -self._nmax, q)
                 return q.astype(np.int8)
-            inv = params["id"][..., None]
+            return self._round_ref(x, params)
+
+    def _round_ref(self, x: np.ndarray, params: Params) -> np.ndarray:
+        """Codes of the ``quantize_row_q*_ref`` paths (unrounded inverse scale ``id``)."""
+        inv = params["id"]
+        qmax = (1 << self.bits) - 1
+        lead = inv.shape
+        out = np.empty(np.broadcast_shapes(x.shape, (*lead, 1)), dtype=np.int8)
+        fast = x.shape[:-1] == lead and out.shape == x.shape
+        xb = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) if fast else x
+        ob = out.reshape(-1, x.shape[-1]) if fast else out
+        invb = inv.reshape(-1) if fast else inv
+        minb = None
+        if self.asym:
+            minb = params["min"].reshape(-1) if fast else params["min"]
+
+        @_quiet
+        def work(lo: int, hi: int) -> None:
+            sl = slice(lo, hi) if fast else slice(None)
+            xs = xb[sl]
+            t = np.empty(xs.shape if fast else out.shape, dtype=F32)
             if self.name == "Q8_0":
-                return np.clip(_roundf(x * inv), -128, 127).astype(np.int8)
+                # roundf(x*id): trunc(x*id + copysign(0.49999997f, x)) is exact for |x*id|
+                # < 2**22 (adding 0.5 would round 0.49999997 + 0.5 up to 1).
+                h = np.bitwise_and(xs.view(np.int32), _SIGN_BIT)
+                h |= _HALF_BELOW
+                np.multiply(xs, invb[sl][..., None], out=t)
+                t += h.view(F32)
+                ob[sl] = t.astype(np.int8)  # C's (int8_t) truncation; |value| <= 127.5
+                return
             if self.asym:
-                # (int8_t)((x - min)*id + 0.5f), MIN(15, .)
-                v = np.trunc((x - params["min"][..., None]) * inv + F32(0.5))
-                return np.clip(v, 0, qmax).astype(np.uint8)
-            # (int8_t)(x*id + 8.5f) (16.5f), MIN(15 (31), .), stored minus the offset
-            v = np.trunc(x * inv + F32(self._nmax + 0.5))
-            return (np.clip(v, 0, qmax) - self._nmax).astype(np.int8)
+                # (int8_t)((x - min)*id + 0.5f), MIN(15 (31), .)
+                np.subtract(xs, minb[sl][..., None], out=t)
+                t *= invb[sl][..., None]
+                t += F32(0.5)
+                q = t.astype(np.int8)
+                np.minimum(q, np.int8(qmax), out=q)
+            else:
+                # (int8_t)(x*id + 8.5f) (16.5f), MIN(15 (31), .), stored minus the offset
+                np.multiply(xs, invb[sl][..., None], out=t)
+                t += F32(self._nmax + 0.5)
+                q = t.astype(np.int8)
+                np.minimum(q, np.int8(qmax), out=q)
+                q -= np.int8(self._nmax)
+            ob[sl] = q
+
+        if fast:
+            _for_chunks(work, xb.shape[0], xb.shape[1])
+        else:
+            work(0, 0)
+        return out.view(np.uint8) if self.asym else out
 
     def value(self, codes: np.ndarray, params: Params) -> np.ndarray:
         """``q*d`` (symmetric) or ``q*d + m`` (asymmetric), float32 as ``dequantize_row_*``."""
@@ -298,7 +429,7 @@ class GgmlKGrid:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 return fit_chunk(xb[lo:hi], _rows_of(imp, nb, lo, hi))
 
-        out = _map_chunks(work, rows * nb, max(1, _CHUNK_ELEMS // QK_K))
+        out = _map_chunks(work, rows * nb, QK_K)
         return {k: v.reshape(rows, nb, *v.shape[1:]) for k, v in out.items()}
 
     # -- per-type searches on a chunk of super-blocks xb [b, 256]; qw [b, 256] or None --
@@ -335,13 +466,16 @@ class GgmlKGrid:
             ls, lm = ls.T, lm.T
             d, dmin = _fp16(dm), _fp16(mm)
         byte = (ls | (lm << 4)) & 0xFF  # y[i].scales[j], uint8
-        fallback = _from_emajor(S.qkx_codes(xe, isc, min0, 3), b)
+        d, sc = d.astype(F32), (byte & 15).astype(np.uint8)
+        fallback = _fallback(
+            d, sc, 16, lambda c: S.qkx_codes(xe[:, c], isc[c], min0[c], 3)
+        )
         return {
-            "d": d.astype(F32),
+            "d": d,
             "dmin": dmin.astype(F32),
-            "sc": (byte & 15).astype(np.uint8),
+            "sc": sc,
             "mn": (byte >> 4).astype(np.uint8),
-            "fallback": fallback.astype(np.int8),
+            "fallback": fallback,
         }
 
     def _fit_q3(self, xb: np.ndarray, qw: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -374,11 +508,8 @@ class GgmlKGrid:
             ls[:, zero2] = 0
             s6 = ls.T
             d = _fp16(d_block)
-        return {
-            "d": d.astype(F32),
-            "sc": (s6 - 32).astype(np.int8),
-            "fallback": _from_emajor(codes, b).astype(np.int8),
-        }
+        d, sc = d.astype(F32), (s6 - 32).astype(np.int8)
+        return {"d": d, "sc": sc, "fallback": _fallback(d, sc, 16, lambda c: codes[:, c])}
 
     def _fit_q4(self, xb: np.ndarray, qw: np.ndarray | None) -> dict[str, np.ndarray]:
         return self._fit_q45(xb, qw, 15, (-1.0, 0.1, 20))
@@ -419,12 +550,16 @@ class GgmlKGrid:
             m_block, lm = S.make_qp_quants(np.ascontiguousarray(the_min.reshape(b, 8).T), 63, sw)
             ls, lm = np.minimum(ls.T, 63), np.minimum(lm.T, 63)
             d, dmin = _fp16(d_block), _fp16(m_block)
+        d, sc = d.astype(F32), ls.astype(np.uint8)
+        fallback = _fallback(
+            d, sc, 32, lambda c: S.qkx_codes(xe[:, c], isc[c], min0[c], nmax)
+        )
         return {
-            "d": d.astype(F32),
+            "d": d,
             "dmin": dmin.astype(F32),
-            "sc": ls.astype(np.uint8),
+            "sc": sc,
             "mn": lm.astype(np.uint8),
-            "fallback": _from_emajor(S.qkx_codes(xe, isc, min0, nmax), b).astype(np.int8),
+            "fallback": fallback,
         }
 
     def _fit_q6(self, xb: np.ndarray, qw: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -432,8 +567,11 @@ class GgmlKGrid:
         xe = _emajor(xb, 16)
         # quantize_row_q6_K_ref / _impl: make_qx_quants(16, 32, x, L, 1, NULL or qw)
         scale, isc, zero = S.make_qx_quants(xe, 32, None if qw is None else _emajor(qw, 16))
-        codes = np.clip(S.nearest_int(isc * xe), -32, 31)
-        codes[:, zero] = -32
+
+        def codes(c: np.ndarray) -> np.ndarray:
+            q = np.clip(S.nearest_int(isc[c] * xe[:, c]), -32, 31)
+            q[:, zero[c]] = -32
+            return q
         scales = scale.reshape(b, 16)
         amax, max_scale = S.first_absmax(np.ascontiguousarray(scales.T))
         empty = amax < S.GROUP_MAX_EPS  # C zeroes the whole block
@@ -441,10 +579,11 @@ class GgmlKGrid:
         sc = np.minimum(S.nearest_int(iscale[:, None] * scales), 127)
         sc = ((sc + 128) & 0xFF) - 128  # stored as int8_t
         sc[empty] = 0
-        d = np.where(empty, F32(0.0), _fp16(F32(1.0) / iscale))
-        fallback = _from_emajor(codes, b)
+        d = np.where(empty, F32(0.0), _fp16(F32(1.0) / iscale)).astype(F32)
+        sc = sc.astype(np.int8)
+        fallback = _fallback(d, sc, 16, codes)
         fallback[empty] = -32
-        return {"d": d.astype(F32), "sc": sc.astype(np.int8), "fallback": fallback.astype(np.int8)}
+        return {"d": d, "sc": sc, "fallback": fallback}
 
     # -- shared by all k-quants --
 
@@ -470,14 +609,15 @@ class GgmlKGrid:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             num = xs + dm[..., None] if dm is not None else xs
             q = np.clip(S.nearest_int(num / ds[..., None]), lo, hi)
-        skip = np.broadcast_to((ds == 0)[..., None], q.shape)
-        fb = params.get("fallback")
-        if fb is not None and fb.shape == shape:
-            alt = fb.reshape(q.shape)
-        else:
-            alt = np.zeros(q.shape, dtype=q.dtype)
-        q = np.where(skip, alt, q).reshape(shape)
-        return q.astype(np.uint8 if self.asym else np.int8)
+        q = q.astype(np.uint8 if self.asym else np.int8)
+        zero = ds == 0
+        if zero.any():
+            fb = params.get("fallback")
+            if fb is not None and fb.shape == shape:
+                q[zero] = fb.reshape(q.shape)[zero]
+            else:
+                q[zero] = 0
+        return q.reshape(shape)
 
     def value(self, codes: np.ndarray, params: Params) -> np.ndarray:
         """``(d*sc)*q - dmin*m`` in float32, as ``dequantize_row_*``."""
@@ -584,7 +724,7 @@ class IQ4NLGrid:
                 inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
             return {"d": _fp16(d), "id": inv}
 
-        out = _map_chunks(work, rows * nb, max(1, _CHUNK_ELEMS // block))
+        out = _map_chunks(work, rows * nb, block)
         return {k: v.reshape(rows, nb) for k, v in out.items()}
 
     def round(self, x: np.ndarray, params: Params) -> np.ndarray:
