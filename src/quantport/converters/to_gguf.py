@@ -455,6 +455,32 @@ def _producer(
     return produce
 
 
+def _prefetched(specs: list[GGUFTensor], pool: Any, depth: int = 2) -> list[GGUFTensor]:
+    """Run producers up to ``depth`` tensors ahead of the writer, on worker threads.
+
+    The writer consumes tensors strictly in file order (GGUF offsets are the running sum, see
+    gguf.cpp), so this keeps that order while the next tensors are read, quantized and packed
+    during the current one's write; numpy releases the GIL in its kernels, so the two cores both
+    work. At most ``depth + 1`` tensors are in flight, which bounds memory.
+    """
+    from concurrent.futures import Future
+
+    futures: dict[int, Future[Any]] = {}
+    producers = [s.produce for s in specs]
+
+    def make(i: int) -> Callable[[], Any]:
+        def produce() -> Any:
+            for j in range(i, min(i + depth + 1, len(specs))):
+                if j not in futures and producers[j] is not None:
+                    futures[j] = pool.submit(producers[j])
+            return futures.pop(i).result()
+
+        return produce
+
+    return [GGUFTensor(s.name, s.shape, s.type_name, make(i) if s.produce else None)
+            for i, s in enumerate(specs)]
+
+
 def convert_gguf(
     source: ModelSource,
     out: str | os.PathLike[str],
@@ -539,7 +565,15 @@ def convert_gguf(
         size = gguf_file_size(metadata, specs)
     else:
         log.info("writing %s (%s, %d tensors)", out_path, p.name, len(specs))
-        size = write_gguf(out_path, metadata, specs, on_progress=on_progress).size
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="quantport-gguf")
+        try:
+            size = write_gguf(out_path, metadata, _prefetched(specs, pool),
+                              on_progress=on_progress).size
+        finally:
+            # on an error, queued tensors are dropped; running ones finish, then threads exit
+            pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
     report = ConvertReport(
         output=str(out_path), format="gguf", quant=p.name, seconds=seconds,

@@ -182,15 +182,20 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
     if cols % block:
         raise ShapeError(f"{name}: width {cols} is not a multiple of {block}")
     nb = cols // block
-    codes = np.asarray(qt.codes).astype(np.int32).reshape(rows, nb, block)
+    # Codes as uint8 two's-complement bytes (a view for int8/uint8 codes, no int32 copy):
+    # adding a bias in uint8 arithmetic wraps modulo 256, which gives exactly the stored
+    # unsigned value (e.g. Q4_0 q-8 in [-8, 7] + 8 -> [0, 15]).
+    raw = np.asarray(qt.codes)
+    cu8 = raw.view(_U8) if raw.dtype.itemsize == 1 else raw.astype(_U8)
+    cu8 = cu8.reshape(rows, nb, block)
     out = np.empty((rows, nb, size), dtype=_U8)
 
     if name == "Q8_0":
         out[..., 0:2] = _f16(_param(qt.scale).reshape(rows, nb))
-        out[..., 2:] = codes.astype(np.int8).view(_U8)
+        out[..., 2:] = cu8
     elif name in ("Q4_0", "Q4_1", "IQ4_NL"):
         off = 8 if name == "Q4_0" else 0
-        q = (codes + off).astype(_U8)
+        q = cu8 + _U8(off)
         out[..., 0:2] = _f16(_param(qt.scale).reshape(rows, nb))
         p = 2
         if name == "Q4_1":
@@ -199,7 +204,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         out[..., p:] = _nibbles(q[..., :16], q[..., 16:])
     elif name in ("Q5_0", "Q5_1"):
         off = 16 if name == "Q5_0" else 0
-        q = (codes + off).astype(_U8)
+        q = cu8 + _U8(off)
         out[..., 0:2] = _f16(_param(qt.scale).reshape(rows, nb))
         p = 2
         if name == "Q5_1":
@@ -213,12 +218,12 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         ls = sc.codes.astype(_U8).reshape(rows, nb, 16)
         lm = mn.codes.astype(_U8).reshape(rows, nb, 16)
         out[..., 0:16] = ls | (lm << 4)
-        out[..., 16:80] = _crumbs(codes.astype(_U8))
+        out[..., 16:80] = _crumbs(cu8)
         out[..., 80:82] = _f16(_param(sc.scale).reshape(rows, nb))
         out[..., 82:84] = _f16(_param(mn.scale).reshape(rows, nb))
     elif name == "Q3_K":
         sc = _nested(qt.scale, "Q3_K scale")
-        L = (codes + 4).astype(_U8)
+        L = cu8 + _U8(4)
         out[..., 0:32] = _bits_le(((L >> 2) & 1).reshape(rows, nb, 8, 32).transpose(0, 1, 3, 2))[..., 0]
         out[..., 32:96] = _crumbs(L & 3)
         s6 = (sc.codes.astype(np.int32) + 32).astype(_U8).reshape(rows, nb, 16)
@@ -232,7 +237,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         out[..., 4:16] = _k4_scales(
             sc.codes.astype(_U8).reshape(rows, nb, 8), mn.codes.astype(_U8).reshape(rows, nb, 8)
         )
-        L = codes.astype(_U8).reshape(rows, nb, 4, 2, 32)
+        L = cu8.reshape(rows, nb, 4, 2, 32)
         p = 16
         if name == "Q5_K":
             hb = (L.reshape(rows, nb, 8, 32) >> 4) & 1
@@ -241,7 +246,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         out[..., p:] = _nibbles(L[..., 0, :], L[..., 1, :]).reshape(rows, nb, 128)
     elif name == "Q6_K":
         sc = _nested(qt.scale, "Q6_K scale")
-        L = (codes + 32).astype(_U8).reshape(rows, nb, 2, 4, 32)
+        L = (cu8 + _U8(32)).reshape(rows, nb, 2, 4, 32)
         ql = np.concatenate(
             [_nibbles(L[..., 0, :], L[..., 2, :]), _nibbles(L[..., 1, :], L[..., 3, :])], axis=-1
         )
