@@ -39,7 +39,7 @@ def test_transformers_logits_equal_ir(smollm2_w4, default_model_dir):
         got = art(ids).logits[0].numpy()
     # quantport's own meaning of the same weights: the shared dequantize() of the IR
     src = open_source(default_model_dir)
-    tensors, _ = quantize_source(src, parse_scheme("w4-g64-sym"))
+    tensors = quantize_source(src, parse_scheme("w4-g64-sym")).tensors
     ref = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dequantized_state(tensors).items()}
     ref.load_state_dict(sd, strict=False)

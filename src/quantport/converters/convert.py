@@ -23,7 +23,7 @@ from quantport.errors import ShapeError
 from quantport.formats._atomic import atomic_dir, check_output
 from quantport.formats.compressed_tensors import write_pack_quantized
 from quantport.formats.safetensors import write_safetensors
-from quantport.ir import QuantizedTensor, Tensor, dequantize
+from quantport.ir import ModelIR, QuantizedTensor, Tensor, dequantize
 from quantport.quant.scheme import IntScheme, parse_scheme
 
 __all__ = ["DENSE_TYPES", "ConvertReport", "Progress", "convert_safetensors", "export_dense",
@@ -126,12 +126,13 @@ def quantize_source(
     *,
     keep_unquantized: bool = False,
     on_progress: Progress | None = None,
-) -> tuple[dict[str, Tensor], dict[str, str]]:
+) -> ModelIR:
     """Quantize every Linear weight of ``source`` with ``scheme`` by round-to-nearest.
 
     Returns:
-        ``(tensors, kept)``: HF-named tensors (quantized or plain) and the Linear weights left
-        in float with the reason.
+        The model container: HF-named tensors (quantized or plain) in source order, config,
+        tokenizer files, and provenance (``kept`` lists the Linear weights left in float, with
+        the reason).
 
     Raises:
         ShapeError: a tensor's width does not fit the scheme and ``keep_unquantized`` is off.
@@ -148,16 +149,21 @@ def quantize_source(
                 if not keep_unquantized:
                     raise
                 kept[name] = str(exc).split(";")[0]
-    out: dict[str, Tensor] = {}
+    model = ModelIR(
+        architecture=arch.name,
+        config=dict(source.config),
+        tokenizer_files=dict(source.tokenizer_files),
+        provenance={**source.describe(), "recipe": str(scheme), "method": "rtn", "kept": kept},
+    )
     for i, name in enumerate(names):
         w = source.get(name)
         if arch.is_linear(name) and name not in kept:
-            out[name] = scheme.quantize(w, name=name)
+            model.tensors[name] = scheme.quantize(w, name=name)
         else:
-            out[name] = w
+            model.tensors[name] = w
         if on_progress:
             on_progress("quantize", i + 1, len(names))
-    return out, kept
+    return model
 
 
 def convert_safetensors(
@@ -186,16 +192,17 @@ def convert_safetensors(
     scheme = parse_scheme(quant)
     out = Path(out_dir)
     check_output(out, force)
-    tensors, kept = quantize_source(source, scheme, keep_unquantized=keep_unquantized,
-                                    on_progress=on_progress)
+    model = quantize_source(source, scheme, keep_unquantized=keep_unquantized,
+                            on_progress=on_progress)
+    tensors, kept = model.tensors, model.provenance["kept"]
     ignore = sorted(n.removesuffix(".weight") for n in kept)
     if source.architecture.causal:
         ignore.append("lm_head")
     if source.architecture.name == "bert" and "pooler.dense.weight" in tensors:
         ignore.append("pooler.dense")
-    cfg = dict(source.config)
+    cfg = dict(model.config)
     cfg["torch_dtype"] = "float32"
-    write_pack_quantized(out, tensors, config=cfg, extra_files=source.tokenizer_files,
+    write_pack_quantized(out, tensors, config=cfg, extra_files=model.tokenizer_files,
                          ignore=ignore, dense_dtype="F32")
     return ConvertReport(
         str(out), "safetensors", str(scheme), time.perf_counter() - t0, _size(out),
