@@ -20,7 +20,7 @@ import numpy as np
 from quantport.converters.arch import ARCHITECTURES, Architecture, detect_architecture, llama_unpermute
 from quantport.converters.tokenizer import hf_tokenizer_from_gguf
 from quantport.errors import ConfigError, FormatError, QuantportError
-from quantport.formats.gguf_file import open_gguf, read_tensor_ir, scan_gguf
+from quantport.formats.gguf_file import read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.formats.safetensors import SafetensorsFile
 
@@ -181,7 +181,11 @@ class GGUFSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # one validating pass reads everything (gguf.GGUFReader re-parses 98k vocabulary
+        # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor()
         scan = scan_gguf(self.path, keep_arrays=True)
+        self._scan = scan
+        self._infos = {t.name: t for t in scan.tensors}
         self.metadata = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
         arch_name = self.metadata.get("general.architecture")
@@ -192,7 +196,6 @@ class GGUFSource:
                 f"supported: {supported}"
             )
         self.architecture = ARCHITECTURES[arch_name]
-        self._reader = open_gguf(self.path)
         m = self.metadata
 
         def key(k: str, default: Any = None) -> Any:
@@ -228,7 +231,7 @@ class GGUFSource:
             "pad_token_id": m.get("tokenizer.ggml.padding_token_id"),
             "torch_dtype": "float32",
         }
-        self.tokenizer_files = hf_tokenizer_from_gguf(m)
+        self._tokenizer_files: dict[str, str] | None = None
         self._gguf_of: dict[str, str] = {}
         for n in names:
             hf = self.architecture.hf_name(n, "model.layers.{}.")
@@ -236,6 +239,20 @@ class GGUFSource:
                 raise FormatError(f"{self.path}: tensor {n!r} has no Hugging Face counterpart")
             self._gguf_of[hf] = n
         self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors)}
+
+    @property
+    def tokenizer_files(self) -> dict[str, str]:
+        """``tokenizer.json`` / ``tokenizer_config.json`` rebuilt from the GGUF vocabulary
+        (built on first use: GGUF -> GGUF conversion copies the vocabulary verbatim instead)."""
+        if self._tokenizer_files is None:
+            self._tokenizer_files = hf_tokenizer_from_gguf(self.metadata)
+        return self._tokenizer_files
+
+    def gguf_tokenizer_kv(self) -> list[tuple[str, Any, int, int | None]]:
+        """The file's ``tokenizer.*`` metadata as ``(key, value, type, array_type)``, to copy
+        into a re-quantized GGUF unchanged (as llama-quantize copies every KV)."""
+        return [(k, v, *self._scan.types[k]) for k, v in self.metadata.items()
+                if k.startswith("tokenizer.")]
 
     def names(self) -> list[str]:
         """HF tensor names in file order."""
@@ -252,7 +269,7 @@ class GGUFSource:
         :func:`quantport.ir.dequantize`; other types go through ``gguf.quants``.
         """
         gname = self._gguf_of[name]
-        t = read_tensor_ir(self._reader, gname)
+        t = read_tensor(self.path, self._infos[gname])
         w = dequantize(t) if isinstance(t, QuantizedTensor) else t
         if gname.endswith("attn_q.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head)

@@ -369,6 +369,12 @@ def gguf_metadata(
             kv.append(GGUFKV("quantize.imatrix.dataset", str(imatrix.datasets[0]), S))
         kv.append(GGUFKV("quantize.imatrix.entries_count", len(imatrix.entries), U32))
         kv.append(GGUFKV("quantize.imatrix.chunks_count", int(imatrix.chunk_count), U32))
+    copy_kv = getattr(source, "gguf_tokenizer_kv", None)
+    if copy_kv is not None:
+        # GGUF in, GGUF out: keep the source vocabulary exactly, with its value types
+        kv += [GGUFKV(k, v, GGUFValueType(t), None if e is None else GGUFValueType(e))
+               for k, v, t, e in copy_kv()]
+        return kv
     model_dir = source.path if source.path.is_dir() else None
     vocab = vocab_from_hf(source.tokenizer_files, cfg, arch=arch, model_dir=model_dir)
     kv += vocab_metadata(vocab)

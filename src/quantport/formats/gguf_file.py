@@ -21,7 +21,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 
-__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor_f32", "read_tensor_ir", "scan_gguf"]
+__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor", "read_tensor_f32", "read_tensor_ir", "scan_gguf"]
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -50,6 +50,8 @@ class GGUFScan:
     metadata: dict[str, Any] = field(default_factory=dict)
     tensors: list[GGUFTensorInfo] = field(default_factory=list)
     alignment: int = 32
+    # key -> (GGUF value type, array element type or None): lets a writer copy values verbatim
+    types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
 
 class _Cursor:
@@ -151,6 +153,11 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
         if key in scan.metadata:
             raise FormatError(f"{where}: duplicate metadata key {key!r}")
         vtype = cur.unpack("<I", f"type of {key}")
+        etype = None
+        if vtype == _ARRAY:
+            cur.need(4, f"array type of {key}")
+            (etype,) = struct.unpack_from("<I", cur.buf, cur.pos)
+        scan.types[key] = (vtype, etype)
         scan.metadata[key] = _value(cur, vtype, key, keep_arrays)
     align = scan.metadata.get("general.alignment", 32)
     if not isinstance(align, int) or align <= 0 or align & (align - 1):
@@ -210,6 +217,37 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
         return GGUFReader(path, "r")
     except (ValueError, struct.error) as exc:
         raise FormatError(f"{path}: cannot read GGUF ({exc})") from exc
+
+
+def read_tensor(path: str | os.PathLike[str], info: GGUFTensorInfo) -> Any:
+    """Read one tensor of a scanned file (memory-mapped, one tensor at a time).
+
+    Returns a :class:`~quantport.ir.QuantizedTensor` for the 2-D ggml types quantport packs
+    (:mod:`quantport.formats.gguf_blocks`), else a float32 array: F32/F16/BF16 directly, other
+    types dequantized by ``gguf.quants``.
+    """
+    from quantport.formats.gguf_blocks import GGML_BLOCK, unpack
+
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,))
+    t = info.type_name
+    if t == "F32":
+        return np.array(raw.view("<f4")).reshape(info.shape)
+    if t == "F16":
+        return raw.view("<f2").astype(np.float32).reshape(info.shape)
+    if t == "BF16":
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+    if t in GGML_BLOCK and len(info.shape) == 2:
+        return unpack(t, np.asarray(raw), info.shape)
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    rows = int(np.prod(info.shape[:-1], dtype=np.int64))
+    try:
+        out = dequantize(np.asarray(raw).reshape(rows, -1), GGMLQuantizationType[t])
+    except NotImplementedError as exc:
+        raise FormatError(f"{path}: tensor {info.name!r} has type {t}, which cannot be "
+                          "dequantized") from exc
+    return np.asarray(out, dtype=np.float32).reshape(info.shape)
 
 
 def read_tensor_ir(reader: Any, name: str) -> Any:
