@@ -189,3 +189,17 @@ def test_inspect_errors_and_gguf(runner, tmp_path, smollm2_gguf):
 def test_validate_missing_artifact(runner, tmp_path):
     res = run(runner, "validate", tmp_path / "nope")
     assert res.exit_code == 1 and "not found" in res.output
+
+
+def test_thresholds_follow_precision(tiny_llama, tmp_path):
+    from quantport.validate.runner import Thresholds, artifact_bits
+
+    assert artifact_bits(tiny_llama) == 16
+    out = tmp_path / "w3"
+    assert run(CliRunner(), "convert", tiny_llama, "--to", "safetensors", "--quant", "w3-g32-sym",
+               "-o", out, "-q").exit_code == 0
+    assert artifact_bits(out) == 3
+    loose, tight = Thresholds.for_bits(2), Thresholds.for_bits(8)
+    assert loose.max_kld > Thresholds.for_bits(4).max_kld > tight.max_kld
+    assert loose.min_top1 < tight.min_top1
+    assert Thresholds.for_bits(4).override(max_kld=0.1, min_top1=None).max_kld == 0.1

@@ -238,18 +238,21 @@ def _emit_convert(d: dict[str, Any], as_json: bool) -> None:
               help="Evaluation text (default: WikiText-2 test split).")
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--windows", type=int, default=8, show_default=True, help="Number of windows.")
-@click.option("--max-kld", type=float, default=0.5, show_default=True, help="Fail above this mean KL divergence.")
-@click.option("--min-top1", type=float, default=0.6, show_default=True, help="Fail below this top-1 agreement.")
-@click.option("--max-ppl-ratio", type=float, default=1.5, show_default=True, help="Fail above this PPL ratio.")
-@click.option("--min-cosine", type=float, default=0.98, show_default=True, help="Encoders: fail below this mean cosine.")
+@click.option("--max-kld", type=float, help="Fail above this mean KL divergence (default: by precision).")
+@click.option("--min-top1", type=float, help="Fail below this top-1 agreement (default: by precision).")
+@click.option("--max-ppl-ratio", type=float, help="Fail above this PPL ratio (default: by precision).")
+@click.option("--min-cosine", type=float, help="Encoders: fail below this mean cosine (default: by precision).")
 @_common
 @_errors
 def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, windows: int,
-             max_kld: float, min_top1: float, max_ppl_ratio: float, min_cosine: float,
+             max_kld: float | None, min_top1: float | None, max_ppl_ratio: float | None,
+             min_cosine: float | None,
              as_json: bool, quiet: bool, verbose: bool) -> None:
     """Load ARTIFACT in the runtime that serves it (transformers for safetensors, llama.cpp for
     GGUF) and compare its logits with the source's: perplexity, KL divergence, top-1
-    agreement, max logit difference. Exits 3 when a threshold fails.
+    agreement, max logit difference. Exits 3 when a threshold fails. Default thresholds
+    depend on the artifact's precision (8, 6/5, 4, 3, 2 bits, or unquantized); each flag
+    overrides one.
 
     \b
     Example:
@@ -259,13 +262,16 @@ def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, w
     _setup_logging(verbose)
     if ctx < 16 or windows < 1:
         raise click.BadParameter("--ctx must be >= 16 and --windows >= 1")
-    from quantport.validate.runner import Thresholds
+    from quantport.validate.runner import Thresholds, artifact_bits
     from quantport.validate.runner import validate as run_validate
 
+    if not artifact.exists():
+        raise QuantportError(f"{artifact}: artifact not found")
+    th = Thresholds.for_bits(artifact_bits(artifact)).override(
+        max_kld=max_kld, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio, min_cosine=min_cosine)
     bars = _Bars(quiet or as_json)
     report = run_validate(artifact, against, text=text, ctx=ctx, n_windows=windows,
-                          thresholds=Thresholds(max_kld, min_top1, max_ppl_ratio, min_cosine),
-                          on_progress=bars)
+                          thresholds=th, on_progress=bars)
     bars.close()
     d = report.to_dict()
     if as_json:

@@ -10,6 +10,7 @@ token ids (the source tokenizer's), window by window over the evaluation text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from quantport.validate.metrics import LogitStats
 __all__ = [
     "Thresholds",
     "ValidationReport",
+    "artifact_bits",
     "default_text",
     "load_windows",
     "validate",
@@ -38,12 +40,68 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Pass/fail limits. ``None`` disables a check."""
+    """Pass/fail limits. ``None`` disables a check.
+
+    The defaults depend on the artifact's weight precision (:meth:`for_bits`): they are gates
+    against a *broken* artifact (wrong layout, tokenizer or packing gives KL divergences of
+    several nats and top-1 agreement near zero), loose enough for the expected loss of each
+    precision on small models. llama.cpp's published KLD scale for Llama-3-8B (q8_0 0.001,
+    q6_K 0.005, q4_K_M 0.03, q3_K_M 0.10, q2_K 0.45; examples/perplexity/README.md) sets the
+    ordering; a 135M model loses several times more at each precision.
+    """
 
     max_kld: float | None = 0.5
     min_top1: float | None = 0.60
     max_ppl_ratio: float | None = 1.5
-    min_cosine: float | None = 0.98
+    min_cosine: float | None = 0.95
+
+    @classmethod
+    def for_bits(cls, bits: int) -> Thresholds:
+        """Default limits for weights of ``bits`` nominal bits (16 = unquantized)."""
+        if bits >= 16:
+            return cls(0.02, 0.97, 1.02, 0.999)
+        if bits >= 8:
+            return cls(0.05, 0.90, 1.05, 0.99)
+        if bits >= 5:
+            return cls(0.2, 0.80, 1.2, 0.98)
+        if bits == 4:
+            return cls(0.5, 0.60, 1.5, 0.95)
+        if bits == 3:
+            return cls(1.0, 0.45, 2.5, 0.90)
+        return cls(2.0, 0.30, 5.0, 0.80)
+
+    def override(self, **limits: float | None) -> Thresholds:
+        """These limits with the given ones replaced (``None`` values are ignored)."""
+        given = {k: v for k, v in limits.items() if v is not None}
+        return dataclasses.replace(self, **given)
+
+
+# nominal weight bits of each llama.cpp file type (general.file_type, llama_ftype)
+_FTYPE_BITS = {0: 16, 1: 16, 32: 16, 7: 8, 18: 6, 8: 5, 9: 5, 16: 5, 17: 5, 2: 4, 3: 4, 14: 4,
+               15: 4, 25: 4, 11: 3, 12: 3, 13: 3, 10: 2}
+
+
+def artifact_bits(path: str | os.PathLike[str]) -> int:
+    """Nominal weight precision of an artifact: 16 when it is not quantized.
+
+    GGUF: from ``general.file_type``; safetensors: from ``quantization_config``.
+    """
+    p = Path(path)
+    if p.suffix == ".gguf" and p.is_file():
+        from quantport.formats.gguf_file import scan_gguf
+
+        return _FTYPE_BITS.get(int(scan_gguf(p).metadata.get("general.file_type", 0)), 4)
+    cfg = p / "config.json"
+    if p.is_dir() and cfg.is_file():
+        try:
+            qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config") or {}
+        except json.JSONDecodeError:
+            return 16
+        groups = qc.get("config_groups") or {}
+        bits = [g.get("weights", {}).get("num_bits") for g in groups.values()]
+        bits = [b for b in bits if isinstance(b, int)]
+        return min(bits) if bits else 16
+    return 16
 
 
 @dataclass
@@ -249,17 +307,17 @@ def validate(
         text: evaluation text file (default: WikiText-2 test split).
         ctx: tokens per window.
         n_windows: number of windows.
-        thresholds: pass/fail limits.
+        thresholds: pass/fail limits (default: :meth:`Thresholds.for_bits` of the artifact).
         on_progress: progress callback.
         raise_on_fail: raise :class:`ValidationFailed` instead of returning a failed report.
 
     Returns:
         The report; ``passed`` says whether every threshold held.
     """
-    th = thresholds or Thresholds()
     art_path = Path(artifact)
     if not art_path.exists():
         raise QuantportError(f"{art_path}: artifact not found")
+    th = thresholds or Thresholds.for_bits(artifact_bits(art_path))
     with tempfile.TemporaryDirectory(prefix="quantport-val-") as tmpd:
         ref_dir, ref_src = _reference_dir(against, Path(tmpd))
         causal = ref_src.architecture.causal
