@@ -40,8 +40,9 @@ class _Bars:
         bar = self.bars.get(phase)
         if bar is None:
             as_bytes = phase in ("write",)
+            unit = {"write": "B", "validate": "window", "calibrate": "chunk"}.get(phase, "tensor")
             bar = self.bars[phase] = tqdm(total=total, desc=phase, file=sys.stderr, leave=False,
-                                          unit="B" if as_bytes else "tensor",
+                                          unit=unit,
                                           unit_scale=as_bytes, dynamic_ncols=True,
                                           mininterval=0.25)
         bar.total = total
