@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quantport.errors import FormatError
-from quantport.formats.gguf_file import open_gguf, read_tensor_f32, scan_gguf
+from quantport.formats.gguf_file import read_tensor, scan_gguf
 
 
 def _tiny(path: Path) -> bytes:
@@ -36,8 +36,7 @@ def test_valid_file(tmp_path):
     scan = scan_gguf(p)
     assert [t.name for t in scan.tensors] == ["aaaa.weight", "bbbb.weight"]
     assert scan.tensors[0].shape == (2, 32) and scan.tensors[0].type_name == "F32"
-    r = open_gguf(p)
-    np.testing.assert_array_equal(read_tensor_f32(r, "aaaa.weight"),
+    np.testing.assert_array_equal(read_tensor(p, scan.tensors[0]),
                                   np.arange(64, dtype=np.float32).reshape(2, 32))
 
 

@@ -189,11 +189,10 @@ class GGUFSource:
         self.metadata = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
         arch_name = self.metadata.get("general.architecture")
-        if arch_name not in ARCHITECTURES or arch_name != "llama":
-            supported = "llama"
+        if arch_name != "llama":
             raise QuantportError(
                 f"{self.path}: GGUF architecture {arch_name!r} cannot be imported; "
-                f"supported: {supported}"
+                "supported: llama"
             )
         self.architecture = ARCHITECTURES[arch_name]
         m = self.metadata

@@ -1,12 +1,12 @@
-"""GGUF reading with a validating pre-scan.
+"""GGUF reading: one validating scan of the header, then tensors one at a time.
 
-``gguf.GGUFReader`` trusts the header: a file that claims 2**60 key/value pairs or a string of
-2**40 bytes makes it loop or allocate before failing. :func:`scan_gguf` walks the header with
-bounds checks first (GGUF spec, ggml/docs/gguf.md; the same checks as llama.cpp's
-``gguf_init_from_file_impl`` in ggml/src/gguf.cpp): every count and length must fit in the bytes
-that remain, types must be known, tensor names unique, dims ≤ 4, rows divisible by the block
-size, and data offsets inside the file. Only then is the file handed to ``GGUFReader``, which
-memory-maps tensors so that they are read one at a time.
+``gguf.GGUFReader`` trusts the header (a file that claims 2**60 key/value pairs or a string of
+2**40 bytes makes it loop or allocate before failing) and re-parses a large vocabulary slowly.
+:func:`scan_gguf` walks the header with bounds checks instead (GGUF spec, ggml/docs/gguf.md; the
+same checks as llama.cpp's ``gguf_init_from_file_impl`` in ggml/src/gguf.cpp): every count and
+length must fit in the bytes that remain, types must be known, keys and tensor names unique,
+dims <= 4, rows divisible by the block size, data offsets exactly where the layout puts them.
+Tensors are then memory-mapped one at a time by :func:`read_tensor`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 
-__all__ = ["GGUFScan", "GGUFTensorInfo", "open_gguf", "read_tensor", "read_tensor_f32", "read_tensor_ir", "scan_gguf"]
+__all__ = ["GGUFScan", "GGUFTensorInfo", "read_tensor", "scan_gguf"]
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -208,17 +208,6 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
     return scan
 
 
-def open_gguf(path: str | os.PathLike[str]) -> Any:
-    """Scan then open a GGUF with ``gguf.GGUFReader`` (memory-mapped, read-only)."""
-    from gguf import GGUFReader
-
-    scan_gguf(path)
-    try:
-        return GGUFReader(path, "r")
-    except (ValueError, struct.error) as exc:
-        raise FormatError(f"{path}: cannot read GGUF ({exc})") from exc
-
-
 def read_tensor(path: str | os.PathLike[str], info: GGUFTensorInfo) -> Any:
     """Read one tensor of a scanned file (memory-mapped, one tensor at a time).
 
@@ -248,43 +237,3 @@ def read_tensor(path: str | os.PathLike[str], info: GGUFTensorInfo) -> Any:
         raise FormatError(f"{path}: tensor {info.name!r} has type {t}, which cannot be "
                           "dequantized") from exc
     return np.asarray(out, dtype=np.float32).reshape(info.shape)
-
-
-def read_tensor_ir(reader: Any, name: str) -> Any:
-    """One tensor of an open reader as quantport IR where quantport knows the type.
-
-    Returns a :class:`~quantport.ir.QuantizedTensor` for the ggml types of
-    :mod:`quantport.formats.gguf_blocks` (2-D), else a float32 array (F32/F16/BF16 and types
-    only ``gguf.quants`` can dequantize).
-    """
-    from quantport.formats.gguf_blocks import GGML_BLOCK, unpack
-
-    for t in reader.tensors:
-        if t.name == name:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            tname = t.tensor_type.name
-            if tname in GGML_BLOCK and tname not in ("F32", "F16", "BF16") and len(shape) == 2:
-                return unpack(tname, np.asarray(t.data), shape)
-            return read_tensor_f32(reader, name)
-    raise KeyError(name)
-
-
-def read_tensor_f32(reader: Any, name: str) -> np.ndarray:
-    """Dequantize one tensor of an open reader to float32, numpy order."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    for t in reader.tensors:
-        if t.name == name:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            if t.tensor_type in (GGMLQuantizationType.F32,):
-                return np.array(t.data, dtype=np.float32).reshape(shape)
-            try:
-                out = dequantize(t.data, t.tensor_type)
-            except NotImplementedError as exc:
-                raise FormatError(
-                    f"{reader.data.filename if hasattr(reader.data, 'filename') else 'gguf'}: "
-                    f"tensor {name!r} has type {t.tensor_type.name}, which cannot be dequantized"
-                ) from exc
-            return np.asarray(out, dtype=np.float32).reshape(shape)
-    raise KeyError(name)
