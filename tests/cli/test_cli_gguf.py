@@ -64,6 +64,15 @@ def test_tensor_type_override_wins(tiny_llama, tmp_path):
     assert not (tmp_path / "p.gguf").exists()
 
 
+def test_output_tensor_type(tiny_llama, tmp_path):
+    res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", tmp_path / "x.gguf",
+              "--output-tensor-type", "Q5_0", "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    types = {t["name"]: t["type"] for t in json.loads(res.stdout)["tensors"]}
+    assert types["token_embd.weight"] == "Q5_0"  # tied: the embedding is the output (else Q8_0)
+    assert types["blk.0.attn_q.weight"] == "Q4_0"
+
+
 @pytest.mark.parametrize(
     ("extra", "code", "msg"),
     [

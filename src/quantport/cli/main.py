@@ -122,6 +122,10 @@ def cli() -> None:
 @click.option("--pure", is_flag=True, help="GGUF: one type for every weight matrix.")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
               help="GGUF: per-tensor type override (repeatable; always wins).")
+@click.option("--output-tensor-type", "output_type", metavar="TYPE",
+              help="GGUF: type of the output tensor (or the tied embedding), as llama-quantize.")
+@click.option("--token-embedding-type", metavar="TYPE",
+              help="GGUF: type of token_embd.weight, as llama-quantize.")
 @click.option("--imatrix", "imatrix_path", type=click.Path(path_type=Path, exists=True,
               dir_okay=False), help="GGUF: importance matrix file (llama.cpp .dat or .gguf).")
 @click.option("--calib", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -135,7 +139,7 @@ def cli() -> None:
 @_errors
 def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
             keep_unquantized: bool, allow_pickle: bool, pure: bool, tensor_types: tuple[str, ...],
-            imatrix_path: Path | None, calib: Path | None, calib_chunks: int,
+            output_type: str | None, token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None, calib_chunks: int,
             save_imatrix: Path | None, dry_run: bool, as_json: bool, quiet: bool,
             verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
@@ -158,10 +162,11 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
     if fmt == "onnx":
         raise QuantportError("ONNX export is not available yet; use --to safetensors or --to gguf")
     if fmt == "safetensors":
-        if pure or tensor_types or imatrix_path or calib or dry_run or save_imatrix:
+        if (pure or tensor_types or imatrix_path or calib or dry_run or save_imatrix
+                or output_type or token_embedding_type):
             raise click.UsageError(
-                "--pure, --tensor-type, --imatrix, --calib, --save-imatrix and --dry-run apply "
-                "to --to gguf only"
+                "--pure, --tensor-type, --output-tensor-type, --token-embedding-type, --imatrix, "
+                "--calib, --save-imatrix and --dry-run apply to --to gguf only"
             )
         check_quant_name(quant)
         if not dry_run:
@@ -196,7 +201,9 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
 
             write_imatrix(save_imatrix, imatrix)
     result = convert_gguf(source, output, quant, imatrix=imatrix, pure=pure,
-                          overrides=tensor_types, force=force, dry_run=dry_run, on_progress=bars)
+                          overrides=tensor_types, output_type=output_type,
+                          token_embedding_type=token_embedding_type, force=force,
+                          dry_run=dry_run, on_progress=bars)
     bars.close()
     if dry_run:
         rows = [{"name": p.name, "shape": list(p.shape), "type": p.type, "reason": p.reason,

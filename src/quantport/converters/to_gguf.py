@@ -495,6 +495,8 @@ def convert_gguf(
     imatrix: ImatrixData | None = None,
     pure: bool = False,
     overrides: Sequence[str] = (),
+    output_type: str | None = None,
+    token_embedding_type: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     on_progress: Progress | None = None,
@@ -509,6 +511,8 @@ def convert_gguf(
             used exactly where llama-quantize uses it.
         pure: llama-quantize ``--pure`` (no per-tensor mix).
         overrides: ``--tensor-type`` ``"REGEX=TYPE"`` overrides; they win over the mix.
+        output_type: llama-quantize ``--output-tensor-type`` (the output / tied embedding).
+        token_embedding_type: llama-quantize ``--token-embedding-type``.
         force: overwrite an existing ``out``.
         dry_run: plan only: return the per-tensor types and the exact size, write nothing.
         on_progress: ``on_progress("write", bytes_done, bytes_total)`` while writing.
@@ -547,6 +551,7 @@ def convert_gguf(
     plan = plan_tensor_types(
         [(g, shape) for g, _, shape in tensors], arch=arch, n_layer=n_layer, n_head=n_head,
         n_head_kv=n_head_kv, preset=p.name, pure=pure, overrides=overrides,
+        output_type=output_type, token_embedding_type=token_embedding_type,
         has_imatrix=imatrix is not None,
     )  # fmt: skip
     producible = set(_DENSE) | set(GGML_GRIDS)
