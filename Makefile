@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: setup
+	$(BIN)/ruff check src
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup

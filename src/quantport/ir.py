@@ -111,7 +111,7 @@ class QuantizedTensor:
             raise IRError(f"{where}: codes must be integers, got {self.codes.dtype}")
         if tuple(self.codes.shape) != shape:
             raise IRError(f"{where}: codes shape {self.codes.shape} != shape {shape}")
-        for axis, (s, b) in enumerate(zip(shape, block)):
+        for axis, (s, b) in enumerate(zip(shape, block, strict=True)):
             if b <= 0 or (s % b and self.g_idx is None):
                 raise IRError(f"{where}: block {b} does not divide axis {axis} of size {s}")
         qmin, qmax = code_range(self.bits, self.signed)
@@ -127,9 +127,9 @@ class QuantizedTensor:
             n_groups = _param_shape(self.scale)[-1]
             if g.size and (g.min() < 0 or g.max() >= n_groups):
                 raise IRError(f"{where}: g_idx values must lie in [0, {n_groups})")
-            expect = (*(s // b for s, b in zip(shape[:-1], block[:-1])), n_groups)
+            expect = (*(s // b for s, b in zip(shape[:-1], block[:-1], strict=True)), n_groups)
         else:
-            expect = tuple(s // b for s, b in zip(shape, block))
+            expect = tuple(s // b for s, b in zip(shape, block, strict=True))
         if _param_shape(self.scale) != expect:
             raise IRError(f"{where}: scale shape {_param_shape(self.scale)} != {expect}")
         if isinstance(self.scale, np.ndarray):

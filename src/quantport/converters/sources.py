@@ -237,7 +237,7 @@ class GGUFSource:
             if hf is None:
                 raise FormatError(f"{self.path}: tensor {n!r} has no Hugging Face counterpart")
             self._gguf_of[hf] = n
-        self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors)}
+        self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors, strict=True)}
 
     @property
     def tokenizer_files(self) -> dict[str, str]:
