@@ -335,7 +335,8 @@ def _read_gguf(buf: _Buf) -> ImatrixData:
         entries[name] = vals.astype(np.float32).reshape(-1)
         counts_out[name] = icounts
     datasets = kv[_KV_DATASETS]
-    assert isinstance(datasets, list)
+    if not isinstance(datasets, list):
+        raise FormatError(f"{buf.path}: {_KV_DATASETS} must be an array of strings")
     return ImatrixData(
         entries=entries,
         datasets=[str(d) for d in datasets],
