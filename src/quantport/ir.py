@@ -36,7 +36,6 @@ __all__ = [
     "ZeroPointDomain",
     "code_range",
     "dequantize",
-    "nbytes_of",
 ]
 
 
@@ -210,18 +209,6 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
     return codes * scale - zp
 
 
-def nbytes_of(t: Tensor) -> int:
-    """Approximate storage of a tensor in bytes (codes at ``bits`` each, params as float16)."""
-    if isinstance(t, np.ndarray):
-        return int(t.nbytes)
-    total = t.numel * t.bits // 8
-    for p in (t.scale, t.zero_point):
-        if p is None:
-            continue
-        total += nbytes_of(p) if isinstance(p, QuantizedTensor) else int(p.size) * 2
-    return total
-
-
 @dataclass
 class ModelIR:
     """A model as quantport carries it between readers, quantizers and writers.
@@ -233,7 +220,6 @@ class ModelIR:
             ``tokenizer_config.json``, ...) as text.
         tensors: ordered tensors by Hugging Face name, plain float arrays or quantized records.
         provenance: where the model came from and what was done to it.
-        extra_files: other files to copy next to a safetensors checkpoint, as text.
     """
 
     architecture: str
@@ -241,7 +227,6 @@ class ModelIR:
     tokenizer_files: dict[str, str]
     tensors: dict[str, Tensor] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    extra_files: dict[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         return iter(self.tensors.items())

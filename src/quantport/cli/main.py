@@ -364,8 +364,3 @@ def list_(as_json: bool) -> None:
                 click.echo("  " + "  ".join(f"{v}" for v in item.values()))
             else:
                 click.echo(f"  {item}")
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    """Entry point."""
-    cli()

@@ -11,7 +11,7 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -362,9 +362,3 @@ def open_source(src: str | os.PathLike[str] | None, *, allow_pickle: bool = Fals
         f"{src}: no such file or directory (give a checkpoint directory, a .gguf file, or one "
         f"of {', '.join(ALIASES)})"
     )
-
-
-def iter_tensors(source: ModelSource) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, array)`` one tensor at a time."""
-    for name in source.names():
-        yield name, source.get(name)

@@ -427,8 +427,3 @@ def _judge(report: ValidationReport, th: Thresholds, raise_on_fail: bool) -> Val
     if fails and raise_on_fail:
         raise ValidationFailed(f"{report.artifact}: validation failed: {'; '.join(fails)}", report)
     return report
-
-
-def report_json(report: ValidationReport) -> str:
-    """The report as indented JSON."""
-    return json.dumps(report.to_dict(), indent=2)
