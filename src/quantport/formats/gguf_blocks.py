@@ -110,6 +110,22 @@ def _unbits_le(b: np.ndarray) -> np.ndarray:
     return np.unpackbits(b, axis=-1, bitorder="little")
 
 
+def _bit_planes(bits: np.ndarray) -> np.ndarray:
+    """Pack one bit of each of a super-block's 256 weights ``[rows, nb, 256]`` into 32 bytes:
+    weight ``j`` goes to byte ``j % 32``, bit ``j // 32`` (Q3_K ``hmask``, Q5_K ``qh``; see
+    ``quantize_row_q3_K_ref`` / ``quantize_row_q5_K_ref``)."""
+    rows, nb, _ = bits.shape
+    return _bits_le(bits.reshape(rows, nb, 8, 32).transpose(0, 1, 3, 2))[..., 0]
+
+
+def _unbit_planes(b: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_bit_planes`: ``[rows, nb, 32]`` bytes -> ``[rows, nb, 256]`` bits."""
+    rows, nb, _ = b.shape
+    return _unbits_le(b[..., None]).reshape(rows, nb, 32, 8).transpose(0, 1, 3, 2).reshape(
+        rows, nb, 256
+    )
+
+
 def _crumbs(L: np.ndarray) -> np.ndarray:
     """Q2_K/Q3_K 2-bit packing of ``[..., 256]`` values in ``[0, 3]`` into ``[..., 64]``."""
     r = L.reshape(*L.shape[:-1], 2, 4, 32)
@@ -224,7 +240,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
     elif name == "Q3_K":
         sc = _nested(qt.scale, "Q3_K scale")
         L = cu8 + _U8(4)
-        out[..., 0:32] = _bits_le(((L >> 2) & 1).reshape(rows, nb, 8, 32).transpose(0, 1, 3, 2))[..., 0]
+        out[..., 0:32] = _bit_planes((L >> 2) & 1)
         out[..., 32:96] = _crumbs(L & 3)
         s6 = (sc.codes.astype(np.int32) + 32).astype(_U8).reshape(rows, nb, 16)
         out[..., 96:108] = _q3_scales(s6)
@@ -240,8 +256,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         L = cu8.reshape(rows, nb, 4, 2, 32)
         p = 16
         if name == "Q5_K":
-            hb = (L.reshape(rows, nb, 8, 32) >> 4) & 1
-            out[..., 16:48] = _bits_le(hb.transpose(0, 1, 3, 2))[..., 0]
+            out[..., 16:48] = _bit_planes((L.reshape(rows, nb, 256) >> 4) & 1)
             p = 48
         out[..., p:] = _nibbles(L[..., 0, :], L[..., 1, :]).reshape(rows, nb, 128)
     elif name == "Q6_K":
@@ -355,8 +370,7 @@ def unpack(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> Quantize
             encoding=name,
         )
     if name == "Q3_K":
-        hm = _unbits_le(b[..., 0:32]).reshape(rows, nb, 32, 8).transpose(0, 1, 3, 2)
-        L = _uncrumbs(b[..., 32:96]) | (hm.reshape(rows, nb, 256) << 2)
+        L = _uncrumbs(b[..., 32:96]) | (_unbit_planes(b[..., 0:32]) << 2)
         s6 = _q3_unscales(b[..., 96:108]).astype(np.int8) - np.int8(32)
         d = _from_f16(b[..., 108:110])
         return QuantizedTensor(
@@ -376,8 +390,7 @@ def unpack(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> Quantize
         L = np.concatenate([qs & 15, qs >> 4], axis=-2).reshape(rows, nb, 256)
         bits = 4
         if name == "Q5_K":
-            hb = _unbits_le(b[..., 16:48]).reshape(rows, nb, 32, 8).transpose(0, 1, 3, 2)
-            L = L | (hb.reshape(rows, nb, 256) << 4)
+            L = L | (_unbit_planes(b[..., 16:48]) << 4)
             bits = 5
         return QuantizedTensor(
             shape=(rows, cols),
