@@ -214,10 +214,12 @@ class TransformersLM:
             out = self.model(torch.as_tensor(ids)[None])
         return out.logits[0].float().numpy()
 
-    def embed(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Mean-pooled last hidden states (sentence-transformers pooling)."""
+    def embed_texts(self, texts: list[str], tok: Any) -> np.ndarray:
+        """Mean-pooled last hidden states (sentence-transformers pooling), ``[n, dim]``."""
         import torch
 
+        enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         with torch.inference_mode():
             out = self.model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))
         h = out.last_hidden_state.float().numpy()
@@ -246,6 +248,15 @@ class LlamaCppLM:
         self.llm.reset()
         self.llm.eval([int(i) for i in ids])
         return np.array(self.llm.scores[: self.llm.n_tokens], dtype=np.float32)
+
+    def embed_texts(self, texts: list[str], tok: Any = None) -> np.ndarray:
+        """Pooled embeddings as the GGUF's pooling type defines them, ``[n, dim]``; llama.cpp
+        tokenizes each text itself (``tok`` is unused)."""
+        rows = []
+        for t in texts:
+            a = np.asarray(self.llm.embed(t, normalize=False), dtype=np.float32)
+            rows.append(a.mean(0) if a.ndim == 2 else a)
+        return np.stack(rows)
 
     def close(self) -> None:
         """Free the llama.cpp context."""
@@ -329,10 +340,11 @@ def validate(
             art: Any = TransformersLM(art_path, causal=causal)
         elif art_path.suffix == ".gguf":
             runtime = "llama.cpp"
-            if not causal:
-                return _validate_gguf_encoder(art_path, ref_dir, tok, text_path, th, on_progress)
-            art = LlamaCppLM(art_path, n_ctx=ctx)
-            ir_ref = _ir_model(art_path, ref_dir)
+            if causal:
+                art = LlamaCppLM(art_path, n_ctx=ctx)
+                ir_ref = _ir_model(art_path, ref_dir)
+            else:
+                art = LlamaCppLM(art_path, n_ctx=512, embedding=True)
         elif art_path.suffix == ".onnx":
             raise QuantportError(f"{art_path}: ONNX validation is not available yet")
         else:
@@ -355,7 +367,14 @@ def validate(
                     "ir_ppl": ir_metrics["ppl_reference"],
                 }
         else:
-            report = _encoder_report(art, ref, tok, text_path, runtime, str(art_path),
+            if runtime == "llama.cpp":
+                # llama.cpp tokenizes and embeds whole strings: use only sentences that fit the
+                # reference's 128-token window, so both sides see exactly the same tokens
+                sents = [t for t in _sentences(text_path, 256)
+                         if len(tok(t)["input_ids"]) <= 128][:32]
+            else:
+                sents = _sentences(text_path, 64)
+            report = _encoder_report(art, ref, tok, sents, runtime, str(art_path),
                                      str(ref_dir), on_progress)
     return _judge(report, th, raise_on_fail)
 
@@ -365,16 +384,14 @@ def _sentences(text_path: Path, n: int) -> list[str]:
     return [ln for ln in lines if len(ln.split()) >= 8 and not ln.startswith("=")][:n]
 
 
-def _encoder_report(art: Any, ref: Any, tok: Any, text_path: Path, runtime: str, art_name: str,
-                    ref_name: str, on_progress: Progress | None) -> ValidationReport:
-    sents = _sentences(text_path, 64)
+def _encoder_report(art: Any, ref: Any, tok: Any, sents: list[str], runtime: str,
+                    art_name: str, ref_name: str,
+                    on_progress: Progress | None) -> ValidationReport:
     cos: list[float] = []
     max_abs = 0.0
     for i in range(0, len(sents), 16):
-        enc = tok(sents[i : i + 16], padding=True, truncation=True, max_length=128,
-                  return_tensors="np")
-        a = art.embed(enc["input_ids"], enc["attention_mask"])
-        r = ref.embed(enc["input_ids"], enc["attention_mask"])
+        a = art.embed_texts(sents[i : i + 16], tok)
+        r = ref.embed_texts(sents[i : i + 16], tok)
         max_abs = max(max_abs, float(np.abs(a - r).max()))
         cos.extend((a * r).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1)))
         if on_progress:
@@ -382,30 +399,6 @@ def _encoder_report(art: Any, ref: Any, tok: Any, text_path: Path, runtime: str,
     return ValidationReport(art_name, ref_name, runtime, True, cosine_mean=float(np.mean(cos)),
                             cosine_min=float(np.min(cos)), max_abs_logit_diff=max_abs,
                             n_windows=len(sents), window=128)
-
-
-def _validate_gguf_encoder(art_path: Path, ref_dir: Path, tok: Any, text_path: Path,
-                           th: Thresholds, on_progress: Progress | None) -> ValidationReport:
-    ref = TransformersLM(ref_dir, causal=False)
-    art = LlamaCppLM(art_path, n_ctx=512, embedding=True)
-    # llama.cpp tokenizes and embeds whole strings: use only sentences that fit the
-    # reference's 128-token window, so both sides see exactly the same tokens
-    sents = [t for t in _sentences(text_path, 256)
-             if len(tok(t)["input_ids"]) <= 128][:32]
-    cos: list[float] = []
-    for i, s in enumerate(sents):
-        enc = tok([s], truncation=True, max_length=128, return_tensors="np")
-        r = ref.embed(enc["input_ids"], enc["attention_mask"])[0]
-        a = np.asarray(art.llm.embed(s, normalize=False), dtype=np.float32)
-        if a.ndim == 2:
-            a = a.mean(0)
-        cos.append(float(a @ r / (np.linalg.norm(a) * np.linalg.norm(r))))
-        if on_progress:
-            on_progress("validate", i + 1, len(sents))
-    report = ValidationReport(str(art_path), str(ref_dir), "llama.cpp", True,
-                              cosine_mean=float(np.mean(cos)), cosine_min=float(np.min(cos)),
-                              n_windows=len(sents), window=128)
-    return _judge(report, th, False)
 
 
 def _judge(report: ValidationReport, th: Thresholds, raise_on_fail: bool) -> ValidationReport:
