@@ -37,7 +37,8 @@ class Architecture:
         linear: regex of HF names that are ``nn.Linear`` weights (quantization targets).
         causal: whether it is a causal language model (has next-token logits).
         layer_prefix: regex matching the HF per-layer prefix, capturing the layer index.
-        skip: HF names that conversion drops (buffers, unused heads).
+        buffers: HF names that are buffers, not weights; every conversion drops them.
+        gguf_drop: weights that GGUF conversion drops (llama.cpp does not use them).
     """
 
     name: str
@@ -48,12 +49,18 @@ class Architecture:
     global_map: tuple[tuple[str, str], ...]
     linear: str
     causal: bool
-    skip: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
+    gguf_drop: tuple[str, ...] = ()
+
+    @property
+    def gguf_skip(self) -> tuple[str, ...]:
+        """HF names absent from a GGUF: the buffers and the dropped weights."""
+        return self.buffers + self.gguf_drop
 
     def gguf_name(self, hf_name: str) -> str | None:
         """Return the GGUF tensor name for an HF name, or ``None`` if dropped."""
         name = hf_name
-        if name in self.skip:
+        if name in self.gguf_skip:
             return None
         for hf, gg in self.global_map:
             if name == hf:
@@ -110,7 +117,7 @@ LLAMA = Architecture(
     ),
     linear=r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$",
     causal=True,
-    skip=("model.rotary_emb.inv_freq",),
+    buffers=("model.rotary_emb.inv_freq",),
 )
 
 BERT = Architecture(
@@ -145,9 +152,10 @@ BERT = Architecture(
     ),
     linear=r"encoder\.layer\.\d+\..*(query|key|value|dense)\.weight$",
     causal=False,
+    buffers=("embeddings.position_ids",),
     # convert_hf_to_gguf.py BertModel: "we are only using BERT for embeddings so we don't need
-    # the pooling layer"; position_ids is a buffer.
-    skip=("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"),
+    # the pooling layer"
+    gguf_drop=("pooler.dense.weight", "pooler.dense.bias"),
 )
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (LLAMA, BERT)}

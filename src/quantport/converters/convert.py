@@ -80,7 +80,7 @@ def _provenance(source: ModelSource, quant: str) -> dict[str, str]:
 
 def _skip(source: ModelSource, name: str) -> bool:
     # tied heads are not stored (the GGUF has no output.weight) and buffers are not weights
-    if name in source.architecture.skip and not name.startswith("pooler"):
+    if name in source.architecture.buffers:
         return True
     return name == "lm_head.weight" and bool(source.config.get("tie_word_embeddings"))
 

@@ -144,7 +144,7 @@ def _hf_to_gguf_name(source: ModelSource, hf: str) -> str | None:
             name = name[:-5] + ".bias"
         if name.startswith(("cls.predictions", "cls.seq_relationship")):
             return None
-    if name in arch.skip:
+    if name in arch.gguf_skip:
         return None
     # tied output: llama.cpp reuses token_embd when output.weight is absent
     if (
