@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from quantport._fixtures import wikitext_dir
 from quantport.converters.sources import HFCheckpoint, ModelSource, open_source
 from quantport.errors import ConfigError, QuantportError
 from quantport.formats.imatrix import ImatrixData
@@ -35,9 +36,7 @@ __all__ = ["DEFAULT_CALIBRATION_TEXT", "collect_imatrix"]
 log = logging.getLogger(__name__)
 
 #: WikiText-2 *validation* split (never calibrate on the test split used for evaluation).
-DEFAULT_CALIBRATION_TEXT = (
-    Path(__file__).resolve().parents[3] / "fixtures" / "wikitext-2" / "valid.tokens.txt"
-)
+DEFAULT_CALIBRATION_TEXT = wikitext_dir() / "valid.tokens.txt"
 
 
 def _tokens(tokenizer_json: str, text: str, need: int) -> list[int]:

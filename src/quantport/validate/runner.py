@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from quantport._fixtures import wikitext_dir
 from quantport.errors import QuantportError, ValidationFailed
 from quantport.validate.metrics import LogitStats
 
@@ -143,11 +144,9 @@ def default_text() -> Path:
     env = os.environ.get("QUANTPORT_EVAL_TEXT")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "fixtures" / "wikitext-2" / "wiki.test.raw"
-        if cand.is_file():
-            return cand
+    cand = wikitext_dir() / "wiki.test.raw"
+    if cand.is_file():
+        return cand
     raise QuantportError(
         "no evaluation text found; pass --text FILE or set QUANTPORT_EVAL_TEXT"
     )

@@ -1,0 +1,20 @@
+"""Where the project's WikiText-2 texts live: ``fixtures/wikitext-2`` above the package (a
+source checkout or an editable install), found by one search shared by evaluation and
+calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["wikitext_dir"]
+
+
+def wikitext_dir() -> Path:
+    """The ``fixtures/wikitext-2`` directory nearest above this package (it may not exist in
+    a wheel install; callers check the file they need)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "fixtures" / "wikitext-2"
+        if cand.is_dir():
+            return cand
+    return here.parents[2] / "fixtures" / "wikitext-2"
