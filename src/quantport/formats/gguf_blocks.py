@@ -101,6 +101,35 @@ def _nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return (lo & 15) | ((hi & 15) << 4)
 
 
+# Byte-parallel forms of _nibbles / _bits_le for the legacy 32-weight blocks: eight codes per
+# uint64 lane. Masking each byte to its low nibble before the shift keeps every byte's bits
+# inside that byte; the multiply gathers bit 0 of each of the 8 bytes into the top byte
+# (byte k -> bit 56 + k; the other partial products land below bit 56 or above bit 63).
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_BIT0 = np.uint64(0x0101010101010101)
+_GATHER = np.uint64(0x0102040810204080)
+
+
+def _nibbles32(q: np.ndarray) -> np.ndarray:
+    """``_nibbles(q[..., :16], q[..., 16:])`` for contiguous uint8 ``q[..., 32]``."""
+    v = np.ascontiguousarray(q).view("<u8")  # [..., 4]: codes 0-7, 8-15, 16-23, 24-31
+    r = v[..., 2:4] & _LO4
+    r <<= np.uint64(4)
+    r |= v[..., 0:2] & _LO4
+    return r.view(_U8)
+
+
+def _bit4_32(q: np.ndarray) -> np.ndarray:
+    """``_bits_le((q >> 4) & 1)`` for contiguous uint8 ``q[..., 32]``: the 5th bit of each
+    code, code ``i`` at bit ``i % 8`` of byte ``i // 8`` (``qh`` of Q5_0 / Q5_1)."""
+    v = np.ascontiguousarray(q).view("<u8")
+    b = v >> np.uint64(4)
+    b &= _BIT0
+    b *= _GATHER
+    b >>= np.uint64(56)
+    return b.astype(_U8)
+
+
 def _bits_le(bits: np.ndarray) -> np.ndarray:
     """Pack a ``[..., 8k]`` array of 0/1 into ``[..., k]`` bytes, bit i of byte j = bits[8j+i]."""
     return np.packbits(bits.astype(_U8), axis=-1, bitorder="little")
@@ -217,7 +246,7 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         if name == "Q4_1":
             out[..., 2:4] = _f16(-_param(qt.zero_point).reshape(rows, nb))
             p = 4
-        out[..., p:] = _nibbles(q[..., :16], q[..., 16:])
+        out[..., p:] = _nibbles32(q)
     elif name in ("Q5_0", "Q5_1"):
         off = 16 if name == "Q5_0" else 0
         q = cu8 + _U8(off)
@@ -226,8 +255,8 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
         if name == "Q5_1":
             out[..., 2:4] = _f16(-_param(qt.zero_point).reshape(rows, nb))
             p = 4
-        out[..., p : p + 4] = _bits_le((q >> 4) & 1)
-        out[..., p + 4 :] = _nibbles(q[..., :16], q[..., 16:])
+        out[..., p : p + 4] = _bit4_32(q)
+        out[..., p + 4 :] = _nibbles32(q)
     elif name == "Q2_K":
         sc = _nested(qt.scale, "Q2_K scale")
         mn = _nested(qt.zero_point, "Q2_K zero_point")

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = [
     "GGUFValueType",
     "gguf_file_size",
     "gguf_layout",
+    "parallel_write_supported",
     "tensor_nbytes",
     "write_gguf",
 ]
@@ -197,6 +199,17 @@ def _string(s: str | bytes, where: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _strings(values: Sequence[Any], where: str) -> bytes:
+    """Length-prefixed UTF-8 strings: :func:`_string` for ~10^5 vocabulary entries at once."""
+    if all(type(v) is str for v in values):
+        pack = _U64.pack
+        return b"".join([pack(len(b)) + b for b in [v.encode("utf-8") for v in values]])
+    return b"".join(_string(s, f"{where}[{i}]") for i, s in enumerate(values))
+
+
 def _scalar(vtype: GGUFValueType, v: Any, where: str) -> bytes:
     # struct.pack would accept 1 for a BOOL or True for an int; llama.cpp reads the exact type,
     # so the Python value must be of the declared kind
@@ -230,7 +243,7 @@ def _array(kv: GGUFKV) -> bytes:
         raise FormatError(f"{where}: ARRAY value must be a sequence, got {type(values).__name__}")
     head = struct.pack("<IQ", int(et), len(values))
     if et == GGUFValueType.STRING:
-        return head + b"".join(_string(s, f"{where}[{i}]") for i, s in enumerate(values))
+        return head + _strings(values, where)
     if et == GGUFValueType.BOOL:
         return head + b"".join(_scalar(et, v, f"{where}[{i}]") for i, v in enumerate(values))
     fmt = _SCALAR_FMT[et]
@@ -353,22 +366,128 @@ def _as_bytes(data: Any, t: GGUFTensor) -> memoryview:
     )
 
 
+def _checked(t: GGUFTensor, nb: int) -> memoryview:
+    """Produce ``t`` and check its size against the layout."""
+    data = _as_bytes(t.produce(), t)  # type: ignore[misc]
+    if data.nbytes != nb:
+        raise FormatError(
+            f"tensor {t.name}: producer gave {data.nbytes} bytes but shape {t.shape} as "
+            f"{t.type_name} needs {nb}; fix the tensor's producer"
+        )
+    return data
+
+
+def _write_serial(
+    f: Any, tensors: Sequence[GGUFTensor], layout: GGUFLayout, on_progress: Progress | None
+) -> None:
+    total, done = sum(layout.nbytes), 0
+    f.write(layout.header)
+    f.write(b"\0" * (layout.data_start - len(layout.header)))
+    for t, off, nb in zip(tensors, layout.offsets, layout.nbytes, strict=True):
+        if f.tell() != layout.data_start + off:  # internal invariant: offsets are running sums
+            raise FormatError(
+                f"tensor {t.name}: writer at byte {f.tell()}, expected {layout.data_start + off}"
+            )
+        data = _checked(t, nb)
+        f.write(data)
+        del data
+        f.write(b"\0" * (_pad(nb, layout.alignment) - nb))
+        done += nb
+        log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
+        if on_progress:
+            on_progress("write", done, total)
+    f.flush()
+
+
+# What a forked worker needs: (tensors, layout, file descriptor). Set in the parent just before
+# the fork and inherited (producers are closures, which cannot be pickled); tasks are indices.
+_JOB: tuple[Sequence[GGUFTensor], GGUFLayout, int] | None = None
+
+
+def _worker_init(init: Callable[[], None] | None) -> None:
+    if init is not None:
+        init()
+
+
+def _pwrite_tensor(i: int) -> int:
+    """Worker: produce tensor ``i`` and write it at its offset; returns its byte count."""
+    assert _JOB is not None
+    tensors, layout, fd = _JOB
+    t, nb = tensors[i], layout.nbytes[i]
+    data = _checked(t, nb)
+    pos, view = layout.data_start + layout.offsets[i], data
+    while view.nbytes:  # pwrite may write less than asked (Linux caps one call at ~2 GiB)
+        n = os.pwrite(fd, view, pos)
+        pos, view = pos + n, view[n:]
+    log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
+    return nb
+
+
+def parallel_write_supported() -> bool:
+    """Whether :func:`write_gguf` can use ``processes > 1`` here (it needs ``fork``, Linux)."""
+    import multiprocessing
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _write_parallel(
+    f: Any,
+    tensors: Sequence[GGUFTensor],
+    layout: GGUFLayout,
+    on_progress: Progress | None,
+    processes: int,
+    worker_init: Callable[[], None] | None,
+) -> None:
+    import multiprocessing
+
+    global _JOB
+    f.write(layout.header)
+    f.flush()
+    # the file gets its final size at once; the holes read as zeros, which is the padding
+    os.ftruncate(f.fileno(), layout.size)
+    total, done = sum(layout.nbytes), 0
+    # largest first, so that no worker is left with a big tensor at the end (LPT scheduling)
+    order = sorted(range(len(tensors)), key=lambda i: -math.prod(tensors[i].shape))
+    _JOB = (tensors, layout, f.fileno())
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(processes, initializer=_worker_init, initargs=(worker_init,)) as pool:
+            # a worker's exception (pickled back) is raised here; leaving the block terminates
+            # the other workers
+            for nb in pool.imap_unordered(_pwrite_tensor, order, chunksize=1):
+                done += nb
+                if on_progress:
+                    on_progress("write", done, total)
+    finally:
+        _JOB = None
+    f.seek(0, os.SEEK_END)
+
+
 def write_gguf(
     path: str | os.PathLike[str],
     metadata: Sequence[GGUFKV],
     tensors: Sequence[GGUFTensor],
     *,
     on_progress: Progress | None = None,
+    processes: int = 1,
+    worker_init: Callable[[], None] | None = None,
 ) -> GGUFLayout:
     """Write a GGUF v3 file atomically, producing one tensor at a time.
 
     Args:
         path: the target file; it is replaced only once the whole file has been written.
         metadata: ordered key/value pairs with explicit types.
-        tensors: ordered tensors; each ``produce()`` is called once, in order, and its result is
-            written and released before the next tensor is produced.
+        tensors: ordered tensors; each ``produce()`` is called once and its result is written
+            and released before that worker produces another tensor.
         on_progress: ``on_progress("write", bytes_done, bytes_total)`` after each tensor
             (tensor data bytes, without padding).
+        processes: tensors produced at once. Above 1 (and where
+            :func:`parallel_write_supported`), forked worker processes each produce whole
+            tensors and write them straight to their offsets in the file, largest first;
+            producers then run in a child process, so they must not rely on threads started
+            before the call. Otherwise tensors are produced in order in this process.
+        worker_init: called once in each worker process before its first tensor (e.g. to set
+            a per-process thread count).
 
     Returns:
         The layout of the written file (``layout.size`` equals the file size).
@@ -385,32 +504,13 @@ def write_gguf(
             raise FormatError(
                 f"tensor {t.name} has no producer; give GGUFTensor.produce to write it"
             )
-    total = sum(layout.nbytes)
-    done = 0
     target = Path(path)
+    parallel = processes > 1 and len(tensors) > 1 and parallel_write_supported()
     with atomic_file(target) as tmp, open(tmp, "wb") as f:
-        f.write(layout.header)
-        f.write(b"\0" * (layout.data_start - len(layout.header)))
-        for t, off, nb in zip(tensors, layout.offsets, layout.nbytes, strict=True):
-            if f.tell() != layout.data_start + off:  # internal invariant: offsets are running sums
-                raise FormatError(
-                    f"tensor {t.name}: writer at byte {f.tell()}, "
-                    f"expected {layout.data_start + off}"
-                )
-            data = _as_bytes(t.produce(), t)  # type: ignore[misc]
-            if data.nbytes != nb:
-                raise FormatError(
-                    f"tensor {t.name}: producer gave {data.nbytes} bytes but shape {t.shape} as "
-                    f"{t.type_name} needs {nb}; fix the tensor's producer"
-                )
-            f.write(data)
-            del data
-            f.write(b"\0" * (_pad(nb, layout.alignment) - nb))
-            done += nb
-            log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
-            if on_progress:
-                on_progress("write", done, total)
-        f.flush()
+        if parallel:
+            _write_parallel(f, tensors, layout, on_progress, processes, worker_init)
+        else:
+            _write_serial(f, tensors, layout, on_progress)
         os.fsync(f.fileno())
         if f.tell() != layout.size:
             raise FormatError(f"{target}: wrote {f.tell()} bytes, expected {layout.size}")

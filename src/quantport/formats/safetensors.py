@@ -150,9 +150,14 @@ class SafetensorsFile:
         return arr
 
     def get(self, name: str) -> np.ndarray:
-        """Return a tensor as an in-memory array; floats (including BF16) as float32."""
+        """Return a tensor with floats (including BF16) as float32.
+
+        F32 and integer tensors come back as the read-only memory map itself: copying them
+        would cost a page fault per fresh page for nothing. Other floats are widened straight
+        from the map.
+        """
         info = self.tensors[name]
-        arr = np.array(self.raw(name))
+        arr = self.raw(name)
         if info.dtype == "BF16":
             return (arr.astype(np.uint32) << 16).view(np.float32)
         if info.dtype in ("F16", "F64"):

@@ -32,7 +32,15 @@ from quantport.quant import _ggml_search as S
 from quantport.quant.grid import Grid, Params
 from quantport.quant.rtn import quantize_rtn
 
-__all__ = ["GGML_GRIDS", "KVALUES_IQ4NL", "GgmlKGrid", "GgmlLegacyGrid", "IQ4NLGrid", "quantize_ggml"]
+__all__ = [
+    "GGML_GRIDS",
+    "KVALUES_IQ4NL",
+    "GgmlKGrid",
+    "GgmlLegacyGrid",
+    "IQ4NLGrid",
+    "quantize_ggml",
+    "set_num_threads",
+]
 
 F32 = np.float32
 QK_K = 256
@@ -45,6 +53,7 @@ KVALUES_IQ4NL = np.array(
 # the GIL it holds) stays small against the vector work, small enough for the L2/L3 caches.
 _CHUNK_ELEMS = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
+_THREADS: int | None = None  # None: one per core (at most 8)
 # Weights per task of the legacy ``_ref`` paths (a few passes each: cache-sized chunks).
 _LEGACY_CHUNK_ELEMS = 1 << 18
 _SIGN_BIT = np.int32(-0x80000000)
@@ -54,12 +63,36 @@ _HALF_BELOW = np.int32(0x3EFFFFFF)  # 0.49999997f, the float32 just below 0.5
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+        _POOL = ThreadPoolExecutor(max_workers=_n_workers(), thread_name_prefix="quantport-ggml")
     return _POOL
 
 
+def set_num_threads(n: int | None) -> None:
+    """Threads the ggml quantizers use within one tensor (``None``: one per core, at most 8).
+
+    A caller that already runs several tensors at once in separate processes (the GGUF writer)
+    sets this to its share of the cores, so that the processes do not oversubscribe them.
+    """
+    global _POOL, _THREADS
+    if n is not None and n < 1:
+        raise ValueError(f"set_num_threads: need at least 1 thread, got {n}")
+    if _POOL is not None:
+        _POOL.shutdown(wait=False)
+    _POOL, _THREADS = None, n
+
+
+def _after_fork_in_child() -> None:
+    # a forked child inherits the executor object but none of its threads: work submitted to it
+    # would wait forever, so the child starts a fresh pool on first use
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _n_workers() -> int:
-    return _pool()._max_workers
+    return max(1, _THREADS if _THREADS is not None else min(8, os.cpu_count() or 1))
 
 
 def _chunk_items(n: int, per_item: int, max_elems: int | None = None, min_split: int = 1 << 15) -> int:
@@ -80,8 +113,8 @@ def _map_chunks(fn: Callable[[int, int], dict[str, np.ndarray]], n: int, per_ite
     concatenate each returned array along axis 0."""
     chunk = _chunk_items(n, per_item)
     bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)] or [(0, 0)]
-    if len(bounds) == 1:
-        parts = [fn(*bounds[0])]
+    if len(bounds) == 1 or _n_workers() == 1:
+        parts = [fn(*b) for b in bounds]
     else:
         parts = list(_pool().map(lambda b: fn(*b), bounds))
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
@@ -101,7 +134,7 @@ def _for_chunks(fn: Callable[[int, int], None], n: int, per_item: int) -> None:
     """Run ``fn(lo, hi)`` (which writes its results in place) over ``[0, n)`` in chunks."""
     chunk = _chunk_items(n, per_item, _LEGACY_CHUNK_ELEMS, 1 << 19)
     bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
-    if len(bounds) <= 1:
+    if len(bounds) <= 1 or _n_workers() == 1:
         for b in bounds:
             fn(*b)
         return
