@@ -78,6 +78,7 @@ def test_output_tensor_type(tiny_llama, tmp_path):
     [
         (["--quant", "Q9_K"], 1, "Q4_K_M"),
         (["--quant", "Q4_0", "--imatrix", "IMAT", "--calib", "IMAT"], 2, "not both"),
+        (["--quant", "Q4_0", "--threads", "0"], 2, "--threads"),
     ],
 )
 def test_gguf_bad_options(tiny_llama, tmp_path, extra, code, msg):
@@ -135,7 +136,8 @@ def test_validate_gguf_in_llamacpp(tiny_q8, tiny_llama):
 
 def test_gguf_to_gguf_requantization(tiny_q8, tmp_path):
     out = tmp_path / "re.gguf"
-    res = run("convert", tiny_q8, "--to", "gguf", "--quant", "Q4_0", "-o", out, "-q", "--json")
+    res = run("convert", tiny_q8, "--to", "gguf", "--quant", "Q4_0", "-o", out, "-q", "--json",
+              "--threads", "2")
     assert res.exit_code == 0, res.output
     info = json.loads(run("inspect", out, "--json").stdout)
     assert info["quantization"]["types"]["Q4_0"] >= 14

@@ -90,7 +90,7 @@ def test_pickle_refused_then_loaded_weights_only(tiny_llama, tmp_path):
     d.mkdir()
     shutil.copy(tiny_llama / "config.json", d)
     src = HFCheckpoint(tiny_llama)
-    sd = {n: torch.from_numpy(src.get(n)) for n in src.names()}
+    sd = {n: torch.from_numpy(np.array(src.get(n))) for n in src.names()}
     torch.save(sd, d / "pytorch_model.bin")
     with pytest.raises(QuantportError, match="--allow-pickle"):
         HFCheckpoint(d)

@@ -25,6 +25,7 @@ import quantport
 from quantport.converters.sources import HFCheckpoint, open_source
 from quantport.converters.to_gguf import convert_gguf
 from quantport.errors import (
+    ConfigError,
     FormatError,
     OutputExistsError,
     UnsupportedArchitectureError,
@@ -36,6 +37,7 @@ from quantport.formats.gguf_writer import (
     GGUFTensor,
     GGUFValueType,
     gguf_file_size,
+    parallel_write_supported,
     write_gguf,
 )
 from quantport.quant.presets import PRESETS
@@ -176,6 +178,57 @@ def test_writer_failure_leaves_nothing(tmp_path: Path) -> None:
     # a producer giving the wrong number of bytes is refused, and nothing is left either
     with pytest.raises(FormatError, match="producer gave 256 bytes"):
         write_gguf(target, [], [GGUFTensor("a", (4, 32), "F32", lambda: ok)])
+    assert list(tmp_path.iterdir()) == []
+
+
+needs_fork = pytest.mark.skipif(
+    not parallel_write_supported(), reason="the parallel writer needs fork (Linux)"
+)
+
+
+def _mixed_tensors() -> list[GGUFTensor]:
+    """Tensors of many sizes (most not multiples of the alignment) and types."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(9):
+        rows = 1 + 5 * i
+        a = rng.standard_normal((rows, 32 * (1 + i % 3))).astype(np.float32)
+        out.append(GGUFTensor(f"t{i}.f32", a.shape, "F32", lambda a=a: a))
+        out.append(GGUFTensor(f"t{i}.f16", a.shape, "F16", lambda a=a: a.astype("<f2")))
+        q = rng.integers(0, 256, (rows, 34 * (1 + i % 3)), dtype=np.uint8)
+        out.append(GGUFTensor(f"t{i}.q8", a.shape, "Q8_0", lambda q=q: q))
+    return out
+
+
+@needs_fork
+def test_parallel_writer_equals_serial(tmp_path: Path) -> None:
+    kvs = [GGUFKV("general.architecture", "llama", GGUFValueType.STRING)]
+    tensors = _mixed_tensors()
+    seen: list[int] = []
+    write_gguf(tmp_path / "serial.gguf", kvs, tensors)
+    layout = write_gguf(tmp_path / "parallel.gguf", kvs, tensors, processes=3,
+                        on_progress=lambda _s, done, _t: seen.append(done))  # fmt: skip
+    assert (tmp_path / "parallel.gguf").read_bytes() == (tmp_path / "serial.gguf").read_bytes()
+    assert len(seen) == len(tensors) and seen == sorted(seen)
+    assert seen[-1] == sum(layout.nbytes)
+
+
+@needs_fork
+def test_parallel_writer_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.gguf"
+
+    def boom() -> np.ndarray:
+        raise FormatError("tensor b: disk on fire")
+
+    tensors = _mixed_tensors()
+    tensors.insert(4, GGUFTensor("b", (2, 32), "F32", boom))
+    with pytest.raises(FormatError, match="disk on fire"):  # the worker's error, as raised
+        write_gguf(target, [], tensors, processes=2)
+    assert list(tmp_path.iterdir()) == []
+    wrong = np.zeros((2, 32), np.float32)
+    tensors[4] = GGUFTensor("b", (4, 32), "F32", lambda: wrong)
+    with pytest.raises(FormatError, match="producer gave 256 bytes"):
+        write_gguf(target, [], tensors, processes=2)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -460,6 +513,17 @@ def test_q4_k_m_identical_to_llama_model_quantize(smol_files, tmp_path: Path) ->
     diff = _differences(ours, ref)
     assert not diff, f"{len(diff)} tensors differ: {diff[:10]}"
     assert ours.stat().st_size == ref.stat().st_size
+
+
+def test_thread_counts_write_the_same_file(smol_source, smol_files, tmp_path: Path) -> None:
+    """One process (threads=1) and forked workers (the fixture's default on a multi-core
+    machine) write identical files."""
+    one = tmp_path / "one.gguf"
+    convert_gguf(smol_source, one, "Q4_K_M", threads=1)
+    assert one.read_bytes() == smol_files[("Q4_K_M", False, ())][0].read_bytes()
+    with pytest.raises(ConfigError, match="threads must be at least 1"):
+        convert_gguf(smol_source, tmp_path / "zero.gguf", "Q4_K_M", threads=0)
+    assert not (tmp_path / "zero.gguf").exists()
 
 
 @pytest.mark.llamacpp

@@ -261,3 +261,23 @@ def test_nearest_int_and_seq_sum() -> None:
         expect = expect + row
     np.testing.assert_array_equal(S.seq_sum(a), expect)
     np.testing.assert_array_equal(S.seq_sum(a[:, :1]), expect[:1])
+
+
+def test_first_absmax_matches_c_loop() -> None:
+    """``first_absmax`` against the C loop, on columns with ties of opposite sign (the first
+    one wins), repeated maxima, all-zero and -0.0 columns."""
+    rng = np.random.default_rng(3)
+    x = (rng.integers(-4, 5, (16, 400)) * 0.5).astype(f32)  # few values: many ties
+    x[:, 0] = 0.0
+    x[:, 1] = -0.0
+    x[:, 2] = [-2.0, 2.0] + [0.0] * 14  # -v first
+    x[:, 3] = [1.0, 2.0, -2.0] + [0.0] * 13  # +v first
+    amax, mx = S.first_absmax(x)
+    for c in range(x.shape[1]):
+        a, m = f32(0.0), f32(0.0)
+        for v in x[:, c]:  # float amax = 0, max = 0; if (ax > amax) { amax = ax; max = x[i]; }
+            if abs(v) > a:
+                a, m = abs(v), v
+        assert (amax[c], mx[c]) == (a, m), c
+        assert not np.signbit(mx[c]) or m < 0, c  # +0.0 for zero columns, as C
+    assert (mx[2], mx[3]) == (-2.0, 2.0)

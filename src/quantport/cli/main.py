@@ -135,13 +135,15 @@ def cli() -> None:
 @click.option("--save-imatrix", type=click.Path(path_type=Path),
               help="GGUF: write the computed importance matrix here (llama.cpp GGUF format).")
 @click.option("--dry-run", is_flag=True, help="GGUF: print the per-tensor plan and exact size only.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="GGUF: tensors quantized at once (default: one per available core).")
 @_common
 @_errors
 def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
             keep_unquantized: bool, allow_pickle: bool, pure: bool, tensor_types: tuple[str, ...],
             output_type: str | None, token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None, calib_chunks: int,
-            save_imatrix: Path | None, dry_run: bool, as_json: bool, quiet: bool,
-            verbose: bool) -> None:
+            save_imatrix: Path | None, dry_run: bool, threads: int | None, as_json: bool,
+            quiet: bool, verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
     quantized artifact. Without SRC, the default model (SmolLM2-135M-Instruct) is used.
 
@@ -203,7 +205,7 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool,
     result = convert_gguf(source, output, quant, imatrix=imatrix, pure=pure,
                           overrides=tensor_types, output_type=output_type,
                           token_embedding_type=token_embedding_type, force=force,
-                          dry_run=dry_run, on_progress=bars)
+                          dry_run=dry_run, threads=threads, on_progress=bars)
     bars.close()
     if dry_run:
         rows = [{"name": p.name, "shape": list(p.shape), "type": p.type, "reason": p.reason,

@@ -20,7 +20,7 @@ import numpy as np
 from quantport.converters.arch import ARCHITECTURES, Architecture, detect_architecture, llama_unpermute
 from quantport.converters.tokenizer import hf_tokenizer_from_gguf
 from quantport.errors import ConfigError, FormatError, QuantportError
-from quantport.formats.gguf_file import read_tensor, scan_gguf
+from quantport.formats.gguf_file import map_gguf, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.formats.safetensors import SafetensorsFile
 
@@ -185,6 +185,7 @@ class GGUFSource:
         # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor()
         scan = scan_gguf(self.path, keep_arrays=True)
         self._scan = scan
+        self._mapped: np.ndarray | None = None
         self._infos = {t.name: t for t in scan.tensors}
         self.metadata = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
@@ -268,7 +269,9 @@ class GGUFSource:
         :func:`quantport.ir.dequantize`; other types go through ``gguf.quants``.
         """
         gname = self._gguf_of[name]
-        t = read_tensor(self.path, self._infos[gname])
+        if self._mapped is None:
+            self._mapped = map_gguf(self.path)
+        t = read_tensor(self.path, self._infos[gname], self._mapped)
         w = dequantize(t) if isinstance(t, QuantizedTensor) else t
         if gname.endswith("attn_q.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head)

@@ -500,8 +500,6 @@ def _write(
     on_progress: Progress | None,
 ) -> int:
     n = _cores() if threads is None else threads
-    if n < 1:
-        raise ConfigError(f"threads must be at least 1, got {n}")
     big = sum(math.prod(s.shape) for s in specs) >= _PARALLEL_MIN_ELEMS
     if n > 1 and big and parallel_write_supported():
         # the whole tensors run in n processes: numpy's many short calls hold the GIL, so
@@ -609,6 +607,8 @@ def convert_gguf(
             f"{source.path}: GGUF export of architecture {arch!r} is not supported; supported: "
             f"{', '.join(GGUF_ARCHITECTURES)}"
         )
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     p = resolve_preset(preset)
     out_path = Path(out)
     if not dry_run:

@@ -402,6 +402,7 @@ def _write_serial(
 # What a forked worker needs: (tensors, layout, file descriptor). Set in the parent just before
 # the fork and inherited (producers are closures, which cannot be pickled); tasks are indices.
 _JOB: tuple[Sequence[GGUFTensor], GGUFLayout, int] | None = None
+_SYNC_BYTES = 32 << 20
 
 
 def _worker_init(init: Callable[[], None] | None) -> None:
@@ -454,8 +455,14 @@ def _write_parallel(
         with ctx.Pool(processes, initializer=_worker_init, initargs=(worker_init,)) as pool:
             # a worker's exception (pickled back) is raised here; leaving the block terminates
             # the other workers
+            synced = 0
             for nb in pool.imap_unordered(_pwrite_tensor, order, chunksize=1):
                 done += nb
+                if done - synced >= _SYNC_BYTES:
+                    # this process only waits here: flushing as the data arrives leaves the
+                    # final fsync (before the rename) little to do
+                    os.fdatasync(f.fileno())
+                    synced = done
                 if on_progress:
                     on_progress("write", done, total)
     finally:

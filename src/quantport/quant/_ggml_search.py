@@ -77,13 +77,20 @@ def first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Matches ``float amax = 0, max = 0; if (ax > amax) { amax = ax; max = x[i]; }``: an
     all-zero column gives ``max = +0.0``.
     """
-    ax = np.abs(x)
-    idx = np.argmax(ax, axis=0)
-    cols = np.arange(x.shape[1])
-    amax = ax[idx, cols]
-    mx = x[idx, cols]
+    # max and min reductions run at memory speed where argmax over axis 0 does not; only a
+    # column holding both +v and -v at the largest magnitude needs C's "first one wins"
+    hi = np.maximum.reduce(x, axis=0)
+    lo = np.minimum.reduce(x, axis=0)
+    neg = -lo
+    amax = np.abs(np.maximum(hi, neg))  # abs: +0.0 for an all-zero column, as C
+    mx = np.where(neg > hi, lo, hi)
+    tie = np.flatnonzero((neg == hi) & (hi > 0))
+    if tie.size:
+        sub = x[:, tie]
+        first = np.argmax(np.abs(sub) == amax[tie], axis=0)
+        mx[tie] = sub[first, np.arange(tie.size)]
     mx = np.where(amax > 0, mx, F32(0.0)).astype(F32, copy=False)
-    return amax, mx
+    return amax.astype(F32, copy=False), mx
 
 
 def _rint_clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:

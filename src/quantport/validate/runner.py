@@ -195,7 +195,9 @@ class TransformersLM:
         except (OSError, ValueError, RuntimeError) as exc:
             raise QuantportError(f"{path}: transformers cannot load it ({str(exc).splitlines()[0]})") from exc
         if state_dict is not None:
-            sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+            # torch wants writable memory; source tensors may be read-only file maps
+            sd = {k: torch.from_numpy(np.require(v, requirements=["C", "W"]))
+                  for k, v in state_dict.items()}
             missing = set(sd) - set(self.model.state_dict())
             if missing:
                 raise QuantportError(f"tensors {sorted(missing)[:3]} do not belong to the model")
