@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--calib-chunks", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3, help="quantize runs per tool (median)")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
@@ -104,18 +105,22 @@ def main() -> None:
         for use_imat in (False, True):
             im = imat if use_imat else None
             qp_out, lc_out = work / f"qp-{preset}.gguf", work / f"lc-{preset}.gguf"
-            t = time.perf_counter()
-            convert_gguf(GGUFSource(f32), qp_out, preset, imatrix=im, force=True)
-            qp_s = time.perf_counter() - t
-            t = time.perf_counter()
-            llama_quantize(f32, lc_out, preset, imatrix=im, nthread=2)
-            lc_s = time.perf_counter() - t
+            qp_times, lc_times = [], []
+            for _ in range(args.repeat):  # interleaved, so that drifts of the machine hit both
+                t = time.perf_counter()
+                convert_gguf(GGUFSource(f32), qp_out, preset, imatrix=im, force=True, threads=2)
+                qp_times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                llama_quantize(f32, lc_out, preset, imatrix=im, nthread=2)
+                lc_times.append(time.perf_counter() - t)
+            qp_s, lc_s = float(np.median(qp_times)), float(np.median(lc_times))
             same, total = identical_tensors(qp_out, lc_out)
             qp_m = evaluate(qp_out, windows, base)
             lc_m = evaluate(lc_out, windows, base)
             rows.append(dict(preset=preset, imatrix=use_imat, same=same, total=total,
                              qp_size=qp_out.stat().st_size, lc_size=lc_out.stat().st_size,
-                             qp_s=qp_s, lc_s=lc_s, qp=qp_m, lc=lc_m))
+                             qp_s=qp_s, lc_s=lc_s, qp_times=qp_times, lc_times=lc_times,
+                             qp=qp_m, lc=lc_m))
             print(f"{preset:7} imat={use_imat!s:5} identical {same}/{total} "
                   f"time {qp_s:.2f}s vs {lc_s:.2f}s  KLD {qp_m['kld_mean']:.5f} vs "
                   f"{lc_m['kld_mean']:.5f}", file=sys.stderr, flush=True)
@@ -153,9 +158,16 @@ def main() -> None:
             f"| {q['kld_mean']:.5f} / {c['kld_mean']:.5f} ({kr:.3f}) "
             f"| {q['top1_agreement']:.4f} / {c['top1_agreement']:.4f} |"
         )
-    lines += ["", "quantport's quantize time includes reading the F32 GGUF, quantizing, packing "
-              "and writing the file; llama.cpp's is the `llama_model_quantize` call (the same "
-              "work in C++ on 2 threads).", ""]
+    lines += ["", f"Quantize seconds are the median of {args.repeat} runs per tool, the two tools "
+              "alternating. quantport's time includes opening and validating the F32 GGUF, "
+              "quantizing, packing, writing and fsync-ing the file (2 worker processes, "
+              "`threads=2`); llama.cpp's is the `llama_model_quantize` call (the same work in "
+              "C++, nthread=2).", "", "Every run, in seconds (quantport | llama.cpp):", ""]
+    for r in rows:
+        lines.append(f"- {r['preset']} {'imatrix' if r['imatrix'] else 'plain'}: "
+                     f"{' '.join(f'{t:.2f}' for t in r['qp_times'])} | "
+                     f"{' '.join(f'{t:.2f}' for t in r['lc_times'])}")
+    lines.append("")
     text = "\n".join(lines)
     args.out.write_text(text)
     print(text)
