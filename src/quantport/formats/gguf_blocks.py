@@ -130,6 +130,12 @@ def _bit4_32(q: np.ndarray) -> np.ndarray:
     return b.astype(_U8)
 
 
+_Q5_RECORD = {
+    "Q5_0": np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", (16,))]),  # 22 bytes, unpadded
+    "Q5_1": np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", (16,))]),
+}
+
+
 def _bits_le(bits: np.ndarray) -> np.ndarray:
     """Pack a ``[..., 8k]`` array of 0/1 into ``[..., k]`` bytes, bit i of byte j = bits[8j+i]."""
     return np.packbits(bits.astype(_U8), axis=-1, bitorder="little")
@@ -250,13 +256,14 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
     elif name in ("Q5_0", "Q5_1"):
         off = 16 if name == "Q5_0" else 0
         q = cu8 + _U8(off)
-        out[..., 0:2] = _f16(_param(qt.scale).reshape(rows, nb))
-        p = 2
+        # block_q5_0 / block_q5_1 as a packed record: each field is one strided store (qh as
+        # one uint32, not four bytes); float32 -> float16 on assignment rounds to nearest even
+        rec = out.reshape(-1).view(_Q5_RECORD[name]).reshape(rows, nb)
+        rec["d"] = _param(qt.scale).reshape(rows, nb)
         if name == "Q5_1":
-            out[..., 2:4] = _f16(-_param(qt.zero_point).reshape(rows, nb))
-            p = 4
-        out[..., p : p + 4] = _bit4_32(q)
-        out[..., p + 4 :] = _nibbles32(q)
+            rec["m"] = -_param(qt.zero_point).reshape(rows, nb)
+        rec["qh"] = _bit4_32(q).view("<u4")[..., 0]
+        rec["qs"] = _nibbles32(q)
     elif name == "Q2_K":
         sc = _nested(qt.scale, "Q2_K scale")
         mn = _nested(qt.zero_point, "Q2_K zero_point")

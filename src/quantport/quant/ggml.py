@@ -338,13 +338,22 @@ class GgmlLegacyGrid:
         qmax = (1 << self.bits) - 1
         with np.errstate(invalid="ignore", over="ignore"):
             if "iscale" in params:
+                # the searches scale by the block's extreme value, so |iscale*x| stays below
+                # nmax + 1: rint is nearest_int exactly there, and numpy's float clip is
+                # vectorized where its integer clip with scalars is not
                 isc = params["iscale"][..., None]
                 if self.asym:
-                    q = S.nearest_int(isc * (x - params["min0"][..., None]))
-                    return np.clip(q, 0, qmax).astype(np.uint8)
-                q = np.clip(S.nearest_int(isc * x), -self._nmax, self._nmax - 1)
-                q = np.where(params["zero"][..., None], -self._nmax, q)
-                return q.astype(np.int8)
+                    v = x - params["min0"][..., None]
+                    v *= isc
+                    np.rint(v, out=v)
+                    return np.clip(v, F32(0), F32(qmax), out=v).astype(np.uint8)
+                v = isc * x
+                np.rint(v, out=v)
+                q = np.clip(v, F32(-self._nmax), F32(self._nmax - 1), out=v).astype(np.int8)
+                zero = params["zero"]
+                if zero.any():  # C stores L = 0 for an all-zero block
+                    q = np.where(zero[..., None], np.int8(-self._nmax), q)
+                return q
             return self._round_ref(x, params)
 
     def _round_ref(self, x: np.ndarray, params: Params) -> np.ndarray:
@@ -380,14 +389,16 @@ class GgmlLegacyGrid:
                 np.subtract(xs, minb[sl][..., None], out=t)
                 t *= invb[sl][..., None]
                 t += F32(0.5)
+                # MIN on the float before the truncating cast: the same for t >= 0, and
+                # numpy's float clip is vectorized where its int8 minimum with a scalar is not
+                np.clip(t, F32(-128), F32(qmax), out=t)
                 q = t.astype(np.int8)
-                np.minimum(q, np.int8(qmax), out=q)
             else:
                 # (int8_t)(x*id + 8.5f) (16.5f), MIN(15 (31), .), stored minus the offset
                 np.multiply(xs, invb[sl][..., None], out=t)
                 t += F32(self._nmax + 0.5)
+                np.clip(t, F32(-128), F32(qmax), out=t)  # as above
                 q = t.astype(np.int8)
-                np.minimum(q, np.int8(qmax), out=q)
                 q -= np.int8(self._nmax)
             ob[sl] = q
 
