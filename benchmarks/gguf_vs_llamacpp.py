@@ -69,6 +69,34 @@ def evaluate(path: Path, windows: list[np.ndarray], base: list[np.ndarray]) -> d
     return stats.summary()
 
 
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's three targets, judged from this run's rows."""
+    plain = [r for r in rows if not r["imatrix"]]
+    imat = [r for r in rows if r["imatrix"]]
+    same = all(r["same"] == r["total"] for r in plain)
+    worse = [r["preset"] for r in imat if r["qp"]["kld_mean"] > r["lc"]["kld_mean"]]
+    q4 = [r for r in rows if r["preset"] == "Q4_K_M"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    out = ["### Against the targets", ""]
+    if plain:
+        counts = ", ".join(f"{r['preset']} {r['same']}/{r['total']}" for r in plain)
+        out.append(f"- Identical bytes without an importance matrix: {verdict(same)} ({counts}).")
+    if imat:
+        out.append(f"- KLD no worse than llama.cpp's with the same importance matrix: "
+                   f"{verdict(not worse)}"
+                   + (f" (worse: {', '.join(worse)})." if worse else " for every preset."))
+    for r in q4:
+        ratio = r["qp_s"] / r["lc_s"]
+        out.append(f"- Q4_K_M quantize time ({'with' if r['imatrix'] else 'without'} an "
+                   f"importance matrix) no more than llama.cpp's: {verdict(ratio <= 1.0)} "
+                   f"({r['qp_s']:.2f} s vs {r['lc_s']:.2f} s, ratio {ratio:.2f}).")
+    out.append("")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--windows", type=int, default=16)
@@ -168,6 +196,7 @@ def main() -> None:
                      f"{' '.join(f'{t:.2f}' for t in r['qp_times'])} | "
                      f"{' '.join(f'{t:.2f}' for t in r['lc_times'])}")
     lines.append("")
+    lines += targets(rows)
     text = "\n".join(lines)
     args.out.write_text(text)
     print(text)
