@@ -506,6 +506,8 @@ def _write(
         # threads within one process reach only ~1.45 of 2 cores on this work
         return write_gguf(out_path, metadata, specs, on_progress=on_progress, processes=n,
                           worker_init=_one_thread_per_worker).size  # fmt: skip
+    if n == 1:
+        return write_gguf(out_path, metadata, specs, on_progress=on_progress).size
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="quantport-gguf")
@@ -583,10 +585,11 @@ def convert_gguf(
         token_embedding_type: llama-quantize ``--token-embedding-type``.
         force: overwrite an existing ``out``.
         dry_run: plan only: return the per-tensor types and the exact size, write nothing.
-        threads: tensors quantized at once (llama-quantize's ``nthread``); default: the cores
-            this process may use. On Linux each is a forked worker process that quantizes
-            whole tensors and writes them in place; elsewhere threads overlap reading,
-            quantizing and writing.
+        threads: cores to use (llama-quantize's ``nthread``); default: all this process may
+            use. Above 1, on Linux, that many forked worker processes each quantize whole
+            tensors and write them in place (models under ~4M weights stay in one process);
+            elsewhere two threads overlap reading, quantizing and writing. 1: one tensor at a
+            time, in this process.
         on_progress: ``on_progress("write", bytes_done, bytes_total)`` while writing.
 
     Returns:
