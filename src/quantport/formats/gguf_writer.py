@@ -36,6 +36,7 @@ import math
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +403,7 @@ def _write_serial(
 # What a forked worker needs: (tensors, layout, file descriptor). Set in the parent just before
 # the fork and inherited (producers are closures, which cannot be pickled); tasks are indices.
 _JOB: tuple[Sequence[GGUFTensor], GGUFLayout, int] | None = None
+_JOB_LOCK = threading.Lock()
 _SYNC_BYTES = 32 << 20
 
 
@@ -439,35 +441,47 @@ def _write_parallel(
     processes: int,
     worker_init: Callable[[], None] | None,
 ) -> None:
-    import multiprocessing
-
     global _JOB
     f.write(layout.header)
     f.flush()
     # the file gets its final size at once; the holes read as zeros, which is the padding
     os.ftruncate(f.fileno(), layout.size)
-    total, done = sum(layout.nbytes), 0
     # largest first, so that no worker is left with a big tensor at the end (LPT scheduling)
     order = sorted(range(len(tensors)), key=lambda i: -math.prod(tensors[i].shape))
-    _JOB = (tensors, layout, f.fileno())
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(processes, initializer=_worker_init, initargs=(worker_init,)) as pool:
-            # a worker's exception (pickled back) is raised here; leaving the block terminates
-            # the other workers
-            synced = 0
-            for nb in pool.imap_unordered(_pwrite_tensor, order, chunksize=1):
-                done += nb
-                if done - synced >= _SYNC_BYTES:
-                    # this process only waits here: flushing as the data arrives leaves the
-                    # final fsync (before the rename) little to do
-                    os.fdatasync(f.fileno())
-                    synced = done
-                if on_progress:
-                    on_progress("write", done, total)
-    finally:
-        _JOB = None
+    with _JOB_LOCK:  # one parallel write at a time per process: the job is a module global
+        _JOB = (tensors, layout, f.fileno())
+        try:
+            _run_pool(f.fileno(), order, min(processes, len(tensors)), worker_init,
+                      sum(layout.nbytes), on_progress)  # fmt: skip
+        finally:
+            _JOB = None
     f.seek(0, os.SEEK_END)
+
+
+def _run_pool(
+    fd: int,
+    order: list[int],
+    processes: int,
+    worker_init: Callable[[], None] | None,
+    total: int,
+    on_progress: Progress | None,
+) -> None:
+    import multiprocessing
+
+    done = synced = 0
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(processes, initializer=_worker_init, initargs=(worker_init,)) as pool:
+        # a worker's exception (pickled back) is raised here; leaving the block terminates the
+        # other workers
+        for nb in pool.imap_unordered(_pwrite_tensor, order, chunksize=1):
+            done += nb
+            if done - synced >= _SYNC_BYTES:
+                # this process only waits here: flushing as the data arrives leaves the final
+                # fsync (before the rename) little to do
+                os.fdatasync(fd)
+                synced = done
+            if on_progress:
+                on_progress("write", done, total)
 
 
 def write_gguf(
