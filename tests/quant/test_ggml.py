@@ -34,6 +34,12 @@ def _data(dist: str, rows: int, cols: int, seed: int) -> np.ndarray:
     elif dist == "tiny":
         w = rng.standard_normal((rows, cols)) * 1e-6
         w[0] *= 1e-3  # fp16 subnormal / underflowing scales
+    elif dist == "subnormal":  # block ranges so small that 1/scale overflows to inf
+        w = rng.standard_normal((rows, cols)) * 0.02
+        w[0] = rng.standard_normal(cols) * 1e-39
+        w[1, ::3] = 2e-39
+        w[1, 1::3] = -3e-39
+        w[1, 2::3] = 0.0
     elif dist == "mixed":  # zero rows, constant blocks, outliers, positive-only blocks
         w = rng.standard_normal((rows, cols)) * 0.05
         w[0] = 0
@@ -60,7 +66,7 @@ def _bad_blocks(type_name: str, ref: np.ndarray, got: np.ndarray) -> int:
 @pytest.mark.llamacpp
 @needs_llama
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["ref", "imatrix"])
-@pytest.mark.parametrize("dist", ["normal", "heavy", "tiny", "mixed"])
+@pytest.mark.parametrize("dist", ["normal", "heavy", "tiny", "mixed", "subnormal"])
 @pytest.mark.parametrize("type_name", LEGACY + K_TYPES)
 def test_bytes_match_llama_cpp(type_name: str, dist: str, with_imatrix: bool) -> None:
     block = GGML_BLOCK[type_name][0]

@@ -212,6 +212,26 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, codes
 
 
+def _codes_into(ell: np.ndarray, xm: np.ndarray, iscale: np.ndarray, fmax: np.float32) -> None:
+    """``ell = MAX(0, MIN(nmax, nearest_int(iscale*xm)))`` as float32, in place.
+
+    ``iscale`` is at most ``~(nmax + 1)/(max - min)`` and ``0 <= xm <= max - min`` (up to the
+    moving min), so the product stays far below 2**22, where ``rint`` is ``nearest_int``. The
+    exception is a block whose range is subnormal: ``iscale`` overflows to inf, and C's
+    ``nearest_int`` turns inf and NaN into garbage that the clamp maps to 0; those columns
+    take the bit-exact integer path.
+    """
+    np.multiply(xm, iscale, out=ell)
+    finite = np.isfinite(iscale)
+    if finite.all():
+        np.rint(ell, out=ell)
+        np.clip(ell, F32(0.0), fmax, out=ell)
+        return
+    with np.errstate(invalid="ignore"):
+        exact = np.clip(nearest_int(ell), 0, int(fmax)).astype(F32)
+    np.copyto(ell, exact)
+
+
 def make_qkx2_quants(
     x: np.ndarray,
     w: np.ndarray,
@@ -279,9 +299,7 @@ def make_qkx2_quants(
         best_iscale = fmax / rng
         scale = F32(1.0) / best_iscale
         xm = x - xmin  # C's x[i] - min with the current min
-        np.multiply(xm, best_iscale, out=ell)
-        np.rint(ell, out=ell)
-        np.clip(ell, zf, fmax, out=ell)
+        _codes_into(ell, xm, best_iscale, fmax)
         best_error = error(scale, xmin)
         best_error[flat] = -np.inf  # C returns before the search: no candidate may win
         cur_min = xmin.copy()
@@ -291,9 +309,7 @@ def make_qkx2_quants(
         for step in range(nstep + 1):
             c = F32(F32(rmin) + F32(rdelta) * F32(step)) + fmax
             isc = c / rng
-            np.multiply(xm, isc, out=ell)
-            np.rint(ell, out=ell)  # nearest_int, exact for |v| < 2**22
-            np.clip(ell, zf, fmax, out=ell)  # MAX(0, MIN(nmax, l))
+            _codes_into(ell, xm, isc, fmax)  # MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))
             np.multiply(w, ell, out=tmp)  # w*l
             np.add.reduce(tmp, axis=0, initial=zf, out=sm[4])  # sum_l
             np.multiply(tmp, x, out=tmp2)  # w*l*x
@@ -331,8 +347,9 @@ def make_qkx2_quants(
 
 def qkx_codes(x: np.ndarray, iscale: np.ndarray, min0: np.ndarray, nmax: int) -> np.ndarray:
     """The ``L`` that :func:`make_qkx2_quants` leaves behind (int32, ``[n, B]``)."""
-    ell = np.rint(iscale * (x - min0))
-    np.clip(ell, 0, nmax, out=ell)
+    xm = np.asarray(x - min0, dtype=F32)
+    ell = np.empty_like(xm)
+    _codes_into(ell, xm, np.asarray(iscale, dtype=F32), F32(nmax))
     return ell.astype(np.int32)
 
 

@@ -342,6 +342,10 @@ class GgmlLegacyGrid:
                 # nmax + 1: rint is nearest_int exactly there, and numpy's float clip is
                 # vectorized where its integer clip with scalars is not
                 isc = params["iscale"][..., None]
+                if not np.isfinite(isc).all():
+                    # a subnormal block range makes iscale inf: keep C's nearest_int garbage
+                    # (then clamped) exactly, on the slow integer path
+                    return self._round_impl_exact(x, params)
                 if self.asym:
                     v = x - params["min0"][..., None]
                     v *= isc
@@ -355,6 +359,16 @@ class GgmlLegacyGrid:
                     q = np.where(zero[..., None], np.int8(-self._nmax), q)
                 return q
             return self._round_ref(x, params)
+
+    def _round_impl_exact(self, x: np.ndarray, params: Params) -> np.ndarray:
+        """The ``_impl`` codes through ``nearest_int`` and an integer clamp, for any iscale."""
+        isc = params["iscale"][..., None]
+        if self.asym:
+            q = S.nearest_int(isc * (x - params["min0"][..., None]))
+            return np.clip(q, 0, (1 << self.bits) - 1).astype(np.uint8)
+        q = np.clip(S.nearest_int(isc * x), -self._nmax, self._nmax - 1)
+        q = np.where(params["zero"][..., None], -self._nmax, q)
+        return q.astype(np.int8)
 
     def _round_ref(self, x: np.ndarray, params: Params) -> np.ndarray:
         """Codes of the ``quantize_row_q*_ref`` paths (unrounded inverse scale ``id``)."""
@@ -384,21 +398,28 @@ class GgmlLegacyGrid:
                 t += h.view(F32)
                 ob[sl] = t.astype(np.int8)  # C's (int8_t) truncation; |value| <= 127.5
                 return
+            # With a finite id, t lies in [0, qmax + 1.5]: MIN on the float before the
+            # truncating cast is then the same, and numpy's float clip is vectorized where its
+            # int8 minimum with a scalar is not. An infinite id (a block whose range is
+            # subnormal) gives t = +-inf or NaN, which the cast maps as C's (int8_t) does on
+            # x86 (to 0); those chunks keep the integer MIN.
+            finite = bool(np.isfinite(invb[sl]).all())
             if self.asym:
                 # (int8_t)((x - min)*id + 0.5f), MIN(15 (31), .)
                 np.subtract(xs, minb[sl][..., None], out=t)
                 t *= invb[sl][..., None]
                 t += F32(0.5)
-                # MIN on the float before the truncating cast: the same for t >= 0, and
-                # numpy's float clip is vectorized where its int8 minimum with a scalar is not
-                np.clip(t, F32(-128), F32(qmax), out=t)
-                q = t.astype(np.int8)
             else:
                 # (int8_t)(x*id + 8.5f) (16.5f), MIN(15 (31), .), stored minus the offset
                 np.multiply(xs, invb[sl][..., None], out=t)
                 t += F32(self._nmax + 0.5)
-                np.clip(t, F32(-128), F32(qmax), out=t)  # as above
+            if finite:
+                np.clip(t, F32(-128), F32(qmax), out=t)
                 q = t.astype(np.int8)
+            else:
+                q = t.astype(np.int8)
+                np.minimum(q, np.int8(qmax), out=q)
+            if not self.asym:
                 q -= np.int8(self._nmax)
             ob[sl] = q
 
