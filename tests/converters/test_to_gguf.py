@@ -232,6 +232,45 @@ def test_parallel_writer_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+class _Unpicklable(Exception):
+    def __init__(self, a: str, b: str) -> None:  # rebuilt from args=(a,): fails to unpickle
+        super().__init__(a)
+
+
+@needs_fork
+@pytest.mark.parametrize("failure", ["unpicklable", "killed", "init"])
+def test_parallel_writer_worker_failures_raise(tmp_path: Path, failure: str) -> None:
+    """A worker whose error cannot travel back, that dies, or whose setup fails: a one-line
+    QuantportError, no hang, nothing left behind."""
+    import os
+    import signal
+
+    from quantport.errors import QuantportError
+
+    def unpicklable() -> np.ndarray:
+        raise _Unpicklable("cannot come back", "x")
+
+    def killed() -> np.ndarray:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return np.zeros((2, 32), np.float32)
+
+    def bad_init() -> None:
+        raise RuntimeError("no setup")
+
+    tensors = _mixed_tensors()
+    init = None
+    if failure == "init":
+        init = bad_init
+    else:
+        tensors.insert(3, GGUFTensor("b", (2, 32), "F32",
+                                     unpicklable if failure == "unpicklable" else killed))
+    match = {"unpicklable": "tensor b: _Unpicklable: cannot come back",
+             "killed": "worker process died", "init": "setup failed.*no setup"}[failure]
+    with pytest.raises(QuantportError, match=match):
+        write_gguf(tmp_path / "out.gguf", [], tensors, processes=2, worker_init=init)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("kvs", "tensors", "match"),
     [
@@ -546,3 +585,17 @@ def test_imatrix_q4_k_m_identical_to_llama_model_quantize(
     no_im = _tensor_bytes(smol_files[("Q4_K_M", False, ())][0])
     assert _tensor_bytes(ours)["blk.0.ffn_down.weight"] != no_im["blk.0.ffn_down.weight"]
     assert _meta(ours)["quantize.imatrix.dataset"] == "valid.tokens.txt"
+
+
+def test_default_worker_count_is_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantport.converters import to_gguf
+
+    specs = [GGUFTensor("big", (1000, 1000), "Q4_K"), GGUFTensor("small", (10, 256), "Q4_K")]
+    per_worker = to_gguf._WORKER_BYTES_PER_WEIGHT * 1000 * 1000
+    monkeypatch.setattr(to_gguf, "_cores", lambda: 8)
+    monkeypatch.setattr(to_gguf, "_available_memory", lambda: 2 * 3 * per_worker)
+    assert to_gguf._default_threads(specs) == 3  # half the memory, one big tensor per worker
+    monkeypatch.setattr(to_gguf, "_available_memory", lambda: per_worker)
+    assert to_gguf._default_threads(specs) == 1  # never below one
+    monkeypatch.setattr(to_gguf, "_available_memory", lambda: None)
+    assert to_gguf._default_threads(specs) == 8

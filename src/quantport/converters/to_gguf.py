@@ -499,7 +499,7 @@ def _write(
     threads: int | None,
     on_progress: Progress | None,
 ) -> int:
-    n = _cores() if threads is None else threads
+    n = _default_threads(specs) if threads is None else threads
     big = sum(math.prod(s.shape) for s in specs) >= _PARALLEL_MIN_ELEMS
     if n > 1 and big and parallel_write_supported():
         # the whole tensors run in n processes: numpy's many short calls hold the GIL, so
@@ -520,11 +520,55 @@ def _write(
 
 
 def _cores() -> int:
-    """CPU cores this process may run on."""
+    """CPU cores this process may run on: its affinity mask, within a cgroup CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:  # cgroup v2 (containers): "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still use: MemAvailable, within a cgroup memory limit."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = max(0, int(limit) - used)
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+# Working memory of one worker per weight of the tensor it holds (float32 copies, codes,
+# search temporaries, packed bytes): an upper estimate, to bound the default worker count.
+_WORKER_BYTES_PER_WEIGHT = 24
+
+
+def _default_threads(specs: list[GGUFTensor]) -> int:
+    """One worker per available core, but no more than half the available memory holds
+    while each works on one of the largest tensors."""
+    n = _cores()
+    avail = _available_memory()
+    largest = max((math.prod(s.shape) for s in specs), default=0)
+    if avail is not None and largest:
+        n = min(n, max(1, avail // 2 // (_WORKER_BYTES_PER_WEIGHT * largest)))
+    log.info("quantizing with %d worker(s)", n)
+    return n
 
 
 def _one_thread_per_worker() -> None:
@@ -541,10 +585,11 @@ def _one_thread_per_worker() -> None:
 
 
 def _keep_freed_memory() -> None:
-    """In a (short-lived) worker: make glibc's malloc reuse freed blocks instead of returning
-    them to the kernel. numpy's temporaries of a tensor are allocated and freed many times;
-    by default each large one is a fresh mmap whose every page faults in again (measured on
-    SmolLM2 Q4_K_M: 61k page faults in the workers, 19k with this, ~0.1 s less CPU)."""
+    """In a worker (it lives for one file): make glibc's malloc reuse freed blocks instead of
+    returning them to the kernel at once. numpy's temporaries of a tensor are allocated and
+    freed many times; by default each large one is a fresh mmap whose every page faults in
+    again (measured on SmolLM2 Q4_K_M: 61k page faults in the workers, 19k with this, ~0.1 s
+    less CPU). A worker keeps at most 128 MiB it does not use."""
     import ctypes
 
     try:
@@ -552,7 +597,7 @@ def _keep_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
-    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 128 << 20)
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed (HEAP_MAX / 2 on 64-bit)
 
 

@@ -9,8 +9,8 @@ Design decision: the writer never holds the model. It takes
 * an ordered list of :class:`GGUFTensor` (name, numpy-order shape, ggml type name and a
   zero-argument callable returning the tensor's bytes). The header is fully determined by names,
   shapes and types, so it is written first and each tensor is produced (read, permuted,
-  quantized) only when its turn comes, then dropped -- peak memory is one tensor, as in
-  gguf-py's lazy mode (``GGUFWriter.write_tensors_to_file``).
+  quantized) only when its turn comes, then dropped -- peak memory is one tensor per worker,
+  as in gguf-py's lazy mode (``GGUFWriter.write_tensors_to_file``).
 
 Because the layout is known before any tensor exists, :func:`gguf_layout` gives the exact file
 size without writing anything (``--dry-run``).
@@ -46,7 +46,7 @@ import gguf
 import numpy as np
 from gguf import GGUFValueType
 
-from quantport.errors import FormatError
+from quantport.errors import FormatError, QuantportError
 from quantport.formats._atomic import atomic_file
 
 __all__ = [
@@ -407,9 +407,33 @@ _JOB_LOCK = threading.Lock()
 _SYNC_BYTES = 32 << 20
 
 
+_INIT_ERROR: BaseException | None = None
+
+
 def _worker_init(init: Callable[[], None] | None) -> None:
+    global _INIT_ERROR
+    import signal
+
+    # Ctrl-C goes to the whole process group: the parent alone handles it (and stops the
+    # workers), so that workers neither print tracebacks nor die half-way through a task
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if init is not None:
-        init()
+        try:
+            init()
+        except BaseException as exc:  # reported by the first task, not printed by the pool
+            _INIT_ERROR = exc
+
+
+def _portable(exc: BaseException, t: GGUFTensor) -> BaseException:
+    """``exc`` if it survives the trip back to the parent (pickled, then rebuilt), else a
+    one-line :class:`QuantportError` that says what it was."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return QuantportError(f"tensor {t.name}: {type(exc).__name__}: {exc}")
+    return exc
 
 
 def _pwrite_tensor(i: int) -> int:
@@ -417,11 +441,16 @@ def _pwrite_tensor(i: int) -> int:
     assert _JOB is not None
     tensors, layout, fd = _JOB
     t, nb = tensors[i], layout.nbytes[i]
-    data = _checked(t, nb)
-    pos, view = layout.data_start + layout.offsets[i], data
-    while view.nbytes:  # pwrite may write less than asked (Linux caps one call at ~2 GiB)
-        n = os.pwrite(fd, view, pos)
-        pos, view = pos + n, view[n:]
+    try:
+        if _INIT_ERROR is not None:
+            raise QuantportError(f"GGUF worker setup failed: {_INIT_ERROR!r}")
+        data = _checked(t, nb)
+        pos, view = layout.data_start + layout.offsets[i], data
+        while view.nbytes:  # pwrite may write less than asked (Linux caps one call at ~2 GiB)
+            n = os.pwrite(fd, view, pos)
+            pos, view = pos + n, view[n:]
+    except BaseException as exc:
+        raise _portable(exc, t) from None
     log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
     return nb
 
@@ -467,14 +496,19 @@ def _run_pool(
     on_progress: Progress | None,
 ) -> None:
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     done = synced = 0
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(processes, initializer=_worker_init, initargs=(worker_init,)) as pool:
-        # a worker's exception (pickled back) is raised here; leaving the block terminates the
-        # other workers
-        for nb in pool.imap_unordered(_pwrite_tensor, order, chunksize=1):
-            done += nb
+    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (out of
+    # memory, killed) breaks the executor and raises here, where Pool would wait forever
+    ex = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_worker_init, initargs=(worker_init,))  # fmt: skip
+    ok = False
+    try:
+        futures = [ex.submit(_pwrite_tensor, i) for i in order]  # run in submission order
+        for fut in as_completed(futures):
+            done += fut.result()  # a worker's exception is raised here
             if done - synced >= _SYNC_BYTES:
                 # this process only waits here: flushing as the data arrives leaves the final
                 # fsync (before the rename) little to do
@@ -482,6 +516,30 @@ def _run_pool(
                 synced = done
             if on_progress:
                 on_progress("write", done, total)
+        ok = True
+    except BrokenProcessPool as exc:
+        raise QuantportError(
+            f"a GGUF worker process died ({exc}); if it ran out of memory, use fewer threads "
+            "(--threads)"
+        ) from None
+    finally:
+        if ok:
+            ex.shutdown(wait=True)
+        else:
+            _stop(ex)
+
+
+def _stop(ex: Any) -> None:
+    """Stop an executor's workers now (an error or Ctrl-C): queued tensors are dropped and
+    running ones are killed, since their output is discarded with the temporary file."""
+    # (shutdown forgets the processes: take them first)
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
 
 
 def write_gguf(

@@ -105,6 +105,7 @@ class SafetensorsFile:
             raise FormatError(f"{where}: header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
         self.metadata: dict[str, str] = {str(k): str(v) for k, v in dict(meta).items()}
+        self._mapped: np.ndarray | None = None
         data_start = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
@@ -141,13 +142,17 @@ class SafetensorsFile:
         return list(self.tensors)
 
     def raw(self, name: str) -> np.ndarray:
-        """Return a read-only memory map of a tensor in its stored dtype (BF16 as uint16)."""
+        """Return a read-only view of a tensor in the file's memory map, in its stored dtype
+        (BF16 as uint16)."""
         info = self.tensors[name]
         np_dtype = DTYPES[info.dtype][0]
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=np_dtype)
-        arr = np.memmap(self.path, dtype=np_dtype, mode="r", offset=info.begin, shape=info.shape)
-        return arr
+        if self._mapped is None:
+            # one map of the whole file: a map per tensor would also hold a file descriptor
+            # per tensor for as long as its array lives
+            self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return np.asarray(self._mapped[info.begin : info.end]).view(np_dtype).reshape(info.shape)
 
     def get(self, name: str) -> np.ndarray:
         """Return a tensor with floats (including BF16) as float32.
