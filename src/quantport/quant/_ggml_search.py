@@ -135,10 +135,11 @@ def make_qx_quants(
     tmp = np.empty_like(x)
     zf = F32(0.0)
 
-    def sums(isc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sums(isc: np.ndarray, clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
         np.multiply(x, isc, out=ell)
         np.rint(ell, out=ell)  # nearest_int (half to even), exact for |v| < 2**22
-        np.clip(ell, lo, hi, out=ell)
+        if clip:
+            np.clip(ell, lo, hi, out=ell)
         np.multiply(wx, ell, out=tmp)  # (w*x)*l
         sumlx = np.add.reduce(tmp, axis=0, initial=zf)
         np.multiply(w, ell, out=tmp)  # (w*l)*l
@@ -156,7 +157,9 @@ def make_qx_quants(
                 continue
             # C: iscale = -(nmax + 0.1f*is) / max;
             isc = F32(-(F32(nmax) + F32(0.1) * F32(step))) / mx
-            sumlx, suml2 = sums(isc)
+            # |x| <= |max| bounds |iscale*x| by nmax + 0.1*step (to a few ulp): from step -6
+            # down, below nmax - 0.5, so the codes are inside [-nmax, nmax-1] unclamped
+            sumlx, suml2 = sums(isc, clip=step > -6)
             better = sumlx * sumlx
             better = better > best * suml2
             better &= suml2 > 0

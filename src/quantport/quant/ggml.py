@@ -201,6 +201,19 @@ def _rows_of(imp: np.ndarray | None, nb: int, lo: int, hi: int) -> np.ndarray | 
     return flat[lo:hi]
 
 
+def _imp_emajor(imp: np.ndarray, nb: int, lo: int, hi: int) -> np.ndarray:
+    """``_emajor(_rows_of(imp, nb, lo, hi), block)``, built directly: one importance row
+    repeats every ``nb`` blocks, so its transpose tiled and sliced is the answer (a fifth of
+    the time of gathering the rows, then transposing them)."""
+    block = imp.shape[-1]
+    if imp.shape[0] != 1:
+        return _emajor(imp.reshape(-1, block)[lo:hi], block)
+    imp_t = np.ascontiguousarray(imp.reshape(nb, block).T)  # [block, nb]
+    start = lo % nb
+    reps = -(-(start + hi - lo) // nb)
+    return np.ascontiguousarray(np.tile(imp_t, (1, reps))[:, start : start + hi - lo])
+
+
 def _row_sigma2(x: np.ndarray) -> np.ndarray:
     """``sum_x2 / n_per_row`` per row, summed in C order (``quantize_row_q4_0_impl``)."""
     rows = x.shape[0]
@@ -318,7 +331,7 @@ class GgmlLegacyGrid:
 
         def work(lo: int, hi: int) -> dict[str, np.ndarray]:
             xe = _emajor(xb[lo:hi], block)
-            qw = _emajor(_rows_of(imp, nb, lo, hi), block)
+            qw = _imp_emajor(imp, nb, lo, hi)
             s2 = sigma2[np.arange(lo, hi) // nb]
             w = qw * np.sqrt(s2 + xe * xe)
             if not self.asym:
@@ -764,7 +777,7 @@ class IQ4NLGrid:
                 if imp is None:
                     w = xe * xe
                 else:
-                    w = _emajor(_rows_of(imp, nb, lo, hi), block) * np.sqrt(sigma2 + xe * xe)
+                    w = _imp_emajor(imp, nb, lo, hi) * np.sqrt(sigma2 + xe * xe)
                 amax, mx = S.first_absmax(xe)
                 zero = amax < S.GROUP_MAX_EPS
                 mx = np.where(zero, F32(1.0), mx)
