@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "GROUP_MAX_EPS",
     "best_index_int8",
+    "clamped_codes",
     "first_absmax",
     "make_q3_quants",
     "make_qkx2_quants",
@@ -215,24 +216,25 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, codes
 
 
-def _codes_into(ell: np.ndarray, xm: np.ndarray, iscale: np.ndarray, fmax: np.float32) -> None:
-    """``ell = MAX(0, MIN(nmax, nearest_int(iscale*xm)))`` as float32, in place.
+def clamped_codes(
+    out: np.ndarray, v: np.ndarray, iscale: np.ndarray, lo: float, hi: float
+) -> np.ndarray:
+    """``out = MAX(lo, MIN(hi, nearest_int(iscale*v)))`` as float32, in place; returns ``out``.
 
-    ``iscale`` is at most ``~(nmax + 1)/(max - min)`` and ``0 <= xm <= max - min`` (up to the
-    moving min), so the product stays far below 2**22, where ``rint`` is ``nearest_int``. The
-    exception is a block whose range is subnormal: ``iscale`` overflows to inf, and C's
-    ``nearest_int`` turns inf and NaN into garbage that the clamp maps to 0; those columns
-    take the bit-exact integer path.
+    The searches scale by the block's extreme value, so with a finite ``iscale`` the product
+    stays far below 2**22, where ``rint`` is ``nearest_int`` (and numpy's float clip is
+    vectorized where its integer clip with scalars is not). The exception is a block whose
+    range is subnormal: ``iscale`` overflows to inf, and C's ``nearest_int`` turns inf and NaN
+    into garbage that the clamp then bounds; those calls take the bit-exact integer path.
     """
-    np.multiply(xm, iscale, out=ell)
-    finite = np.isfinite(iscale)
-    if finite.all():
-        np.rint(ell, out=ell)
-        np.clip(ell, F32(0.0), fmax, out=ell)
-        return
+    np.multiply(v, iscale, out=out)
+    if np.isfinite(iscale).all():
+        np.rint(out, out=out)
+        return np.clip(out, F32(lo), F32(hi), out=out)
     with np.errstate(invalid="ignore"):
-        exact = np.clip(nearest_int(ell), 0, int(fmax)).astype(F32)
-    np.copyto(ell, exact)
+        exact = np.clip(nearest_int(out), int(lo), int(hi)).astype(F32)
+    np.copyto(out, exact)
+    return out
 
 
 def make_qkx2_quants(
@@ -302,7 +304,7 @@ def make_qkx2_quants(
         best_iscale = fmax / rng
         scale = F32(1.0) / best_iscale
         xm = x - xmin  # C's x[i] - min with the current min
-        _codes_into(ell, xm, best_iscale, fmax)
+        clamped_codes(ell, xm, best_iscale, 0, nmax)
         best_error = error(scale, xmin)
         best_error[flat] = -np.inf  # C returns before the search: no candidate may win
         cur_min = xmin.copy()
@@ -312,7 +314,7 @@ def make_qkx2_quants(
         for step in range(nstep + 1):
             c = F32(F32(rmin) + F32(rdelta) * F32(step)) + fmax
             isc = c / rng
-            _codes_into(ell, xm, isc, fmax)  # MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))
+            clamped_codes(ell, xm, isc, 0, nmax)  # MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))
             np.multiply(w, ell, out=tmp)  # w*l
             np.add.reduce(tmp, axis=0, initial=zf, out=sm[4])  # sum_l
             np.multiply(tmp, x, out=tmp2)  # w*l*x
@@ -351,9 +353,9 @@ def make_qkx2_quants(
 def qkx_codes(x: np.ndarray, iscale: np.ndarray, min0: np.ndarray, nmax: int) -> np.ndarray:
     """The ``L`` that :func:`make_qkx2_quants` leaves behind (int32, ``[n, B]``)."""
     xm = np.asarray(x - min0, dtype=F32)
-    ell = np.empty_like(xm)
-    _codes_into(ell, xm, np.asarray(iscale, dtype=F32), F32(nmax))
-    return ell.astype(np.int32)
+    return clamped_codes(np.empty_like(xm), xm, np.asarray(iscale, dtype=F32), 0, nmax).astype(
+        np.int32
+    )
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -207,7 +207,7 @@ def _imp_emajor(imp: np.ndarray, nb: int, lo: int, hi: int) -> np.ndarray:
     the time of gathering the rows, then transposing them)."""
     block = imp.shape[-1]
     if imp.shape[0] != 1:
-        return _emajor(imp.reshape(-1, block)[lo:hi], block)
+        return _emajor(_rows_of(imp, nb, lo, hi), block)
     imp_t = np.ascontiguousarray(imp.reshape(nb, block).T)  # [block, nb]
     start = lo % nb
     reps = -(-(start + hi - lo) // nb)
@@ -351,37 +351,17 @@ class GgmlLegacyGrid:
         qmax = (1 << self.bits) - 1
         with np.errstate(invalid="ignore", over="ignore"):
             if "iscale" in params:
-                # the searches scale by the block's extreme value, so |iscale*x| stays below
-                # nmax + 1: rint is nearest_int exactly there, and numpy's float clip is
-                # vectorized where its integer clip with scalars is not
                 isc = params["iscale"][..., None]
-                if not np.isfinite(isc).all():
-                    # a subnormal block range makes iscale inf: keep C's nearest_int garbage
-                    # (then clamped) exactly, on the slow integer path
-                    return self._round_impl_exact(x, params)
-                if self.asym:
-                    v = x - params["min0"][..., None]
-                    v *= isc
-                    np.rint(v, out=v)
-                    return np.clip(v, F32(0), F32(qmax), out=v).astype(np.uint8)
-                v = isc * x
-                np.rint(v, out=v)
-                q = np.clip(v, F32(-self._nmax), F32(self._nmax - 1), out=v).astype(np.int8)
+                if self.asym:  # MAX(0, MIN(15 (31), nearest_int(iscale*(x - min))))
+                    v = np.asarray(x - params["min0"][..., None], dtype=F32)
+                    return S.clamped_codes(v, v, isc, 0, qmax).astype(np.uint8)
+                v = np.empty(np.broadcast_shapes(x.shape, isc.shape), dtype=F32)
+                q = S.clamped_codes(v, x, isc, -self._nmax, self._nmax - 1).astype(np.int8)
                 zero = params["zero"]
                 if zero.any():  # C stores L = 0 for an all-zero block
                     q = np.where(zero[..., None], np.int8(-self._nmax), q)
                 return q
             return self._round_ref(x, params)
-
-    def _round_impl_exact(self, x: np.ndarray, params: Params) -> np.ndarray:
-        """The ``_impl`` codes through ``nearest_int`` and an integer clamp, for any iscale."""
-        isc = params["iscale"][..., None]
-        if self.asym:
-            q = S.nearest_int(isc * (x - params["min0"][..., None]))
-            return np.clip(q, 0, (1 << self.bits) - 1).astype(np.uint8)
-        q = np.clip(S.nearest_int(isc * x), -self._nmax, self._nmax - 1)
-        q = np.where(params["zero"][..., None], -self._nmax, q)
-        return q.astype(np.int8)
 
     def _round_ref(self, x: np.ndarray, params: Params) -> np.ndarray:
         """Codes of the ``quantize_row_q*_ref`` paths (unrounded inverse scale ``id``)."""
