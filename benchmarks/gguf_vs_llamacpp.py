@@ -30,10 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("QUANTPORT_CACHE", str(ROOT / ".cache"))
 
-from quantport.converters.calibration import collect_imatrix  # noqa: E402
-from quantport.converters.llamacpp_quant import llama_quantize  # noqa: E402
-from quantport.converters.sources import GGUFSource, open_source  # noqa: E402
-from quantport.converters.to_gguf import convert_gguf  # noqa: E402
+from quantport.pipeline.calibration import collect_imatrix  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from _llamacpp import llama_quantize  # noqa: E402
+from quantport.models import open_source  # noqa: E402
+from quantport.readers import GGUFSource  # noqa: E402
+from quantport.writers.gguf import convert_gguf  # noqa: E402
 from quantport.formats.gguf_file import scan_gguf  # noqa: E402
 from quantport.formats.imatrix import write_imatrix  # noqa: E402
 from quantport.validate.metrics import LogitStats  # noqa: E402

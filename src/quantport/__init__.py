@@ -2,7 +2,7 @@
 transformers, and prove each artifact right in the runtime that serves it.
 
 The public surface: the IR (:class:`QuantizedTensor`, :func:`dequantize`, :class:`ModelIR`)
-and the error hierarchy. Pipelines live in :mod:`quantport.converters`, validation in
+and the error hierarchy. Readers live in :mod:`quantport.readers`, the conversion pipeline in :mod:`quantport.pipeline`, format writers in :mod:`quantport.writers`, validation in
 :mod:`quantport.validate`, the command line in :mod:`quantport.cli`.
 """
 

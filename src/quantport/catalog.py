@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantport.converters.arch import ARCHITECTURES
+from quantport.readers.arch import ARCHITECTURES
 from quantport.quant.scheme import EXAMPLE_SCHEMES
 
 __all__ = ["catalog"]

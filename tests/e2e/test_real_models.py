@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from quantport.cli.main import cli
-from quantport.converters.convert import dequantized_state, quantize_source
-from quantport.converters.sources import open_source
+from quantport.writers.safetensors import dequantized_state, quantize_source
+from quantport.models import open_source
 from quantport.quant.scheme import parse_scheme
 
 pytestmark = pytest.mark.slow

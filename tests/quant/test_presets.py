@@ -142,7 +142,7 @@ def smol_tensors() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _run(tmp_path: Path, preset: str, src: Path = SMOLLM2, **kw) -> dict[str, tuple[str, int]]:
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from _llamacpp import llama_quantize
 
     out = tmp_path / f"{preset}.gguf"
     llama_quantize(src, out, preset, nthread=2, allow_requantize=True, **kw)
@@ -152,7 +152,7 @@ def _run(tmp_path: Path, preset: str, src: Path = SMOLLM2, **kw) -> dict[str, tu
 
 
 def _dry(preset: str, src: Path = SMOLLM2, **kw) -> dict[str, str]:
-    from quantport.converters.llamacpp_quant import llama_quantize_dry_run
+    from _llamacpp import llama_quantize_dry_run
 
     return llama_quantize_dry_run(src, preset, allow_requantize=True, **kw)
 

@@ -265,8 +265,9 @@ class LlamaCppLM:
 
 
 def _reference_dir(against: str | os.PathLike[str] | None, tmp: Path) -> tuple[Path, Any]:
-    from quantport.converters.convert import export_dense
-    from quantport.converters.sources import GGUFSource, HFCheckpoint, open_source
+    from quantport.writers.safetensors import export_dense
+    from quantport.models import open_source
+    from quantport.readers import GGUFSource, HFCheckpoint
 
     src = open_source(against)
     if isinstance(src, GGUFSource):
@@ -278,7 +279,7 @@ def _reference_dir(against: str | os.PathLike[str] | None, tmp: Path) -> tuple[P
 
 def _ir_model(gguf_path: Path, ref_dir: Path) -> TransformersLM:
     """The source architecture loaded with the GGUF's own weights, dequantized by quantport."""
-    from quantport.converters.sources import GGUFSource
+    from quantport.readers import GGUFSource
 
     src = GGUFSource(gguf_path)
     state = {n: src.get(n) for n in src.names()}

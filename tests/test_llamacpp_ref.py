@@ -1,4 +1,4 @@
-"""quantport.converters.llamacpp_quant: llama.cpp's llama_model_quantize with an in-memory imatrix."""
+"""tests._llamacpp: llama.cpp's llama_model_quantize with an in-memory imatrix."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _tensor_bytes(path: Path) -> dict[str, bytes]:
 
 
 def test_imatrix_changes_q4_k_m_output(tmp_path: Path, tiny) -> None:
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from _llamacpp import llama_quantize
 
     src, tensors = tiny
     plain1, plain2, weighted = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
@@ -97,7 +97,7 @@ def test_imatrix_changes_q4_k_m_output(tmp_path: Path, tiny) -> None:
 def test_imatrix_file_round_trip_gives_same_quantization(tmp_path: Path, tiny) -> None:
     # what read_imatrix returns is what llama-quantize would pass: a power-of-two count makes the GGUF
     # round trip exact, so quantizing with the re-read matrix gives identical bytes
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from _llamacpp import llama_quantize
 
     src, tensors = tiny
     data = _imatrix(tensors)
@@ -112,7 +112,7 @@ def test_imatrix_file_round_trip_gives_same_quantization(tmp_path: Path, tiny) -
 
 
 def test_bad_imatrix_width_is_reported(tmp_path: Path, tiny) -> None:
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from _llamacpp import llama_quantize
 
     src, tensors = tiny
     data = _imatrix(tensors)
@@ -124,7 +124,7 @@ def test_bad_imatrix_width_is_reported(tmp_path: Path, tiny) -> None:
 
 
 def test_requantize_needs_permission(tmp_path: Path) -> None:
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from _llamacpp import llama_quantize
 
     q8 = tmp_path / "q8.gguf"
     _tiny_llama(tmp_path / "f32.gguf")

@@ -1,6 +1,6 @@
 """Hugging Face tokenizer files -> GGUF tokenizer metadata (``tokenizer.ggml.*``).
 
-The reverse of :mod:`quantport.converters.tokenizer`. It reproduces what llama.cpp's converter
+The reverse of :mod:`quantport.readers.tokenizer`. It reproduces what llama.cpp's converter
 writes (vendored llama.cpp of llama-cpp-python 0.3.36):
 
 * ``conversion/base.py`` ``TextModel.get_vocab_base``: tokens in id order (ids missing from the

@@ -7,7 +7,7 @@ the per-tensor types follow ``llama_tensor_get_type``
 (:func:`quantport.quant.presets.plan_tensor_types`) and the tensor bytes ``ggml_quantize_chunk``
 (:func:`quantport.quant.ggml.quantize_ggml` + :func:`quantport.formats.gguf_blocks.pack`). So
 for every tensor the output equals what ``llama-quantize`` produces from an F32 GGUF of the same
-model (checked byte for byte in ``tests/converters/test_to_gguf.py``).
+model (checked byte for byte in ``tests/writers/test_gguf.py``).
 
 Tensors are read, permuted and quantized one at a time while the file is written
 (:func:`quantport.formats.gguf_writer.write_gguf`), and the header is fully known beforehand, so
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 import quantport
-from quantport.converters.arch import llama_permute
-from quantport.converters.convert import ConvertReport, Progress
-from quantport.converters.gguf_vocab import vocab_from_hf, vocab_metadata
-from quantport.converters.sources import ModelSource
+from quantport.readers.arch import llama_permute
+from quantport.writers.safetensors import ConvertReport, Progress
+from quantport.readers.gguf_vocab import vocab_from_hf, vocab_metadata
+from quantport.readers.source import ModelSource
 from quantport.errors import (
     ConfigError,
     FormatError,

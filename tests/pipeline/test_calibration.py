@@ -1,4 +1,4 @@
-"""quantport.converters.calibration: importance matrices as llama-imatrix computes them."""
+"""quantport.pipeline.calibration: importance matrices as llama-imatrix computes them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantport.converters.calibration import DEFAULT_CALIBRATION_TEXT, collect_imatrix
-from quantport.converters.sources import HFCheckpoint, open_source
+from quantport.pipeline.calibration import DEFAULT_CALIBRATION_TEXT, collect_imatrix
+from quantport.models import open_source
+from quantport.readers import HFCheckpoint
 from quantport.errors import ConfigError
 from quantport.formats.imatrix import check_imatrix, read_imatrix, write_imatrix
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantport.converters.arch import detect_architecture, llama_permute, llama_unpermute
-from quantport.converters.sources import GGUFSource, HFCheckpoint, open_source
+from quantport.readers.arch import detect_architecture, llama_permute, llama_unpermute
+from quantport.models import open_source
+from quantport.readers import GGUFSource, HFCheckpoint
 from quantport.errors import (
     ConfigError,
     FormatError,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from quantport._fixtures import wikitext_dir
-from quantport.converters.sources import HFCheckpoint, ModelSource, open_source
+from quantport.readers import HFCheckpoint, ModelSource, open_path
 from quantport.errors import ConfigError, QuantportError
 from quantport.formats.imatrix import ImatrixData
 
@@ -104,7 +104,7 @@ def collect_imatrix(
         raise ConfigError(
             f"collect_imatrix: n_chunks ({n_chunks}) must be >= 1 and ctx ({ctx}) >= 2"
         )
-    src = source if not isinstance(source, (str, os.PathLike)) else open_source(source)
+    src = source if not isinstance(source, (str, os.PathLike)) else open_path(source)
     text_file = Path(text_path)
     try:
         text = text_file.read_text(encoding="utf-8")
@@ -134,7 +134,7 @@ def collect_imatrix(
 
     # compute_imatrix(): "add BOS token for the first batch of each chunk" when the vocab adds it;
     # the BOS id / flag are those of the GGUF (gguf-py SpecialVocab reading tokenizer_config.json)
-    from quantport.converters.gguf_vocab import vocab_from_hf
+    from quantport.readers.gguf_vocab import vocab_from_hf
 
     vocab = vocab_from_hf(
         src.tokenizer_files,
@@ -150,7 +150,7 @@ def collect_imatrix(
             model_dir = src.path
         else:
             # e.g. a GGUF source: materialize an fp32 HF checkpoint transformers can load
-            from quantport.converters.convert import export_dense
+            from quantport.writers.safetensors import export_dense
 
             model_dir = Path(tmp) / "model"
             export_dense(src, model_dir, dtype="F32")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 import quantport
-from quantport.converters.sources import ModelSource
+from quantport.readers.source import ModelSource
 from quantport.errors import ShapeError
 from quantport.formats._atomic import atomic_dir, check_output
 from quantport.formats.compressed_tensors import write_pack_quantized

@@ -1,4 +1,4 @@
-"""quantport.converters.to_gguf and formats.gguf_writer: GGUFs that llama.cpp loads and agrees with.
+"""quantport.writers.gguf and formats.gguf_writer: GGUFs that llama.cpp loads and agrees with.
 
 The llama.cpp checks run the runtime we must satisfy (llama-cpp-python 0.3.36):
 
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import quantport
-from quantport.converters.sources import HFCheckpoint, open_source
-from quantport.converters.to_gguf import convert_gguf
+from quantport.models import open_source
+from quantport.readers import HFCheckpoint
+from quantport.writers.gguf import convert_gguf
 from quantport.errors import (
     ConfigError,
     FormatError,
@@ -571,8 +572,8 @@ def test_imatrix_q4_k_m_identical_to_llama_model_quantize(
     smol_source, smol_files, tmp_path: Path
 ) -> None:
     """With an importance matrix from our calibration, both quantizers still agree byte for byte."""
-    from quantport.converters.calibration import collect_imatrix
-    from quantport.converters.llamacpp_quant import llama_quantize
+    from quantport.pipeline.calibration import collect_imatrix
+    from _llamacpp import llama_quantize
 
     im = collect_imatrix(smol_source, n_chunks=2, ctx=128)
     ours = tmp_path / "ours-imatrix.gguf"
@@ -588,7 +589,7 @@ def test_imatrix_q4_k_m_identical_to_llama_model_quantize(
 
 
 def test_default_worker_count_is_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantport.converters import to_gguf
+    from quantport.writers import gguf as to_gguf
 
     specs = [GGUFTensor("big", (1000, 1000), "Q4_K"), GGUFTensor("small", (10, 256), "Q4_K")]
     per_worker = to_gguf._WORKER_BYTES_PER_WEIGHT * 1000 * 1000

@@ -1,0 +1,122 @@
+"""Hugging Face checkpoint directories (single or sharded safetensors, or pickle), read tensor by
+tensor."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantport.errors import ConfigError, FormatError, QuantportError
+from quantport.formats.safetensors import SafetensorsFile
+from quantport.readers.arch import detect_architecture
+from quantport.readers.source import TOKENIZER_FILES
+
+__all__ = ["HFCheckpoint", "read_json"]
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path.parent}: no {what} found; is this a Hugging Face checkpoint?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc}); fix or regenerate the file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+class HFCheckpoint:
+    """A Hugging Face checkpoint directory (single or sharded safetensors, or pickle).
+
+    Args:
+        path: the directory holding ``config.json`` and the weights.
+        allow_pickle: accept ``pytorch_model*.bin`` (loaded with ``weights_only=True``).
+
+    Raises:
+        ConfigError: missing/invalid ``config.json`` or no weights.
+        UnsupportedArchitectureError: an architecture quantport does not convert.
+        FormatError: a corrupt safetensors file or index.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
+        self.path = Path(path)
+        self.config = read_json(self.path / "config.json", "config.json")
+        self.architecture = detect_architecture(self.config, str(self.path / "config.json"))
+        self.tokenizer_files = {
+            n: (self.path / n).read_text(encoding="utf-8")
+            for n in TOKENIZER_FILES
+            if (self.path / n).is_file()
+        }
+        self._where: dict[str, Any] = {}
+        self._pickle: dict[str, Any] | None = None
+        index = self.path / "model.safetensors.index.json"
+        single = self.path / "model.safetensors"
+        if index.is_file():
+            weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise FormatError(f"{index}: no 'weight_map' object")
+            files: dict[str, SafetensorsFile] = {}
+            for name, shard in weight_map.items():
+                shard_path = (self.path / str(shard)).resolve()
+                if shard_path.parent != self.path.resolve():
+                    raise FormatError(f"{index}: shard {shard!r} lies outside the checkpoint")
+                if shard not in files:
+                    if not shard_path.is_file():
+                        raise FormatError(f"{index}: shard {shard} is missing")
+                    files[shard] = SafetensorsFile(shard_path)
+                if name not in files[shard]:
+                    raise FormatError(f"{index}: tensor {name} is not in shard {shard}")
+                self._where[name] = files[shard]
+        elif single.is_file():
+            f = SafetensorsFile(single)
+            self._where = {n: f for n in f.keys()}
+        else:
+            bins = sorted(self.path.glob("pytorch_model*.bin"))
+            if bins and not allow_pickle:
+                raise QuantportError(
+                    f"{self.path}: only pickle checkpoints ({bins[0].name}) found; pickle can run "
+                    "code when loaded. Pass --allow-pickle to load it with weights_only=True"
+                )
+            if not bins:
+                raise ConfigError(f"{self.path}: no model.safetensors or pytorch_model.bin found")
+            self._pickle = self._load_pickle(bins)
+
+    def _load_pickle(self, bins: list[Path]) -> dict[str, Any]:
+        import torch
+
+        out: dict[str, Any] = {}
+        for b in bins:
+            try:
+                sd = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # torch raises many types for corrupt pickles
+                raise FormatError(f"{b}: cannot load pickle checkpoint safely ({exc.__class__.__name__})") from exc
+            out.update(sd)
+        return out
+
+    def names(self) -> list[str]:
+        """HF tensor names in file order."""
+        return list(self._pickle) if self._pickle is not None else list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one tensor, from the header."""
+        if self._pickle is not None:
+            return tuple(self._pickle[name].shape)
+        return self._where[name].tensors[name].shape
+
+    def get(self, name: str) -> np.ndarray:
+        """Read one tensor (floats widened to float32)."""
+        if self._pickle is not None:
+            t = self._pickle[name]
+            return t.float().numpy() if t.is_floating_point() else t.numpy()
+        return self._where[name].get(name)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: the directory and its format."""
+        return {"source": str(self.path), "source_format": "hf-checkpoint"}
+
+

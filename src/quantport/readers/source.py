@@ -1,0 +1,48 @@
+"""What every reader presents: Hugging Face tensor names, shapes, ``config.json``, tokenizer
+files, and one float32 array at a time, so no stage ever holds the whole source model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from quantport.readers.arch import Architecture
+
+__all__ = ["TOKENIZER_FILES", "ModelSource"]
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "generation_config.json",
+)
+
+
+class ModelSource(Protocol):
+    """What the pipeline reads from: names, shapes, config, tokenizer and one tensor at a time."""
+
+    path: Path
+    architecture: Architecture
+    config: dict[str, Any]
+    tokenizer_files: dict[str, str]
+
+    def names(self) -> list[str]:
+        """HF tensor names in source order."""
+        ...
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one tensor."""
+        ...
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as float32 (or its integer dtype)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of the source."""
+        ...
+
+
