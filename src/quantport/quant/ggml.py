@@ -29,7 +29,7 @@ import numpy as np
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.ir import QuantizedTensor, ZeroPointDomain
 from quantport.quant import _ggml_search as S
-from quantport.quant.grid import Grid, Params
+from quantport.quant.grid import Grid, Params, block_columns
 from quantport.quant.rtn import quantize_rtn
 
 __all__ = [
@@ -260,15 +260,45 @@ class GgmlLegacyGrid:
     def _nmax(self) -> int:
         return 1 << (self.bits - 1)
 
-    def fit(self, x: np.ndarray, importance: np.ndarray | None = None) -> Params:
-        """Fit ``d`` (and ``m``) per block of 32, as the C quantizer of :attr:`name`."""
+    def row_stats(self, x: np.ndarray) -> Params:
+        """``sigma2`` per row: ``quantize_row_q4_0_impl`` (q4_1, q5_0, q5_1 alike) weights
+        the error by ``qw*sqrt(sigma2 + x^2)`` with ``sigma2 = sum_x2 / n_per_row`` over the
+        *whole* row, which a block fitted on its own cannot compute. Only the importance
+        path uses it (Q8_0 and the ``_ref`` paths fit each block from itself alone)."""
+        if self.name == "Q8_0":
+            return {}
+        x = np.asarray(x, dtype=F32)
+        return {"sigma2": _row_sigma2(x.reshape(x.shape[0], -1))}
+
+    def fit(
+        self,
+        x: np.ndarray,
+        importance: np.ndarray | None = None,
+        *,
+        row_stats: Params | None = None,
+    ) -> Params:
+        """Fit ``d`` (and ``m``) per block of 32, as the C quantizer of :attr:`name`.
+
+        With importance, ``row_stats`` (:meth:`row_stats` of the whole rows) supplies the
+        row's mean square when ``x`` holds only some of each row's blocks.
+        """
         x = np.asarray(x, dtype=F32)
         rows, nb, _ = x.shape
         imp = _importance(importance, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if imp is None or self.name == "Q8_0":
                 return self._fit_ref(x)
-            return self._fit_impl(x, imp)
+            sigma2 = None if row_stats is None else row_stats.get("sigma2")
+            if sigma2 is None:
+                sigma2 = _row_sigma2(x)
+            else:
+                sigma2 = np.asarray(sigma2, dtype=F32)
+                if sigma2.shape != (rows,):
+                    raise ShapeError(
+                        f"{self.name}: row_stats sigma2 of shape {sigma2.shape} "
+                        f"does not fit {rows} rows"
+                    )
+            return self._fit_impl(x, imp, sigma2)
 
     def _fit_ref(self, x: np.ndarray) -> Params:
         rows, nb, block = x.shape
@@ -323,9 +353,9 @@ class GgmlLegacyGrid:
             params["min"] = mins.reshape(rows, nb)
         return params
 
-    def _fit_impl(self, x: np.ndarray, imp: np.ndarray) -> Params:
+    def _fit_impl(self, x: np.ndarray, imp: np.ndarray, sigma2: np.ndarray) -> Params:
+        # sigma2: sum_x2 / n_per_row over the whole row, [rows]
         rows, nb, block = x.shape
-        sigma2 = _row_sigma2(x)  # sum_x2 / n_per_row over the whole row
         xb = x.reshape(rows * nb, block)
         nmax = self._nmax if not self.asym else (1 << self.bits) - 1
 
@@ -345,9 +375,16 @@ class GgmlLegacyGrid:
         out = _map_chunks(work, rows * nb, block)
         return {k: v.reshape(rows, nb) for k, v in out.items()}
 
-    def round(self, x: np.ndarray, params: Params) -> np.ndarray:
-        """Codes as the C quantizer stores them (signed ``q - 8``/``q - 16`` for Q4_0/Q5_0)."""
+    def round(
+        self, x: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """Codes as the C quantizer stores them (signed ``q - 8``/``q - 16`` for Q4_0/Q5_0).
+
+        ``cols``: ``x`` holds only those columns of each block. One scale (and min) per
+        block and an elementwise rule, so any columns round as they do in the whole block.
+        """
         x = np.asarray(x, dtype=F32)
+        block_columns(self.block, cols, x.shape[-1])
         qmax = (1 << self.bits) - 1
         with np.errstate(invalid="ignore", over="ignore"):
             if "iscale" in params:
@@ -422,8 +459,14 @@ class GgmlLegacyGrid:
             work(0, 0)
         return out.view(np.uint8) if self.asym else out
 
-    def value(self, codes: np.ndarray, params: Params) -> np.ndarray:
-        """``q*d`` (symmetric) or ``q*d + m`` (asymmetric), float32 as ``dequantize_row_*``."""
+    def value(
+        self, codes: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """``q*d`` (symmetric) or ``q*d + m`` (asymmetric), float32 as ``dequantize_row_*``.
+
+        ``cols`` as in :meth:`round`.
+        """
+        block_columns(self.block, cols, codes.shape[-1])
         v = codes.astype(F32) * params["d"][..., None]
         if self.asym:
             v = v + params["m"][..., None]
@@ -456,9 +499,11 @@ class GgmlKGrid:
     """Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: super-blocks of 256 with quantized sub-block scales.
 
     :meth:`fit` needs the whole super-block (``block == 256``). The parameters are ``d``
-    (and ``dmin``) per super-block, integer sub-block scales ``sc`` (and mins ``mn``) as
-    stored in the block, and ``fallback``: the codes of C's search, which C keeps for
-    sub-blocks whose effective scale ``d*sc`` is zero.
+    (and ``dmin``) per super-block ``[rows, nb]``, integer sub-block scales ``sc`` (and mins
+    ``mn``) as stored in the block ``[rows, nb, 256 // sub]``, and ``fallback``
+    ``[rows, nb, 256]``: the codes of C's search, which C keeps for sub-blocks whose
+    effective scale ``d*sc`` is zero. :meth:`round` and :meth:`value` with ``cols`` give
+    each column the scale and min of the sub-block it lies in.
     """
 
     name: str
@@ -473,7 +518,17 @@ class GgmlKGrid:
             return 0, (1 << self.bits) - 1
         return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
 
-    def fit(self, x: np.ndarray, importance: np.ndarray | None = None) -> Params:
+    def row_stats(self, x: np.ndarray) -> Params:
+        """None needed: ``quantize_row_q*_K_impl`` take ``sigma2`` from the super-block."""
+        return {}
+
+    def fit(
+        self,
+        x: np.ndarray,
+        importance: np.ndarray | None = None,
+        *,
+        row_stats: Params | None = None,
+    ) -> Params:
         """Run the C quantizer's search for every super-block of ``x`` ``[rows, nb, 256]``."""
         x = np.asarray(x, dtype=F32)
         rows, nb, block = x.shape
@@ -653,15 +708,21 @@ class GgmlKGrid:
             dm = params["dmin"][..., None] * params["mn"].astype(F32)
         return ds, dm
 
-    def round(self, x: np.ndarray, params: Params) -> np.ndarray:
+    def round(
+        self, x: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
         """Requantize with the final fp16 scales, ``nearest_int((x + dm)/d)`` as C does.
 
         Sub-blocks whose ``d*sc`` is zero keep the search codes (``params["fallback"]``)
-        when ``x`` has the fitted shape; their value does not depend on the code.
+        when ``x`` has the fitted leading shape; their value does not depend on the code.
+        ``cols``: ``x`` holds only those columns of each super-block.
         """
         x = np.asarray(x, dtype=F32)
         lo, hi = self._range
         ds, dm = self._sub_params(params)
+        idx = block_columns(self.block, cols, x.shape[-1])
+        if idx is not None:
+            return self._round_cols(x, params, ds, dm, idx)
         shape = x.shape
         xs = x.reshape(*shape[:-1], -1, self.sub)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -677,9 +738,46 @@ class GgmlKGrid:
                 q[zero] = 0
         return q.reshape(shape)
 
-    def value(self, codes: np.ndarray, params: Params) -> np.ndarray:
-        """``(d*sc)*q - dmin*m`` in float32, as ``dequantize_row_*``."""
+    def _round_cols(
+        self,
+        x: np.ndarray,
+        params: Params,
+        ds: np.ndarray,
+        dm: np.ndarray | None,
+        idx: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`round` of the super-block columns ``idx``: each column takes the scale (and
+        min) of its sub-block, then the same float32 operations as the whole-block path (the
+        requantization loops of ``quantize_row_q*_K_ref`` / ``_impl``), so equal codes."""
+        lo, hi = self._range
+        sub = idx // self.sub
+        dsc = ds[..., sub]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            num = x + dm[..., sub] if dm is not None else x
+            q = np.clip(S.nearest_int(num / dsc), lo, hi)
+        q = q.astype(np.uint8 if self.asym else np.int8)
+        zero = dsc == 0
+        if zero.any():
+            fb = params.get("fallback")
+            if fb is not None and fb.shape[:-1] == x.shape[:-1]:
+                q[zero] = fb[..., idx][zero]
+            else:
+                q[zero] = 0
+        return q
+
+    def value(
+        self, codes: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """``(d*sc)*q - dmin*m`` in float32, as ``dequantize_row_*``.
+
+        ``cols`` as in :meth:`round`: each column takes its sub-block's scale and min.
+        """
         ds, dm = self._sub_params(params)
+        idx = block_columns(self.block, cols, codes.shape[-1])
+        if idx is not None:
+            sub = idx // self.sub
+            v = codes.astype(F32) * ds[..., sub]
+            return v - dm[..., sub] if dm is not None else v
         cs = codes.astype(F32).reshape(*codes.shape[:-1], -1, self.sub)
         v = cs * ds[..., None]
         if dm is not None:
@@ -741,7 +839,17 @@ class IQ4NLGrid:
     block: int = 32
     bits: int = 4
 
-    def fit(self, x: np.ndarray, importance: np.ndarray | None = None) -> Params:
+    def row_stats(self, x: np.ndarray) -> Params:
+        """None needed: ``quantize_row_iq4_nl_impl`` takes ``sigma2`` from the block of 32."""
+        return {}
+
+    def fit(
+        self,
+        x: np.ndarray,
+        importance: np.ndarray | None = None,
+        *,
+        row_stats: Params | None = None,
+    ) -> Params:
         """Scale search of ``quantize_row_iq4_nl_impl`` per block of 32."""
         x = np.asarray(x, dtype=F32)
         rows, nb, block = x.shape
@@ -785,13 +893,22 @@ class IQ4NLGrid:
         out = _map_chunks(work, rows * nb, block)
         return {k: v.reshape(rows, nb) for k, v in out.items()}
 
-    def round(self, x: np.ndarray, params: Params) -> np.ndarray:
-        """``best_index_int8(16, kvalues, id*x)`` with the unrounded inverse scale."""
+    def round(
+        self, x: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """``best_index_int8(16, kvalues, id*x)`` with the unrounded inverse scale.
+
+        One scale per block and an elementwise rule: ``cols`` only needs checking.
+        """
+        block_columns(self.block, cols, np.shape(x)[-1])
         v = np.asarray(x, dtype=F32) * params["id"][..., None]
         return S.best_index_int8(KVALUES_IQ4NL, v).astype(np.uint8)
 
-    def value(self, codes: np.ndarray, params: Params) -> np.ndarray:
-        """``d * kvalues[code]``."""
+    def value(
+        self, codes: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """``d * kvalues[code]`` (``cols`` as in :meth:`round`)."""
+        block_columns(self.block, cols, codes.shape[-1])
         return KVALUES_IQ4NL[codes] * params["d"][..., None]
 
     def assemble(
