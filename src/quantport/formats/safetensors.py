@@ -56,6 +56,16 @@ _NP_TO_TAG[np.dtype("<u2").str] = "U16"
 MAX_HEADER = 100_000_000
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v: object) -> str:
+    """A short repr of an offending header value."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One header entry: dtype tag, shape, absolute byte range in the file."""
@@ -99,24 +109,43 @@ class SafetensorsFile:
             raw = f.read(n)
         try:
             header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, or an integer of more than 4300 digits
             raise FormatError(f"{where}: header is not valid JSON ({exc.__class__.__name__})") from exc
         if not isinstance(header, dict):
             raise FormatError(f"{where}: header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
-        self.metadata: dict[str, str] = {str(k): str(v) for k, v in dict(meta).items()}
+        meta = header.pop("__metadata__", None)
+        if meta is None:  # the reference reader takes null as no metadata
+            meta = {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise FormatError(
+                f"{where}: __metadata__ must be an object of strings (safetensors format), got "
+                f"{_show(meta)}; fix or regenerate the file"
+            )
+        self.metadata: dict[str, str] = meta
         self._mapped: np.ndarray | None = None
         data_start = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
-            try:
-                dtype = entry["dtype"]
-                shape = tuple(int(s) for s in entry["shape"])
-                b, e = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise FormatError(f"{where}: malformed header entry for tensor {name!r}") from exc
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if (
+                not isinstance(dtype, str)
+                or not isinstance(shape, list)
+                or not all(_is_int(s) for s in shape)
+                or not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(_is_int(o) for o in offsets)
+            ):
+                raise FormatError(
+                    f"{where}: malformed header entry for tensor {name!r}: {_show(entry)} (need "
+                    "dtype: string, shape: [integers], data_offsets: [begin, end])"
+                )
+            shape = tuple(shape)
+            b, e = offsets
             if dtype not in DTYPES:
-                raise FormatError(f"{where}: tensor {name!r} has unsupported dtype {dtype!r}")
+                raise FormatError(f"{where}: tensor {name!r} has unsupported dtype {_show(dtype)}")
             if any(s < 0 for s in shape):
                 raise FormatError(f"{where}: tensor {name!r} has a negative dimension {shape}")
             count = 1

@@ -78,7 +78,9 @@ class Architecture:
         for hf, gg in self.global_map:
             if gguf_name == gg:
                 return hf
-        m = re.match(r"blk\.(\d+)\.(.+)$", gguf_name)
+        # ASCII digits without leading zeros, and no trailing newline ($ would allow one): two
+        # GGUF names must never map to one HF name
+        m = re.fullmatch(r"blk\.(0|[1-9][0-9]{0,11})\.(.+)", gguf_name, re.ASCII | re.DOTALL)
         if m:
             for hf, gg in self.layer_map:
                 if m.group(2) == gg:
@@ -161,6 +163,11 @@ BERT = Architecture(
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (LLAMA, BERT)}
 
 
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def detect_architecture(config: dict[str, Any], where: str = "config.json") -> Architecture:
     """Pick the architecture of a ``config.json`` mapping.
 
@@ -170,6 +177,16 @@ def detect_architecture(config: dict[str, Any], where: str = "config.json") -> A
     """
     classes = config.get("architectures") or []
     model_type = config.get("model_type")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(
+            f"{where}: architectures must be a list of class names, got {_short(classes)}; "
+            "fix the value or regenerate the file"
+        )
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError(
+            f"{where}: model_type must be a string, got {_short(model_type)}; "
+            "fix the value or regenerate the file"
+        )
     if not classes and not model_type:
         raise ConfigError(f"{where}: has neither 'architectures' nor 'model_type'")
     for arch in ARCHITECTURES.values():

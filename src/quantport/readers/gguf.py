@@ -3,18 +3,44 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quantport.errors import FormatError, QuantportError
-from quantport.formats.gguf_file import map_gguf, read_tensor, scan_gguf
+from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
+from quantport.formats.gguf_file import GGUFTensorInfo, map_gguf, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.readers.arch import ARCHITECTURES, llama_unpermute
-from quantport.readers.tokenizer import hf_tokenizer_from_gguf
+from quantport.readers.config import (
+    check_config,
+    finite_float,
+    optional_positive_int,
+    optional_str,
+    positive_int,
+)
+from quantport.readers.tokenizer import check_gguf_vocab, hf_tokenizer_from_gguf
 
 __all__ = ["GGUFSource"]
+
+# config.json key -> the GGUF key it is read from, so that errors name what the user can fix
+_GGUF_KEYS = {
+    "hidden_size": "llama.embedding_length",
+    "intermediate_size": "llama.feed_forward_length",
+    "num_hidden_layers": "llama.block_count",
+    "num_attention_heads": "llama.attention.head_count",
+    "num_key_value_heads": "llama.attention.head_count_kv",
+    "head_dim": "llama.rope.dimension_count",
+    "max_position_embeddings": "llama.context_length",
+    "rms_norm_eps": "llama.attention.layer_norm_rms_epsilon",
+    "rope_theta": "llama.rope.freq_base",
+    "vocab_size": "llama.vocab_size",
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
+    "pad_token_id": "tokenizer.ggml.padding_token_id",
+}
+_BLOCK = re.compile(r"blk\.(0|[1-9][0-9]{0,11})\.(.+)", re.ASCII | re.DOTALL)
 
 
 class GGUFSource:
@@ -26,71 +52,131 @@ class GGUFSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        where = str(self.path)
         # one validating pass reads everything (gguf.GGUFReader re-parses 98k vocabulary
         # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor()
         scan = scan_gguf(self.path, keep_arrays=True)
         self._scan = scan
         self._mapped: np.ndarray | None = None
         self._infos = {t.name: t for t in scan.tensors}
-        self.metadata = scan.metadata
+        self.metadata = m = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
-        arch_name = self.metadata.get("general.architecture")
+        arch_name = m.get("general.architecture")
         if arch_name != "llama":
-            raise QuantportError(
-                f"{self.path}: GGUF architecture {arch_name!r} cannot be imported; "
-                "supported: llama"
+            shown = repr(arch_name) if len(repr(arch_name)) <= 60 else repr(arch_name)[:57] + "..."
+            raise UnsupportedArchitectureError(
+                f"{where}: GGUF architecture {shown} cannot be imported; supported: llama"
             )
         self.architecture = ARCHITECTURES[arch_name]
-        m = self.metadata
-
-        def key(k: str, default: Any = None) -> Any:
-            v = m.get(f"llama.{k}", default)
-            if v is None:
-                raise FormatError(f"{self.path}: missing metadata key llama.{k}")
-            return v
-
-        self.n_head = int(key("attention.head_count"))
-        self.n_head_kv = int(key("attention.head_count_kv", self.n_head))
-        names = [t.name for t in scan.tensors]
+        optional_str(m, "general.name", where)
+        # the vocabulary is checked here, not when tokenizer_files is first built: GGUF -> GGUF
+        # conversion copies it verbatim, so a corrupt one must not get that far
+        check_gguf_vocab(m, where)
         tokens = m.get("tokenizer.ggml.tokens") or []
-        hidden = int(key("embedding_length"))
+
+        hidden = positive_int(m, "llama.embedding_length", where)
+        n_head = positive_int(m, "llama.attention.head_count", where)
+        n_head_kv = positive_int(m, "llama.attention.head_count_kv", where, default=n_head)
+        head_dim = optional_positive_int(m, "llama.rope.dimension_count", where)
+        if head_dim is None:
+            if hidden % n_head:
+                raise ConfigError(
+                    f"{where}: llama.embedding_length {hidden} is not divisible by "
+                    f"llama.attention.head_count {n_head}; fix one of them"
+                )
+            head_dim = hidden // n_head
+        self.n_head, self.n_head_kv = n_head, n_head_kv
+        names = [t.name for t in scan.tensors]
+        embd = self._infos.get("token_embd.weight")
+        vocab = optional_positive_int(m, "llama.vocab_size", where) or len(tokens) or (
+            embd.shape[0] if embd is not None and embd.shape[0] > 0 else None)
         self.config = {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "hidden_size": hidden,
-            "intermediate_size": int(key("feed_forward_length")),
-            "num_hidden_layers": int(key("block_count")),
-            "num_attention_heads": self.n_head,
-            "num_key_value_heads": self.n_head_kv,
-            "head_dim": int(m.get("llama.rope.dimension_count", hidden // self.n_head)),
-            "max_position_embeddings": int(key("context_length")),
-            "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
-            "rope_theta": float(m.get("llama.rope.freq_base", 10000.0)),
-            "vocab_size": int(m.get("llama.vocab_size", len(tokens))),
+            "intermediate_size": positive_int(m, "llama.feed_forward_length", where),
+            "num_hidden_layers": positive_int(m, "llama.block_count", where),
+            "num_attention_heads": n_head,
+            "num_key_value_heads": n_head_kv,
+            "head_dim": head_dim,
+            "max_position_embeddings": positive_int(m, "llama.context_length", where),
+            "rms_norm_eps": finite_float(m, "llama.attention.layer_norm_rms_epsilon", where,
+                                         positive=True),
+            "rope_theta": finite_float(m, "llama.rope.freq_base", where, default=10000.0,
+                                       positive=True),
+            "vocab_size": vocab,
             "hidden_act": "silu",
             "attention_bias": "blk.0.attn_q.bias" in names,
             "mlp_bias": False,
             "tie_word_embeddings": "output.weight" not in names,
-            "bos_token_id": m.get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": m.get("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": m.get("tokenizer.ggml.padding_token_id"),
+            # llama.cpp ignores special token ids outside the vocabulary ("bad special token")
+            "bos_token_id": self._token_id("tokenizer.ggml.bos_token_id", len(tokens)),
+            "eos_token_id": self._token_id("tokenizer.ggml.eos_token_id", len(tokens)),
+            "pad_token_id": self._token_id("tokenizer.ggml.padding_token_id", len(tokens)),
             "torch_dtype": "float32",
         }
+        check_config(self.config, where, _GGUF_KEYS)
         self._tokenizer_files: dict[str, str] | None = None
         self._gguf_of: dict[str, str] = {}
-        for n in names:
+        for t in scan.tensors:
+            n = t.name
             hf = self.architecture.hf_name(n, "model.layers.{}.")
-            if hf is None:
-                raise FormatError(f"{self.path}: tensor {n!r} has no Hugging Face counterpart")
+            if hf is None or hf in self._gguf_of:
+                raise FormatError(f"{where}: tensor {n!r} has no Hugging Face counterpart")
+            self._check_shape(t)
             self._gguf_of[hf] = n
         self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors, strict=True)}
+
+    def _token_id(self, key: str, n_tokens: int) -> int | None:
+        i = self.metadata.get(key)  # type checked by check_gguf_vocab
+        return i if i is not None and (n_tokens == 0 or i < n_tokens) else None
+
+    def _check_shape(self, t: GGUFTensorInfo) -> None:
+        """Refuse a tensor whose shape does not follow from the hyper-parameters, as
+        llama.cpp's loader does ("tensor has wrong shape"), naming the metadata to fix."""
+        c = self.config
+        hidden, ff, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+        q, kv = self.n_head * hd, self.n_head_kv * hd
+        name = t.name
+        m = _BLOCK.fullmatch(name)
+        if m:
+            layer, name = int(m.group(1)), m.group(2)
+            if layer >= c["num_hidden_layers"]:
+                raise ConfigError(
+                    f"{self.path}: tensor {t.name!r} is in layer {layer} but "
+                    f"llama.block_count is {c['num_hidden_layers']}; fix llama.block_count"
+                )
+        want = {
+            "token_embd.weight": (c["vocab_size"], hidden),
+            "output.weight": (c["vocab_size"], hidden),
+            "output_norm.weight": (hidden,),
+            "attn_norm.weight": (hidden,),
+            "ffn_norm.weight": (hidden,),
+            "attn_q.weight": (q, hidden),
+            "attn_k.weight": (kv, hidden),
+            "attn_v.weight": (kv, hidden),
+            "attn_output.weight": (hidden, q),
+            "attn_q.bias": (q,),
+            "attn_k.bias": (kv,),
+            "attn_v.bias": (kv,),
+            "attn_output.bias": (hidden,),
+            "ffn_gate.weight": (ff, hidden),
+            "ffn_up.weight": (ff, hidden),
+            "ffn_down.weight": (hidden, ff),
+        }.get(name)
+        if want is not None and tuple(t.shape) != want:
+            raise ConfigError(
+                f"{self.path}: tensor {t.name!r} has shape {t.shape} but the llama.* metadata "
+                f"(embedding_length, feed_forward_length, head counts, rope.dimension_count, "
+                f"vocab_size) gives {want}; the metadata does not match the tensors"
+            )
 
     @property
     def tokenizer_files(self) -> dict[str, str]:
         """``tokenizer.json`` / ``tokenizer_config.json`` rebuilt from the GGUF vocabulary
         (built on first use: GGUF -> GGUF conversion copies the vocabulary verbatim instead)."""
         if self._tokenizer_files is None:
-            self._tokenizer_files = hf_tokenizer_from_gguf(self.metadata)
+            self._tokenizer_files = hf_tokenizer_from_gguf(self.metadata, str(self.path))
         return self._tokenizer_files
 
     def gguf_tokenizer_kv(self) -> list[tuple[str, Any, int, int | None]]:

@@ -13,6 +13,7 @@ import numpy as np
 from quantport.errors import ConfigError, FormatError, QuantportError
 from quantport.formats.safetensors import SafetensorsFile
 from quantport.readers.arch import detect_architecture
+from quantport.readers.config import check_config
 from quantport.readers.source import TOKENIZER_FILES
 
 __all__ = ["HFCheckpoint", "read_json"]
@@ -23,8 +24,13 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path.parent}: no {what} found; is this a Hugging Face checkpoint?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or a 5000-digit number
         raise ConfigError(f"{path}: invalid JSON ({exc}); fix or regenerate the file") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON (nested too deeply); fix or regenerate the "
+                          "file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what} file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
@@ -45,13 +51,18 @@ class HFCheckpoint:
 
     def __init__(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
         self.path = Path(path)
-        self.config = read_json(self.path / "config.json", "config.json")
-        self.architecture = detect_architecture(self.config, str(self.path / "config.json"))
-        self.tokenizer_files = {
-            n: (self.path / n).read_text(encoding="utf-8")
-            for n in TOKENIZER_FILES
-            if (self.path / n).is_file()
-        }
+        cfg_path = self.path / "config.json"
+        self.config = read_json(cfg_path, "config.json")
+        self.architecture = detect_architecture(self.config, str(cfg_path))
+        check_config(self.config, str(cfg_path))
+        self.tokenizer_files = {}
+        for n in TOKENIZER_FILES:
+            if (self.path / n).is_file():
+                try:
+                    self.tokenizer_files[n] = (self.path / n).read_text(encoding="utf-8")
+                except UnicodeDecodeError:
+                    raise FormatError(f"{self.path / n}: not UTF-8 text; fix or regenerate "
+                                      "the file") from None
         self._where: dict[str, Any] = {}
         self._pickle: dict[str, Any] | None = None
         index = self.path / "model.safetensors.index.json"
@@ -62,6 +73,11 @@ class HFCheckpoint:
                 raise FormatError(f"{index}: no 'weight_map' object")
             files: dict[str, SafetensorsFile] = {}
             for name, shard in weight_map.items():
+                if not isinstance(shard, str) or not shard or "\0" in shard:
+                    raise FormatError(
+                        f"{index}: weight_map[{name!r}] must be a shard file name, got "
+                        f"{shard!r:.60}; fix or regenerate the index"
+                    )
                 shard_path = (self.path / str(shard)).resolve()
                 if shard_path.parent != self.path.resolve():
                     raise FormatError(f"{index}: shard {shard!r} lies outside the checkpoint")

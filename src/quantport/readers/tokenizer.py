@@ -12,8 +12,9 @@ import json
 from typing import Any
 
 from quantport.errors import FormatError, UnsupportedArchitectureError
+from quantport.readers.config import positive_int
 
-__all__ = ["SUPPORTED_PRE", "hf_tokenizer_from_gguf"]
+__all__ = ["SUPPORTED_PRE", "check_gguf_vocab", "hf_tokenizer_from_gguf"]
 
 # llama.cpp llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3
 _LLAMA3_REGEX = (
@@ -27,7 +28,7 @@ SUPPORTED_PRE = ("smollm", "gpt2", "default", "llama-bpe")
 _CONTROL, _USER_DEFINED = 3, 4
 
 
-def _pre_tokenizer(pre: str) -> dict[str, Any]:
+def _pre_tokenizer(pre: str, where: str) -> dict[str, Any]:
     bytelevel = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                  "use_regex": True}
     if pre == "smollm":
@@ -43,34 +44,109 @@ def _pre_tokenizer(pre: str) -> dict[str, Any]:
              "invert": False},
             {**bytelevel, "use_regex": False}]}
     raise UnsupportedArchitectureError(
-        f"GGUF pre-tokenizer {pre!r} is not supported; supported: {', '.join(SUPPORTED_PRE)}"
+        f"{where}: GGUF pre-tokenizer {pre!r} is not supported; supported: {', '.join(SUPPORTED_PRE)}"
     )
 
 
-def hf_tokenizer_from_gguf(meta: dict[str, Any]) -> dict[str, str]:
+_ID_KEYS = ("bos", "eos", "unknown", "padding", "seperator", "sep", "cls", "mask", "eot", "eom")
+
+
+def _bad(where: str, key: str, want: str, got: Any) -> FormatError:
+    r = repr(got)
+    r = r if len(r) <= 60 else r[:57] + "..."
+    return FormatError(f"{where}: {key} must be {want}, got {r}; the GGUF vocabulary is corrupt, "
+                       "regenerate the file")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_gguf_vocab(meta: dict[str, Any], where: str = "GGUF metadata") -> None:
+    """Check the types and lengths of every ``tokenizer.*`` value quantport reads or copies.
+
+    Tokens must be strings, ``token_type``/``scores`` as long as the tokens, merges ``"a b"``
+    pairs of tokens whose concatenation is a token too (``tokenizers``' BPE refuses anything
+    else), special token ids integers, flags booleans.
+
+    Raises:
+        FormatError: one line naming ``where`` and the key.
+    """
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template"):
+        v = meta.get(key)
+        if v is not None and not isinstance(v, str):
+            raise _bad(where, key, "a string", v)
+    for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+                "tokenizer.ggml.add_space_prefix"):
+        v = meta.get(key)
+        if v is not None and not isinstance(v, bool):
+            raise _bad(where, key, "true or false", v)
+    for name in _ID_KEYS:
+        key = f"tokenizer.ggml.{name}_token_id"
+        v = meta.get(key)
+        if v is not None and not (_int(v) and v >= 0):
+            raise _bad(where, key, "a token id (a non-negative integer)", v)
+    key = "tokenizer.ggml.tokens"
+    tokens = meta.get(key)
+    if tokens is None:
+        return
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise _bad(where, key, "an array of strings", tokens)
+    n = len(tokens)
+    for key, want, ok in (
+        ("tokenizer.ggml.token_type", "an array of integers", _int),
+        ("tokenizer.ggml.scores", "an array of numbers",
+         lambda x: isinstance(x, int | float) and not isinstance(x, bool)),
+    ):
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(ok(x) for x in v):
+            raise _bad(where, key, want, v)
+        if len(v) != n:
+            raise FormatError(f"{where}: {key} has {len(v)} entries but tokenizer.ggml.tokens has "
+                              f"{n}; the GGUF vocabulary is corrupt, regenerate the file")
+    key = "tokenizer.ggml.merges"
+    merges = meta.get(key)
+    if merges is None:
+        return
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise _bad(where, key, "an array of strings", merges)
+    vocab = set(tokens)
+    for i, m in enumerate(merges):
+        a, sep, b = m.partition(" ")
+        if not sep or a not in vocab or b not in vocab or a + b not in vocab:
+            raise _bad(where, f"{key}[{i}]", "two tokens separated by a space whose "
+                       "concatenation is a token", m)
+
+
+def hf_tokenizer_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -> dict[str, str]:
     """Build ``tokenizer.json`` and ``tokenizer_config.json`` text from GGUF metadata.
 
     Args:
         meta: GGUF key/value metadata with arrays in full.
+        where: the file, for messages.
 
     Returns:
         File name -> file text.
 
     Raises:
         UnsupportedArchitectureError: for tokenizer models other than ``gpt2`` (byte-level BPE).
-        FormatError: when required keys are missing.
+        FormatError: when required keys are missing or values have the wrong type.
     """
+    check_gguf_vocab(meta, where)
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise UnsupportedArchitectureError(
-            f"GGUF tokenizer model {model!r} is not supported for import; supported: gpt2 "
-            "(byte-level BPE)"
+            f"{where}: GGUF tokenizer model {model!r} is not supported for import; supported: "
+            "gpt2 (byte-level BPE)"
         )
-    try:
-        tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
-        merges: list[str] = list(meta["tokenizer.ggml.merges"])
-    except KeyError as exc:
-        raise FormatError(f"GGUF metadata lacks {exc.args[0]}, needed to rebuild the tokenizer") from exc
+    missing = [k for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges") if k not in meta]
+    if missing:
+        raise FormatError(f"{where}: GGUF metadata lacks {missing[0]}, needed to rebuild the "
+                          "tokenizer")
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    merges: list[str] = meta["tokenizer.ggml.merges"]
     types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
     pre = meta.get("tokenizer.ggml.pre", "default")
     added = [
@@ -102,7 +178,7 @@ def hf_tokenizer_from_gguf(meta: dict[str, Any]) -> dict[str, str]:
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": _pre_tokenizer(pre),
+        "pre_tokenizer": _pre_tokenizer(pre, where),
         "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
@@ -117,7 +193,7 @@ def hf_tokenizer_from_gguf(meta: dict[str, Any]) -> dict[str, str]:
         "add_bos_token": add_bos,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(meta.get("llama.context_length", 2048)),
+        "model_max_length": positive_int(meta, "llama.context_length", where, default=2048),
         "bos_token": bos,
         "eos_token": eos,
         "unk_token": tok("tokenizer.ggml.unknown_token_id"),
