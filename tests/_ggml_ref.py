@@ -1,35 +1,53 @@
 """ctypes access to llama.cpp's own quantizers (``ggml_quantize_chunk`` in libggml-base).
 
-Used by the byte-exactness tests; loads the shared libraries that llama-cpp-python installs
-under ``llama_cpp/lib``. :func:`load` returns None when llama_cpp is not importable.
+Used by the byte-exactness tests. The library is found through the installed ``llama_cpp``
+package itself: the directory it loaded libllama from (``llama_cpp.llama_cpp._base_path``, which
+honours ``LLAMA_CPP_LIB_PATH``) and its own platform-aware loader, not a path or glob of ours.
+:func:`load` returns None when that fails; :func:`unavailable_reason` says why (the tests' skip
+reason, which tests/conftest.py turns into a failure under CI).
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-_LIB: object = None
+_LIB: Any = None
+_WHY = ""
+
+
+def _find() -> ctypes.CDLL:
+    import llama_cpp.llama_cpp as lc  # loads libllama (and, as its dependency, libggml-base)
+    from llama_cpp._ctypes_extensions import load_shared_library
+
+    try:
+        return load_shared_library("ggml-base", lc._base_path)
+    except (FileNotFoundError, RuntimeError, OSError) as exc:
+        # a build that links ggml into libllama: the symbols are reachable through it
+        if hasattr(lc._lib, "ggml_quantize_chunk"):
+            return lc._lib
+        raise FileNotFoundError(
+            f"no libggml-base next to libllama in {lc._base_path}: {exc}") from None
+
+
+def unavailable_reason() -> str:
+    """Why :func:`load` returned None ("" if it did not)."""
+    load()
+    return _WHY
 
 
 def load() -> ctypes.CDLL | None:
     """Return libggml-base with ``ggml_quantize_chunk`` declared, or None if unavailable."""
-    global _LIB
+    global _LIB, _WHY
     if _LIB is not None:
         return _LIB or None
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
-        _LIB = False
+    try:
+        lib = _find()
+    except Exception as exc:  # ImportError, or OSError/FileNotFoundError from the loader
+        _LIB, _WHY = False, f"llama.cpp's libggml-base is not available: {type(exc).__name__}: {exc}"
         return None
-    lib_dir = Path(spec.origin).parent / "lib"
-    cands = sorted(lib_dir.glob("libggml-base.so*")) + sorted(lib_dir.glob("libggml-base.dylib"))
-    if not cands:
-        _LIB = False
-        return None
-    lib = ctypes.CDLL(str(cands[0]))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [
         ctypes.c_int,

@@ -9,6 +9,8 @@ import pytest
 
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.ir import dequantize
+from quantport.quant.grid import IntGrid
+from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import parse_scheme
 
 
@@ -47,6 +49,89 @@ def test_rtn_matches_reference(scheme):
     group = 64 if s.granularity == "channel" else s.group_size
     np.testing.assert_allclose(dequantize(qt), _ref(w, s.bits, group, s.symmetric),
                                rtol=1e-6, atol=1e-7)
+
+
+def _weights(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Rows of different spread, an all-zero group, a positive-only row and exact rounding ties."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols)) * rng.random((rows, 1)) * 3).astype(np.float32)
+    w[0, :16] = 0.0  # an all-zero group (or part of one)
+    w[1] = np.abs(w[1])  # min > 0: the asymmetric range is widened to include 0
+    # ties: with 4 bits symmetric, absmax 7.5 gives scale exactly 1 and x/s = k + 0.5
+    w[2] = np.resize(np.array([7.5, -7.5, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5], np.float32), cols)
+    return w
+
+
+def _ct_reference(w: np.ndarray, bits: int, sym: bool, gran: str, group: int | None):
+    """compressed-tensors' own qparams, codes and fake-quantized weight for ``w``."""
+    torch = pytest.importorskip("torch")
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize, quantize
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=sym, strategy=gran,
+                            group_size=group)
+    t = torch.from_numpy(w)
+    if gran == "group":
+        g = t.reshape(w.shape[0], -1, group)
+        lo, hi = g.amin(-1), g.amax(-1)
+    elif gran == "channel":
+        lo, hi = t.amin(-1, keepdim=True), t.amax(-1, keepdim=True)
+    else:
+        lo, hi = t.amin(), t.amax()
+    scale, zp = calculate_qparams(lo, hi, args)
+    codes = quantize(t, scale, zp, args)
+    return scale.numpy(), zp.numpy(), codes.numpy(), fake_quantize(t, scale, zp, args).numpy()
+
+
+CT_CASES = [(bits, sym, gran, group)
+            for bits in (2, 3, 4, 5, 8) for sym in (True, False)
+            for gran, group in (("group", 16), ("group", 32), ("group", 128), ("channel", None),
+                                ("tensor", None))]
+
+
+@pytest.mark.parametrize(("bits", "sym", "gran", "group"), CT_CASES,
+                         ids=[f"w{b}-{'g' + str(g) if g else gr}-{'sym' if s else 'asym'}"
+                              for b, s, gr, g in CT_CASES])
+def test_rtn_matches_compressed_tensors(bits: int, sym: bool, gran: str, group: int | None):
+    # the definition quantport claims (IntGrid docstring) is compressed-tensors' own
+    # calculate_qparams + fake_quantize: compare with the library itself, not a re-derivation
+    w = _weights(8, 256, seed=bits * 10 + sym)
+    ref_scale, ref_zp, ref_codes, ref_w = _ct_reference(w, bits, sym, gran, group)
+    text = f"w{bits}-{'g' + str(group) if group else gran}-{'sym' if sym else 'asym'}"
+    qt = parse_scheme(text).quantize(w, name="w")
+    got_scale = np.asarray(qt.scale, np.float32).reshape(ref_scale.shape)
+    # An all-zero block is degenerate: compressed-tensors' scale is eps and its asymmetric
+    # zero-point comes from casting NaN (0/0) to int8, quantport stores scale 1.0 and zero-point
+    # qmin; both dequantize every code of that block to exactly 0, which the comparison of the
+    # weights below checks. Every other block must agree in scale, zero-point and codes.
+    block = {"group": group, "channel": w.shape[1], "tensor": w.size}[gran]
+    zero_blocks = (w.reshape(-1, block) == 0).all(-1)
+    zero = zero_blocks.reshape(ref_scale.shape)
+    assert zero.sum() == (1 if group == 16 else 0)  # the block of _weights' w[0, :16]
+    assert (ref_scale[zero] == np.finfo(np.float32).eps).all()
+    codes_zero = np.repeat(zero_blocks, block).reshape(w.shape)
+    np.testing.assert_array_equal(got_scale[~zero], ref_scale[~zero])
+    if sym:
+        assert qt.zero_point is None and not ref_zp.any()
+    else:
+        got_zp = np.asarray(qt.zero_point).reshape(ref_zp.shape)
+        np.testing.assert_array_equal(got_zp[~zero], ref_zp[~zero])
+    codes = np.asarray(qt.codes)
+    np.testing.assert_array_equal(codes[~codes_zero], ref_codes.astype(np.int8)[~codes_zero])
+    np.testing.assert_array_equal(dequantize(qt), ref_w)  # bit-exact
+
+    # the grid and quantize_rtn on their own (what IntScheme.quantize builds on)
+    if gran != "tensor":
+        grid = IntGrid(bits, sym, block)
+        rtn = quantize_rtn(w, grid, name="w")
+        np.testing.assert_array_equal(dequantize(rtn), ref_w)
+        x = w.reshape(w.shape[0], -1, block)
+        params = grid.fit(x)
+        codes = grid.round(x, params)
+        np.testing.assert_array_equal(codes.reshape(w.shape)[~codes_zero],
+                                      ref_codes.astype(np.int8)[~codes_zero])
+        np.testing.assert_array_equal(grid.value(codes, params).reshape(w.shape), ref_w)
 
 
 @pytest.mark.parametrize("scheme", ["w4-g32-sym", "w4-g32-asym", "w8-tensor-sym"])
