@@ -1,4 +1,4 @@
-"""``quantport validate``: the artifact in its runtime against the source."""
+"""``quantport validate``: the artifact in its runtime, checked for correctness and quality."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from quantport.cli._common import (
 )
 from quantport.errors import QuantportError
 
-__all__ = ["validate"]
+__all__ = ["EXIT_CORRECTNESS_FAILED", "EXIT_QUALITY_FAILED", "validate"]
+
+#: the runtime does not compute what the artifact's weights mean, or its tokenizer differs
+EXIT_CORRECTNESS_FAILED = EXIT_VALIDATION_FAILED  # 3
+#: the artifact is correct but a quality threshold (--max-kld, --min-top1, ...) failed
+EXIT_QUALITY_FAILED = 4
 
 
 # --------------------------------------------------------------------------------- validate
@@ -29,10 +34,10 @@ __all__ = ["validate"]
               help="Evaluation text (default: WikiText-2 test split).")
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--windows", type=int, default=8, show_default=True, help="Number of windows.")
-@click.option("--max-kld", type=float, help="Fail above this mean KL divergence (default: by precision).")
-@click.option("--min-top1", type=float, help="Fail below this top-1 agreement (default: by precision).")
-@click.option("--max-ppl-ratio", type=float, help="Fail above this PPL ratio (default: by precision).")
-@click.option("--min-cosine", type=float, help="Encoders: fail below this mean cosine (default: by precision).")
+@click.option("--max-kld", type=float, help="Quality: fail above this mean KL divergence from the source (default: by precision).")
+@click.option("--min-top1", type=float, help="Quality: fail below this top-1 agreement with the source (default: by precision).")
+@click.option("--max-ppl-ratio", type=float, help="Quality: fail above this PPL ratio artifact/source (default: by precision).")
+@click.option("--min-cosine", type=float, help="Quality, encoders: fail below this mean embedding cosine (default: by precision).")
 @common_options
 @handle_errors
 def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, windows: int,
@@ -40,15 +45,25 @@ def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, w
              min_cosine: float | None,
              as_json: bool, quiet: bool, verbose: bool) -> None:
     """Load ARTIFACT in the runtime that serves it (transformers for safetensors, llama.cpp for
-    GGUF) and compare its logits with the source's: perplexity, KL divergence, top-1
-    agreement, max logit difference. Exits 3 when a threshold fails. Default thresholds
-    depend on the artifact's precision (8, 6/5, 4, 3, 2 bits, or unquantized); each flag
-    overrides one.
+    GGUF) and check it on WikiText-2 windows, in two groups:
+
+    \b
+    correctness  the runtime computes what the artifact's weights mean: its logits match
+                 quantport's own forward of the weights the artifact holds (within kernel
+                 noise), and its tokenizer gives the source tokenizer's ids;
+    quality      PPL ratio, mean KL divergence and top-1 agreement against the float32
+                 source (cosine of embeddings for encoders), within thresholds that default
+                 to the artifact's precision (8, 6/5, 4, 3, 2 bits, or unquantized); each
+                 --max-*/--min-* flag overrides one.
+
+    \b
+    Exit status: 0 every check passed; 3 a correctness check failed (the artifact is
+    broken); 4 correct, but a quality threshold failed; 1 error.
 
     \b
     Example:
         quantport validate smollm2-w4 --against smollm2 --json
-        quantport validate smollm2-q4_k_m.gguf --windows 16
+        quantport validate smollm2-q4_k_m.gguf --windows 16 --max-ppl-ratio 1.2
     """
     setup_logging(verbose)
     if ctx < 16 or windows < 1:
@@ -61,20 +76,37 @@ def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, w
     th = Thresholds.for_bits(artifact_bits(artifact)).override(
         max_kld=max_kld, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio, min_cosine=min_cosine)
     bars = Bars(quiet or as_json)
-    report = run_validate(artifact, against, text=text, ctx=ctx, n_windows=windows,
-                          thresholds=th, on_progress=bars)
-    bars.close()
+    try:
+        report = run_validate(artifact, against, text=text, ctx=ctx, n_windows=windows,
+                              thresholds=th, on_progress=bars)
+    finally:
+        bars.close()
     d = report.to_dict()
+    code = exit_code(d)
+    d["exit_code"] = code
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:
         _print_report(d)
-    if not report.passed:
-        sys.exit(EXIT_VALIDATION_FAILED)
+    if code:
+        sys.exit(code)
+
+
+def exit_code(d: dict[str, Any]) -> int:
+    """3 when a correctness check failed, 4 when only quality failed, else 0."""
+    if not d["correct"]:
+        return EXIT_CORRECTNESS_FAILED
+    return 0 if d["quality_passed"] else EXIT_QUALITY_FAILED
 
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+
+
+_GROUPS = {
+    "correctness": "correctness (the runtime computes what the artifact's weights mean)",
+    "quality": "quality (against the float32 source)",
+}
 
 
 def _print_report(d: dict[str, Any]) -> None:
@@ -82,13 +114,30 @@ def _print_report(d: dict[str, Any]) -> None:
     click.echo(f"reference:  {d['reference']} (transformers, float32)")
     click.echo(f"text:       {d['n_windows']} windows x {d['window']} tokens, "
                f"{d['n_tokens_scored']} scored")
-    keys = ["ppl", "ppl_reference", "kld_mean", "kld_p99", "top1_agreement",
-            "max_abs_logit_diff", "cosine_mean", "cosine_min"]
-    for k in keys:
-        if d.get(k) is not None:
-            click.echo(f"  {k:<20} {_fmt(d[k])}")
-    for k, v in d.get("extra", {}).items():
-        click.echo(f"  {k:<20} {_fmt(v)}")
-    click.echo("PASSED" if d["passed"] else "FAILED: " + "; ".join(d["failures"]))
-
-
+    for group, title in _GROUPS.items():
+        checks = [c for c in d["checks"] if c["group"] == group]
+        if not checks:
+            continue
+        click.echo(f"{title}:")
+        for c in checks:
+            mark = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
+            limit = "" if c["limit"] is None else f"{c['op']} {_fmt(c['limit'])}"
+            line = f"  {mark:<4}  {c['name']:<24} {_fmt(c['value']):>12}  {limit:<10}"
+            if c["detail"] and (c["passed"] is not True or c["name"].startswith("tokenizer")):
+                line += f"  {c['detail']}"
+            click.echo(line.rstrip())
+    figures = ["ppl", "ppl_reference", "kld_p99", "kld_max", "max_abs_logit_diff", "cosine_min"]
+    shown = ", ".join(f"{k} {_fmt(d[k])}" for k in figures if d.get(k) is not None)
+    if shown:
+        click.echo(f"figures:    {shown}")
+    n_c = [c for c in d["checks"] if c["group"] == "correctness" and c["passed"] is not None]
+    n_q = [c for c in d["checks"] if c["group"] == "quality" and c["passed"] is not None]
+    tally = (f"correctness {sum(c['passed'] for c in n_c)}/{len(n_c)}, "
+             f"quality {sum(c['passed'] for c in n_q)}/{len(n_q)} checks passed")
+    if d["passed"]:
+        click.echo(f"PASSED: {tally}")
+    elif not d["correct"]:
+        click.echo(f"FAILED correctness (exit 3): {tally}: " + "; ".join(d["failures"]))
+    else:
+        click.echo(f"FAILED quality (exit 4; the artifact is correct): {tally}: "
+                   + "; ".join(d["failures"]))

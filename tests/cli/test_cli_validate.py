@@ -1,0 +1,83 @@
+"""`quantport validate` through the CLI: the report lists every check with its figure, limit and
+verdict, grouped as correctness and quality; exit 3 / 4 tell them apart; no third-party bars."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from quantport.cli.main import cli
+
+THIRD_PARTY = ("Loading weights", "Applying quantization config", "Decompressing model",
+               "Dispatching model", "Compressing model")
+
+
+def run(*args):
+    # click >= 8.2 keeps stderr apart from stdout (result.stderr); the bars go there
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_w4(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("w4") / "w4"
+    res = run("convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym", "-o", out,
+              "-q")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_help_documents_exit_codes():
+    res = run("validate", "--help")
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "Exit status" in text and "3 a correctness check failed" in text
+    assert "4 correct, but a quality threshold failed" in text
+
+
+def test_quality_failure_is_named_and_exits_4(tiny_w4, tiny_llama):
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--windows", "1", "--ctx", "64",
+              "--max-kld", "0", "--json")
+    assert res.exit_code == 4, res.output
+    d = json.loads(res.stdout)
+    assert d["correct"] is True and d["quality_passed"] is False and d["passed"] is False
+    assert d["exit_code"] == 4
+    by_name = {c["name"]: c for c in d["checks"]}
+    kld = by_name["kld_mean"]
+    assert kld["group"] == "quality" and kld["passed"] is False
+    assert kld["limit"] == 0 and kld["value"] > 0 and kld["op"] == "<="
+    assert [f.split()[0] for f in d["failures"]] == ["kld_mean"]
+    assert {c["group"] for c in d["checks"]} == {"correctness", "quality"}
+    assert all(c["passed"] for c in d["checks"] if c["group"] == "correctness")
+
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--windows", "1", "--ctx", "64",
+              "--max-kld", "0")
+    assert res.exit_code == 4
+    lines = res.stdout.splitlines()
+    fail = [ln for ln in lines if ln.split()[:2] == ["FAIL", "kld_mean"]]
+    assert len(fail) == 1 and "<= 0" in fail[0]
+    assert lines[-1].startswith("FAILED quality") and "kld_mean" in lines[-1]
+    assert not any(ln.startswith("PASSED") for ln in lines)
+
+
+def test_passing_report_lists_each_check(tiny_w4, tiny_llama):
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--windows", "1", "--ctx", "64")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "correctness (" in out and "quality (" in out
+    for name in ("tokenizer_ids_match", "weights_kld_mean", "weights_top1_agreement",
+                 "kld_mean", "top1_agreement", "ppl_ratio"):
+        assert any(ln.split()[:2] == ["pass", name] for ln in out.splitlines()), name
+    assert out.splitlines()[-1].startswith("PASSED: correctness 3/3, quality 3/3")
+
+
+def test_no_third_party_progress_bars(tiny_w4, tiny_llama):
+    """transformers' and compressed-tensors' own bars stay out of quantport's output; the
+    progress bar of quantport's own phase remains."""
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--windows", "2", "--ctx", "64")
+    assert res.exit_code == 0, res.output
+    for s in THIRD_PARTY:
+        assert s not in res.stderr, s
+        assert s not in res.stdout, s
+    assert "validate" in res.stderr
