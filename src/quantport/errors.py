@@ -51,6 +51,11 @@ class IRError(QuantportError):
     """An IR record violates one of its invariants."""
 
 
+class OptionError(QuantportError):
+    """Options that contradict each other or do not apply to the chosen format (the CLI
+    reports it as a usage error, exit status 2)."""
+
+
 class OutputExistsError(QuantportError):
     """The output path exists and ``--force`` was not given."""
 

@@ -50,7 +50,7 @@ def default_model(on_progress: Callable[[str, int, int], None] | None = None) ->
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return target
-    from quantport.writers.safetensors import export_dense
+    from quantport.pipeline import export_dense
 
     log.info("importing the default model from %s into %s", _smollm2_gguf(), target)
     export_dense(GGUFSource(_smollm2_gguf()), target, dtype="F32", force=True,

@@ -83,10 +83,22 @@ def test_existing_output_needs_force(runner, tiny_llama, tmp_path):
               "-o", out)
     assert res.exit_code == 1 and "already exists; pass --force" in res.output
     assert (out / "keep").read_text() == "x"
+    # --force never touches files quantport did not write: a directory that is not a
+    # quantport artifact is refused, naming what is in the way
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
+              "-o", out, "--force", "-q")
+    assert res.exit_code == 1 and "keep" in res.output and "not a quantport artifact" in res.output
+    assert (out / "keep").read_text() == "x"
+    (out / "keep").unlink()  # an empty directory may be replaced
     res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
               "-o", out, "--force", "-q")
     assert res.exit_code == 0 and (out / "model.safetensors").is_file()
-    assert not (out / "keep").exists()
+    # a quantport artifact is replaced with --force
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
+              "-o", out, "--force", "-q")
+    assert res.exit_code == 0
+    assert json.loads((out / "config.json").read_text())["quantization_config"][
+        "config_groups"]["group_0"]["weights"]["num_bits"] == 4
 
 
 def test_group_size_refused_then_kept(runner, tiny_llama, tmp_path):
@@ -100,7 +112,11 @@ def test_group_size_refused_then_kept(runner, tiny_llama, tmp_path):
               "-o", tmp_path / "b", "--keep-unquantized", "--json")
     assert res.exit_code == 0
     d = json.loads(res.stdout)
-    assert d["n_quantized"] == 2 and len(d["kept"]) == 12  # only down_proj (width 128) is cut
+    # only down_proj (width 128) is quantized; the other Linear weights (width 64) are kept
+    assert d["n_quantized"] == 2
+    kept = {n for n in d["kept"] if n.endswith("_proj.weight")}
+    assert len(kept) == 12 and not any("down_proj" in n for n in kept)
+    assert all("input width 64" in d["kept"][n] for n in kept)
 
 
 @pytest.mark.parametrize(
@@ -158,12 +174,12 @@ def test_bad_sources(runner, tiny_llama, tmp_path):
 
 
 def test_full_disk_leaves_nothing(runner, tiny_llama, tmp_path, monkeypatch):
-    import quantport.formats.compressed_tensors as ct
+    import quantport.formats.safetensors_shards as shards
 
     def boom(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ct, "write_safetensors", boom)
+    monkeypatch.setattr(shards, "pwrite_all", boom)
     out = tmp_path / "o"
     res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8-channel-sym",
               "-o", out)

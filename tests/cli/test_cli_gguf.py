@@ -46,9 +46,9 @@ def test_dry_run_size_is_exact(tiny_llama, tmp_path):
     assert {t["type"] for t in plan["tensors"]} >= {"Q4_0", "F32"}
     res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "-q")
     assert res.exit_code == 0
-    assert out.stat().st_size == plan["file_size"]
+    assert out.stat().st_size == plan["size"] == plan["bytes"]
     text = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "--dry-run")
-    assert "file size:" in text.stdout and "blk.0.attn_q.weight" in text.stdout
+    assert "output size:" in text.stdout and "blk.0.attn_q.weight" in text.stdout
 
 
 def test_tensor_type_override_wins(tiny_llama, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 import quantport
 from quantport.models import open_source
 from quantport.readers import HFCheckpoint
-from quantport.writers.gguf import convert_gguf
+from quantport.pipeline import convert, make_recipe
 from quantport.errors import (
     ConfigError,
     FormatError,
@@ -38,12 +38,21 @@ from quantport.formats.gguf_writer import (
     GGUFTensor,
     GGUFValueType,
     gguf_file_size,
-    parallel_write_supported,
     write_gguf,
 )
 from quantport.quant.presets import PRESETS
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+def convert_gguf(source, out, preset, *, imatrix=None, pure=False, overrides=(),
+                 output_type=None, token_embedding_type=None, force=False, dry_run=False,
+                 threads=None, on_progress=None):
+    """The pipeline with a GGUF recipe (the CLI's `convert --to gguf`)."""
+    recipe = make_recipe("gguf", preset, tensor_types=overrides, pure=pure,
+                         output_type=output_type, token_embedding_type=token_embedding_type)
+    return convert(source, recipe, out, imatrix=imatrix, force=force, dry_run=dry_run,
+                   threads=threads, on_progress=on_progress)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -94,7 +103,7 @@ def _write_variants(source, out_dir: Path, stem: str) -> dict[tuple, tuple[Path,
             overrides=overrides,
             on_progress=lambda *e, _ev=events: _ev.append(e),
         )
-        total = sum(r.nbytes for r in res.plan)
+        total = sum(r.nbytes for r in res.plan.rows)
         assert events[-1] == ("write", total, total)
         out[(preset, pure, overrides)] = (path, dry, res)
     return out
@@ -182,96 +191,6 @@ def test_writer_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-needs_fork = pytest.mark.skipif(
-    not parallel_write_supported(), reason="the parallel writer needs fork (Linux)"
-)
-
-
-def _mixed_tensors() -> list[GGUFTensor]:
-    """Tensors of many sizes (most not multiples of the alignment) and types."""
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(9):
-        rows = 1 + 5 * i
-        a = rng.standard_normal((rows, 32 * (1 + i % 3))).astype(np.float32)
-        out.append(GGUFTensor(f"t{i}.f32", a.shape, "F32", lambda a=a: a))
-        out.append(GGUFTensor(f"t{i}.f16", a.shape, "F16", lambda a=a: a.astype("<f2")))
-        q = rng.integers(0, 256, (rows, 34 * (1 + i % 3)), dtype=np.uint8)
-        out.append(GGUFTensor(f"t{i}.q8", a.shape, "Q8_0", lambda q=q: q))
-    return out
-
-
-@needs_fork
-def test_parallel_writer_equals_serial(tmp_path: Path) -> None:
-    kvs = [GGUFKV("general.architecture", "llama", GGUFValueType.STRING)]
-    tensors = _mixed_tensors()
-    seen: list[int] = []
-    write_gguf(tmp_path / "serial.gguf", kvs, tensors)
-    layout = write_gguf(tmp_path / "parallel.gguf", kvs, tensors, processes=3,
-                        on_progress=lambda _s, done, _t: seen.append(done))  # fmt: skip
-    assert (tmp_path / "parallel.gguf").read_bytes() == (tmp_path / "serial.gguf").read_bytes()
-    assert len(seen) == len(tensors) and seen == sorted(seen)
-    assert seen[-1] == sum(layout.nbytes)
-
-
-@needs_fork
-def test_parallel_writer_failure_leaves_nothing(tmp_path: Path) -> None:
-    target = tmp_path / "out.gguf"
-
-    def boom() -> np.ndarray:
-        raise FormatError("tensor b: disk on fire")
-
-    tensors = _mixed_tensors()
-    tensors.insert(4, GGUFTensor("b", (2, 32), "F32", boom))
-    with pytest.raises(FormatError, match="disk on fire"):  # the worker's error, as raised
-        write_gguf(target, [], tensors, processes=2)
-    assert list(tmp_path.iterdir()) == []
-    wrong = np.zeros((2, 32), np.float32)
-    tensors[4] = GGUFTensor("b", (4, 32), "F32", lambda: wrong)
-    with pytest.raises(FormatError, match="producer gave 256 bytes"):
-        write_gguf(target, [], tensors, processes=2)
-    assert list(tmp_path.iterdir()) == []
-
-
-class _Unpicklable(Exception):
-    def __init__(self, a: str, b: str) -> None:  # rebuilt from args=(a,): fails to unpickle
-        super().__init__(a)
-
-
-@needs_fork
-@pytest.mark.parametrize("failure", ["unpicklable", "killed", "init"])
-def test_parallel_writer_worker_failures_raise(tmp_path: Path, failure: str) -> None:
-    """A worker whose error cannot travel back, that dies, or whose setup fails: a one-line
-    QuantportError, no hang, nothing left behind."""
-    import os
-    import signal
-
-    from quantport.errors import QuantportError
-
-    def unpicklable() -> np.ndarray:
-        raise _Unpicklable("cannot come back", "x")
-
-    def killed() -> np.ndarray:
-        os.kill(os.getpid(), signal.SIGKILL)
-        return np.zeros((2, 32), np.float32)
-
-    def bad_init() -> None:
-        raise RuntimeError("no setup")
-
-    tensors = _mixed_tensors()
-    init = None
-    if failure == "init":
-        init = bad_init
-    else:
-        tensors.insert(3, GGUFTensor("b", (2, 32), "F32",
-                                     unpicklable if failure == "unpicklable" else killed))
-    match = {"unpicklable": "tensor b: _Unpicklable: cannot come back",
-             "killed": "worker process died", "init": "setup failed.*no setup"}[failure]
-    with pytest.raises(QuantportError, match=match):
-        write_gguf(tmp_path / "out.gguf", [], tensors, processes=2, worker_init=init)
-    assert list(tmp_path.iterdir()) == []
-
-
 @pytest.mark.parametrize(
     ("kvs", "tensors", "match"),
     [
@@ -356,26 +275,26 @@ def test_files_follow_plan_and_dry_run_size(model: str, request: pytest.FixtureR
     for (preset, pure, overrides), (path, dry, res) in files.items():
         assert dry.dry_run and not res.dry_run
         assert dry.size == res.size == path.stat().st_size, preset
-        assert [(p.name, p.type) for p in dry.plan] == [(p.name, p.type) for p in res.plan]
-        assert _types(path) == {p.name: p.type for p in res.plan}, preset
-        assert list(_types(path)) == [p.name for p in res.plan]  # file order = plan order
+        assert [(p.name, p.type_name) for p in dry.plan.rows] == [(p.name, p.type_name) for p in res.plan.rows]
+        assert _types(path) == {p.name: p.type_name for p in res.plan.rows}, preset
+        assert list(_types(path)) == [p.name for p in res.plan.rows]  # file order = plan order
         if overrides:
-            v = next(p for p in res.plan if p.name == "blk.0.attn_v.weight")
-            assert v.type == "Q8_0" and "override" in v.reason
+            v = next(p for p in res.plan.rows if p.name == "blk.0.attn_v.weight")
+            assert v.type_name == "Q8_0" and "override" in v.reason
         if pure:
-            quantized = {p.type for p in res.plan if p.type not in ("F32", "F16", "BF16")}
+            quantized = {p.type_name for p in res.plan.rows if p.type_name not in ("F32", "F16", "BF16")}
             assert quantized <= {"Q4_0"}, quantized
         meta = _meta(path)
         assert meta["general.file_type"] == PRESETS[preset].ftype
         assert meta["general.quantization_version"] == 2
         assert meta["quantport.version"] == quantport.__version__
         recipe = json.loads(meta["quantport.recipe"])
-        assert recipe == {
-            "preset": preset,
-            "pure": pure,
-            "overrides": list(overrides),
-            "imatrix": None,
-        }
+        expected = {"format": "gguf", "quant": preset, "method": "rtn", "imatrix": None}
+        if pure:
+            expected["pure"] = True
+        if overrides:
+            expected["overrides"] = list(overrides)
+        assert recipe == expected
 
 
 def test_smollm2_metadata(smol_files) -> None:
@@ -578,7 +497,7 @@ def test_imatrix_q4_k_m_identical_to_llama_model_quantize(
     im = collect_imatrix(smol_source, n_chunks=2, ctx=128)
     ours = tmp_path / "ours-imatrix.gguf"
     res = convert_gguf(smol_source, ours, "Q4_K_M", imatrix=im)
-    assert "ffn_down" in " ".join(n for n in res.report.quantized)
+    assert "ffn_down" in " ".join(r.name for r in res.plan.rows if r.quantized)
     ref = tmp_path / "ref-imatrix.gguf"
     llama_quantize(smol_files[("F32", False, ())][0], ref, "Q4_K_M", imatrix=im, nthread=2)
     diff = _differences(ours, ref)
@@ -586,17 +505,3 @@ def test_imatrix_q4_k_m_identical_to_llama_model_quantize(
     no_im = _tensor_bytes(smol_files[("Q4_K_M", False, ())][0])
     assert _tensor_bytes(ours)["blk.0.ffn_down.weight"] != no_im["blk.0.ffn_down.weight"]
     assert _meta(ours)["quantize.imatrix.dataset"] == "valid.tokens.txt"
-
-
-def test_default_worker_count_is_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantport.writers import gguf as to_gguf
-
-    specs = [GGUFTensor("big", (1000, 1000), "Q4_K"), GGUFTensor("small", (10, 256), "Q4_K")]
-    per_worker = to_gguf._WORKER_BYTES_PER_WEIGHT * 1000 * 1000
-    monkeypatch.setattr(to_gguf, "_cores", lambda: 8)
-    monkeypatch.setattr(to_gguf, "_available_memory", lambda: 2 * 3 * per_worker)
-    assert to_gguf._default_threads(specs) == 3  # half the memory, one big tensor per worker
-    monkeypatch.setattr(to_gguf, "_available_memory", lambda: per_worker)
-    assert to_gguf._default_threads(specs) == 1  # never below one
-    monkeypatch.setattr(to_gguf, "_available_memory", lambda: None)
-    assert to_gguf._default_threads(specs) == 8

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from quantport.errors import QuantportError, ValidationFailed
+from quantport.errors import OptionError, QuantportError, ValidationFailed
 
 __all__ = ["EXIT_VALIDATION_FAILED", "Bars", "common_options", "handle_errors", "setup_logging"]
 
@@ -64,6 +64,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ValidationFailed as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_VALIDATION_FAILED)
+        except OptionError as exc:
+            raise click.UsageError(str(exc)) from exc
         except QuantportError as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:

@@ -19,20 +19,16 @@ shared/reference/algorithms.md section 4). Pure numpy.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from quantport.errors import UnsupportedQuantError
-from quantport.formats._atomic import atomic_dir
-from quantport.formats.safetensors import write_safetensors
 from quantport.ir import QuantizedTensor
 
-__all__ = ["pack_int32", "quantization_config", "unpack_int32", "write_pack_quantized"]
+__all__ = ["pack_int32", "pack_record", "packed_entries", "quantization_config", "scheme_args",
+           "unpack_int32"]
 
 
 def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
@@ -64,20 +60,16 @@ def unpack_int32(words: np.ndarray, bits: int, n: int) -> np.ndarray:
     return vals.reshape(*lead, n)
 
 
-def _args(qt: QuantizedTensor) -> dict[str, Any]:
-    rows, cols = qt.shape
-    group = qt.block_size[-1]
-    if qt.block_size == (rows, cols):
-        strategy, gs = "tensor", None
-    elif group == cols:
-        strategy, gs = "channel", None
-    else:
-        strategy, gs = "group", group
+def scheme_args(bits: int, symmetric: bool, strategy: str, group_size: int | None) -> dict[str, Any]:
+    """The ``weights`` quantization args of one config group (compressed-tensors 0.20 keys).
+
+    ``strategy`` is ``"group"``, ``"channel"`` or ``"tensor"``.
+    """
     return {
-        "num_bits": qt.bits,
+        "num_bits": bits,
         "type": "int",
-        "symmetric": qt.zero_point is None,
-        "group_size": gs,
+        "symmetric": symmetric,
+        "group_size": group_size if strategy == "group" else None,
         "strategy": strategy,
         "block_structure": None,
         "dynamic": False,
@@ -88,18 +80,25 @@ def _args(qt: QuantizedTensor) -> dict[str, Any]:
 
 
 def quantization_config(
-    args: Mapping[str, Any], ignore: list[str], targets: list[str]
+    groups: list[tuple[Mapping[str, Any], list[str]]], ignore: list[str]
 ) -> dict[str, Any]:
-    """The ``quantization_config`` block for config.json (compressed-tensors 0.20 keys)."""
+    """The ``quantization_config`` block for config.json (compressed-tensors 0.20 keys).
+
+    Args:
+        groups: per config group, its weight args (:func:`scheme_args`) and its targets (the
+            class name ``"Linear"``, or module names, which compressed-tensors matches exactly).
+        ignore: Linear modules left unquantized.
+    """
     return {
         "config_groups": {
-            "group_0": {
-                "targets": targets,
+            f"group_{k}": {
+                "targets": list(targets),
                 "weights": dict(args),
                 "input_activations": None,
                 "output_activations": None,
                 "format": "pack-quantized",
             }
+            for k, (args, targets) in enumerate(groups)
         },
         "quant_method": "compressed-tensors",
         "kv_cache_scheme": None,
@@ -110,87 +109,59 @@ def quantization_config(
     }
 
 
-def write_pack_quantized(
-    out_dir: str | os.PathLike[str],
-    tensors: Mapping[str, np.ndarray | QuantizedTensor],
-    *,
-    config: Mapping[str, Any],
-    extra_files: Mapping[str, str],
-    ignore: list[str],
-    dense_dtype: str = "F32",
-    on_tensor: Callable[[str], None] | None = None,
-) -> Path:
-    """Write a compressed-tensors ``pack-quantized`` checkpoint directory atomically.
+def packed_entries(
+    module: str, shape: tuple[int, int], bits: int, symmetric: bool,
+    scale_shape: tuple[int, int],
+) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Names, safetensors dtypes and shapes of one quantized Linear's tensors, known before
+    it is quantized: ``weight_packed``, ``weight_scale`` (``scale_shape``: ``[out, groups]``,
+    ``[1, 1]`` per tensor; F32), ``weight_shape`` and, asymmetric, ``weight_zero_point``
+    (the scale's shape)."""
+    rows, cols = shape
+    out = [
+        (f"{module}.weight_packed", "I32", (rows, -(-cols * bits // 32))),
+        (f"{module}.weight_scale", "F32", tuple(scale_shape)),
+        (f"{module}.weight_shape", "I64", (2,)),
+    ]
+    if not symmetric:
+        out.append((f"{module}.weight_zero_point", "I32", tuple(scale_shape)))
+    return out
 
-    Args:
-        out_dir: target directory (written under a temporary name, then renamed).
-        tensors: HF-named tensors; :class:`QuantizedTensor` entries must be ``"int"``-encoded
-            2-D weights named ``<module>.weight`` with one shared scheme.
-        config: the model's config.json mapping (``quantization_config`` is added).
-        extra_files: tokenizer and other files to copy, by name.
-        ignore: Linear modules left unquantized (listed in ``quantization_config.ignore``).
-        dense_dtype: safetensors dtype tag for plain float tensors and scales.
-        on_tensor: progress callback, called with each tensor name as it is packed.
 
-    Returns:
-        The output directory.
+def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
+    """Pack one integer-grid record into its compressed-tensors tensors (see the module
+    docstring), in the dtypes :func:`packed_entries` gives. ``t`` may hold only a range of
+    the weight's rows; then ``weight_shape`` is not among the results (it is written with the
+    first range) and the zero point must not be packed (it runs along the rows).
 
     Raises:
-        UnsupportedQuantError: for mixed schemes or non-integer encodings.
+        UnsupportedQuantError: not an integer-grid 2-D record, or act-order (``g_idx``).
     """
-    out: dict[str, np.ndarray] = {}
-    dtypes: dict[str, str] = {}
-    args: dict[str, Any] | None = None
-    targets: list[str] = []
-    for name, t in tensors.items():
-        if on_tensor is not None:
-            on_tensor(name)
-        if not isinstance(t, QuantizedTensor):
-            out[name] = t
-            if np.issubdtype(np.asarray(t).dtype, np.floating):
-                dtypes[name] = dense_dtype
-            continue
-        if t.encoding != "int" or len(t.shape) != 2 or t.g_idx is not None:
-            raise UnsupportedQuantError(
-                f"{name}: compressed-tensors pack-quantized takes integer-grid 2-D weights, got "
-                f"{t.encoding}"
-            )
-        a = _args(t)
-        if args is None:
-            args = a
-        elif a != args:
-            raise UnsupportedQuantError(f"{name}: all quantized tensors must share one scheme")
-        module = name.removesuffix(".weight")
-        targets.append(module)
-        offset = 1 << (t.bits - 1)
-        codes = np.asarray(t.codes, dtype=np.int32)
+    if t.encoding != "int" or len(t.shape) != 2 or t.g_idx is not None:
+        raise UnsupportedQuantError(
+            f"{module}: compressed-tensors pack-quantized takes integer-grid 2-D weights, got "
+            f"{t.encoding}"
+        )
+    offset = 1 << (t.bits - 1)
+    codes = np.asarray(t.codes, dtype=np.int32)
+    if not t.signed:
+        codes = codes - offset
+    out = {
+        f"{module}.weight_packed": pack_int32(codes + offset, t.bits),
+        f"{module}.weight_scale": np.asarray(t.scale, dtype=np.float32),
+        f"{module}.weight_shape": np.asarray(t.shape, dtype=np.int64),
+    }
+    if t.zero_point is not None:
+        zp = np.asarray(t.zero_point).astype(np.int64)
         if not t.signed:
-            codes = codes - offset
-        out[f"{module}.weight_packed"] = pack_int32(codes + offset, t.bits)
-        out[f"{module}.weight_scale"] = np.asarray(t.scale, dtype=np.float32)
-        dtypes[f"{module}.weight_scale"] = dense_dtype
-        out[f"{module}.weight_shape"] = np.asarray(t.shape, dtype=np.int64)
-        if t.zero_point is not None:
-            zp = np.asarray(t.zero_point).astype(np.int64)
-            if not t.signed:
-                zp = zp - offset
-            packed = pack_int32((zp + offset).T, t.bits).T
-            # transformers 5.23 builds the zero-point parameter with the *unpacked* shape
-            # [out, groups] and refuses a checkpoint whose packed [ceil(out*bits/32), groups]
-            # differs (llm-compressor #1618); decompress() then unpacks it along dim 0 and
-            # keeps the first `out` values (helpers.unpack_from_int32 "[:, :cols]"). Zero-padding
-            # the packed words to [out, groups] satisfies both: it loads and decodes exactly.
-            padded = np.zeros(zp.shape, dtype=np.int32)
-            padded[: packed.shape[0]] = packed
-            out[f"{module}.weight_zero_point"] = padded
-    cfg = dict(config)
-    if args is not None:
-        # compressed-tensors applies the scheme to "Linear" modules not in `ignore`
-        cfg["quantization_config"] = quantization_config(args, ignore, ["Linear"])
-    with atomic_dir(out_dir) as tmp:
-        write_safetensors(tmp / "model.safetensors", out, dtypes=dtypes,
-                          metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        for fname, text in extra_files.items():
-            (tmp / fname).write_text(text, encoding="utf-8")
-    return Path(out_dir)
+            zp = zp - offset
+        packed = pack_int32((zp + offset).T, t.bits).T
+        # transformers 5.23 builds the zero-point parameter with the *unpacked* shape
+        # [out, groups] and refuses a checkpoint whose packed [ceil(out*bits/32), groups]
+        # differs (llm-compressor #1618); decompress() then unpacks it along dim 0 and
+        # keeps the first `out` values (helpers.unpack_from_int32 "[:, :cols]"). Zero-padding
+        # the packed words to [out, groups] satisfies both: it loads and decodes exactly.
+        padded = np.zeros(zp.shape, dtype=np.int32)
+        padded[: packed.shape[0]] = packed
+        out[f"{module}.weight_zero_point"] = padded
+    return out

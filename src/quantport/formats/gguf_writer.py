@@ -31,13 +31,12 @@ target. This module imports numpy and gguf-py's constant tables only (no torch, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import struct
-import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,9 @@ import gguf
 import numpy as np
 from gguf import GGUFValueType
 
-from quantport.errors import FormatError, QuantportError
+from quantport.errors import FormatError
 from quantport.formats._atomic import atomic_file
+from quantport.formats._io import pwrite_all
 
 __all__ = [
     "GGUFKV",
@@ -55,8 +55,9 @@ __all__ = [
     "GGUFTensor",
     "GGUFValueType",
     "gguf_file_size",
+    "GGUFOutput",
     "gguf_layout",
-    "parallel_write_supported",
+    "open_gguf",
     "tensor_nbytes",
     "write_gguf",
 ]
@@ -400,146 +401,61 @@ def _write_serial(
     f.flush()
 
 
-# What a forked worker needs: (tensors, layout, file descriptor). Set in the parent just before
-# the fork and inherited (producers are closures, which cannot be pickled); tasks are indices.
-_JOB: tuple[Sequence[GGUFTensor], GGUFLayout, int] | None = None
-_JOB_LOCK = threading.Lock()
-_SYNC_BYTES = 32 << 20
+class GGUFOutput:
+    """An open GGUF being written in place: the header is written and the file has its final
+    size (the holes read as zeros, which is the padding), so tensors, or row ranges of them,
+    can be written at their offsets in any order — also from forked processes, which share
+    the file descriptor.
+
+    Use :func:`open_gguf`; it renames the file into place when the block exits cleanly.
+    """
+
+    def __init__(self, fd: int, tensors: Sequence[GGUFTensor], layout: GGUFLayout) -> None:
+        self.fd = fd
+        self.tensors = tensors
+        self.layout = layout
+
+    def write(self, i: int, data: Any, byte_offset: int = 0) -> int:
+        """Write bytes of tensor ``i`` starting ``byte_offset`` bytes into its data; returns
+        the number of bytes written.
+
+        Raises:
+            FormatError: the bytes would run past the tensor's data.
+        """
+        t, nb = self.tensors[i], self.layout.nbytes[i]
+        view = _as_bytes(data, t)
+        if byte_offset < 0 or byte_offset + view.nbytes > nb:
+            raise FormatError(
+                f"tensor {t.name}: {view.nbytes} bytes at offset {byte_offset} overrun its "
+                f"{nb} bytes ({t.type_name}, shape {t.shape})"
+            )
+        pwrite_all(self.fd, view, self.layout.data_start + self.layout.offsets[i] + byte_offset)
+        return view.nbytes
+
+    def sync(self) -> None:
+        """Flush the data written so far (``fdatasync``)."""
+        os.fdatasync(self.fd)
 
 
-_INIT_ERROR: BaseException | None = None
-
-
-def _worker_init(init: Callable[[], None] | None) -> None:
-    global _INIT_ERROR
-    import signal
-
-    # Ctrl-C goes to the whole process group: the parent alone handles it (and stops the
-    # workers), so that workers neither print tracebacks nor die half-way through a task
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if init is not None:
-        try:
-            init()
-        except BaseException as exc:  # reported by the first task, not printed by the pool
-            _INIT_ERROR = exc
-
-
-def _portable(exc: BaseException, t: GGUFTensor) -> BaseException:
-    """``exc`` if it survives the trip back to the parent (pickled, then rebuilt), else a
-    one-line :class:`QuantportError` that says what it was."""
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return QuantportError(f"tensor {t.name}: {type(exc).__name__}: {exc}")
-    return exc
-
-
-def _pwrite_tensor(i: int) -> int:
-    """Worker: produce tensor ``i`` and write it at its offset; returns its byte count."""
-    assert _JOB is not None
-    tensors, layout, fd = _JOB
-    t, nb = tensors[i], layout.nbytes[i]
-    try:
-        if _INIT_ERROR is not None:
-            raise QuantportError(f"GGUF worker setup failed: {_INIT_ERROR!r}")
-        data = _checked(t, nb)
-        pos, view = layout.data_start + layout.offsets[i], data
-        while view.nbytes:  # pwrite may write less than asked (Linux caps one call at ~2 GiB)
-            n = os.pwrite(fd, view, pos)
-            pos, view = pos + n, view[n:]
-    except BaseException as exc:
-        raise _portable(exc, t) from None
-    log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
-    return nb
-
-
-def parallel_write_supported() -> bool:
-    """Whether :func:`write_gguf` can use ``processes > 1`` here (it needs ``fork``, Linux)."""
-    import multiprocessing
-
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-
-
-def _write_parallel(
-    f: Any,
+@contextlib.contextmanager
+def open_gguf(
+    path: str | os.PathLike[str],
+    metadata: Sequence[GGUFKV],
     tensors: Sequence[GGUFTensor],
-    layout: GGUFLayout,
-    on_progress: Progress | None,
-    processes: int,
-    worker_init: Callable[[], None] | None,
-) -> None:
-    global _JOB
-    f.write(layout.header)
-    f.flush()
-    # the file gets its final size at once; the holes read as zeros, which is the padding
-    os.ftruncate(f.fileno(), layout.size)
-    # largest first, so that no worker is left with a big tensor at the end (LPT scheduling)
-    order = sorted(range(len(tensors)), key=lambda i: -math.prod(tensors[i].shape))
-    with _JOB_LOCK:  # one parallel write at a time per process: the job is a module global
-        _JOB = (tensors, layout, f.fileno())
-        try:
-            _run_pool(f.fileno(), order, min(processes, len(tensors)), worker_init,
-                      sum(layout.nbytes), on_progress)  # fmt: skip
-        finally:
-            _JOB = None
-    f.seek(0, os.SEEK_END)
+) -> Iterator[GGUFOutput]:
+    """Open a GGUF for in-place writing under a temporary name; on a clean exit it is synced
+    and renamed to ``path``, on an exception removed.
 
-
-def _run_pool(
-    fd: int,
-    order: list[int],
-    processes: int,
-    worker_init: Callable[[], None] | None,
-    total: int,
-    on_progress: Progress | None,
-) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    done = synced = 0
-    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (out of
-    # memory, killed) breaks the executor and raises here, where Pool would wait forever
-    ex = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_worker_init, initargs=(worker_init,))  # fmt: skip
-    ok = False
-    try:
-        futures = [ex.submit(_pwrite_tensor, i) for i in order]  # run in submission order
-        for fut in as_completed(futures):
-            done += fut.result()  # a worker's exception is raised here
-            if done - synced >= _SYNC_BYTES:
-                # this process only waits here: flushing as the data arrives leaves the final
-                # fsync (before the rename) little to do
-                os.fdatasync(fd)
-                synced = done
-            if on_progress:
-                on_progress("write", done, total)
-        ok = True
-    except BrokenProcessPool as exc:
-        raise QuantportError(
-            f"a GGUF worker process died ({exc}); if it ran out of memory, use fewer threads "
-            "(--threads)"
-        ) from None
-    finally:
-        if ok:
-            ex.shutdown(wait=True)
-        else:
-            _stop(ex)
-
-
-def _stop(ex: Any) -> None:
-    """Stop an executor's workers now (an error or Ctrl-C): queued tensors are dropped and
-    running ones are killed, since their output is discarded with the temporary file."""
-    # (shutdown forgets the processes: take them first)
-    procs = list((getattr(ex, "_processes", None) or {}).values())
-    ex.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(timeout=5)
+    Raises:
+        FormatError: invalid metadata or tensor list (see :func:`gguf_layout`).
+    """
+    layout = gguf_layout(metadata, tensors)
+    with atomic_file(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(layout.header)
+        f.flush()
+        os.ftruncate(f.fileno(), layout.size)
+        yield GGUFOutput(f.fileno(), tensors, layout)
+        os.fsync(f.fileno())
 
 
 def write_gguf(
@@ -548,25 +464,16 @@ def write_gguf(
     tensors: Sequence[GGUFTensor],
     *,
     on_progress: Progress | None = None,
-    processes: int = 1,
-    worker_init: Callable[[], None] | None = None,
 ) -> GGUFLayout:
-    """Write a GGUF v3 file atomically, producing one tensor at a time.
+    """Write a GGUF v3 file atomically, producing one tensor at a time, in order.
 
     Args:
         path: the target file; it is replaced only once the whole file has been written.
         metadata: ordered key/value pairs with explicit types.
         tensors: ordered tensors; each ``produce()`` is called once and its result is written
-            and released before that worker produces another tensor.
+            and released before the next tensor is produced.
         on_progress: ``on_progress("write", bytes_done, bytes_total)`` after each tensor
             (tensor data bytes, without padding).
-        processes: tensors produced at once. Above 1 (and where
-            :func:`parallel_write_supported`), forked worker processes each produce whole
-            tensors and write them straight to their offsets in the file, largest first;
-            producers then run in a child process, so they must not rely on threads started
-            before the call. Otherwise tensors are produced in order in this process.
-        worker_init: called once in each worker process before its first tensor (e.g. to set
-            a per-process thread count).
 
     Returns:
         The layout of the written file (``layout.size`` equals the file size).
@@ -584,12 +491,8 @@ def write_gguf(
                 f"tensor {t.name} has no producer; give GGUFTensor.produce to write it"
             )
     target = Path(path)
-    parallel = processes > 1 and len(tensors) > 1 and parallel_write_supported()
     with atomic_file(target) as tmp, open(tmp, "wb") as f:
-        if parallel:
-            _write_parallel(f, tensors, layout, on_progress, processes, worker_init)
-        else:
-            _write_serial(f, tensors, layout, on_progress)
+        _write_serial(f, tensors, layout, on_progress)
         os.fsync(f.fileno())
         if f.tell() != layout.size:
             raise FormatError(f"{target}: wrote {f.tell()} bytes, expected {layout.size}")

@@ -9,31 +9,26 @@ the per-tensor types follow ``llama_tensor_get_type``
 for every tensor the output equals what ``llama-quantize`` produces from an F32 GGUF of the same
 model (checked byte for byte in ``tests/writers/test_gguf.py``).
 
-Tensors are read, permuted and quantized one at a time while the file is written
-(:func:`quantport.formats.gguf_writer.write_gguf`), and the header is fully known beforehand, so
-``dry_run`` gives the exact file size without quantizing anything.
+The header is fully known from the plan (:meth:`GGUFWriter.plan`), so ``--dry-run`` gives the
+exact file size without quantizing anything, and the pipeline may put tensors (or row ranges of
+them) into the file in any order (:func:`quantport.formats.gguf_writer.open_gguf`). Records
+computed elsewhere (GPTQ, or read from another GGUF) are written as they are, as long as they
+sit on the planned ggml type.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
-import os
 import re
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import quantport
-from quantport.readers.arch import llama_permute
-from quantport.writers.safetensors import ConvertReport, Progress
-from quantport.readers.gguf_vocab import vocab_from_hf, vocab_metadata
-from quantport.readers.source import ModelSource
 from quantport.errors import (
     ConfigError,
     FormatError,
@@ -41,22 +36,26 @@ from quantport.errors import (
     UnsupportedArchitectureError,
     UnsupportedQuantError,
 )
-from quantport.formats._atomic import check_output
 from quantport.formats.gguf_blocks import pack
 from quantport.formats.gguf_writer import (
     GGUFKV,
+    GGUFOutput,
     GGUFTensor,
     GGUFValueType,
     gguf_file_size,
-    parallel_write_supported,
-    write_gguf,
+    open_gguf,
 )
 from quantport.formats.imatrix import ImatrixData
 from quantport.formats.safetensors import bf16_bits
-from quantport.quant.ggml import GGML_GRIDS, quantize_ggml, set_num_threads
-from quantport.quant.presets import PRESETS, TensorPlan, plan_tensor_types, resolve_preset
+from quantport.ir import QuantizedTensor
+from quantport.pipeline.plan import Plan, PlanRow
+from quantport.pipeline.recipe import Recipe
+from quantport.quant.ggml import GGML_GRIDS
+from quantport.quant.presets import PRESETS, Preset, plan_tensor_types
+from quantport.readers.gguf_vocab import vocab_from_hf, vocab_metadata
+from quantport.readers.source import ModelSource
 
-__all__ = ["GGUF_ARCHITECTURES", "SUPPORTED_PRESETS", "GGUFResult", "convert_gguf", "gguf_metadata"]
+__all__ = ["GGUF_ARCHITECTURES", "SUPPORTED_PRESETS", "GGUFWriter", "gguf_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,6 @@ GGUF_ARCHITECTURES = ("llama", "bert")
 SUPPORTED_PRESETS = tuple(PRESETS)
 _DENSE = ("F32", "F16", "BF16")
 _GGML_QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION (ggml.h), written by llama_model_quantize
-# Below this many weights a model is written by one process: forking workers costs more than
-# it saves on test-sized models.
-_PARALLEL_MIN_ELEMS = 1 << 22
 
 S, U32, F32, B, A = (
     GGUFValueType.STRING,
@@ -77,50 +73,6 @@ S, U32, F32, B, A = (
     GGUFValueType.BOOL,
     GGUFValueType.ARRAY,
 )
-
-
-@dataclass
-class GGUFResult:
-    """What :func:`convert_gguf` did (or would do, for a dry run).
-
-    Attributes:
-        output: the GGUF path.
-        preset: the canonical preset name (``"Q4_K_M"``).
-        plan: one row per tensor in file order: name, shape, type, reason, data bytes.
-        size: exact file size in bytes (equal to the written file's size).
-        seconds: wall time.
-        dry_run: nothing was written.
-        report: the common conversion report.
-    """
-
-    output: Path
-    preset: str
-    plan: list[TensorPlan]
-    size: int
-    seconds: float
-    dry_run: bool
-    report: ConvertReport = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping (the CLI's ``--json``)."""
-        return {
-            "output": str(self.output),
-            "preset": self.preset,
-            "size": self.size,
-            "seconds": self.seconds,
-            "dry_run": self.dry_run,
-            "tensors": [
-                {
-                    "name": p.name,
-                    "shape": list(p.shape),
-                    "type": p.type,
-                    "reason": p.reason,
-                    "bytes": p.nbytes,
-                }
-                for p in self.plan
-            ],
-            "report": self.report.to_dict(),
-        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,20 +119,25 @@ def _hf_to_gguf_name(source: ModelSource, hf: str) -> str | None:
     return g
 
 
-def _tensor_list(source: ModelSource) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``(gguf_name, hf_name, numpy_shape)`` in llama.cpp's order."""
+def _tensor_list(
+    source: ModelSource,
+) -> tuple[list[tuple[str, str, tuple[int, ...]]], dict[str, str]]:
+    """``(gguf_name, hf_name, numpy_shape)`` in llama.cpp's order, and the dropped tensors."""
     out = []
+    dropped = {}
     for hf in source.names():
         g = _hf_to_gguf_name(source, hf)
         if g is None:
             log.debug("dropping %s", hf)
+            dropped[hf] = ("tied to the token embedding" if hf == "lm_head.weight"
+                           else "llama.cpp's converter does not keep it")
             continue
         out.append((g, hf, tuple(int(d) for d in source.shape(hf))))
     if not any(g == "token_embd.weight" for g, _, _ in out):
         raise FormatError(
             f"{source.path}: no token embedding tensor found; is the checkpoint complete?"
         )
-    return sorted(out, key=lambda t: _sort_key(t[0]))
+    return sorted(out, key=lambda t: _sort_key(t[0])), dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,20 +270,17 @@ def _bert_hparams(source: ModelSource, cfg: dict[str, Any], where: str) -> list[
 
 def gguf_metadata(
     source: ModelSource,
-    preset: str,
+    recipe: Recipe,
     *,
     imatrix: ImatrixData | None = None,
-    pure: bool = False,
-    overrides: Sequence[str] = (),
 ) -> list[GGUFKV]:
-    """The GGUF metadata quantport writes for ``source`` quantized with ``preset``.
+    """The GGUF metadata quantport writes for ``source`` converted by ``recipe``.
 
     Args:
         source: the model.
-        preset: a llama-quantize preset name.
+        recipe: a GGUF recipe (its preset gives ``general.file_type``; the whole recipe is
+            recorded as ``quantport.recipe``).
         imatrix: the importance matrix used, if any (recorded as provenance).
-        pure: ``--pure`` (recorded).
-        overrides: ``--tensor-type`` overrides (recorded).
 
     Returns:
         Ordered key/value pairs with explicit types.
@@ -336,21 +290,19 @@ def gguf_metadata(
         UnsupportedArchitectureError: an architecture variant llama.cpp would run differently.
         UnsupportedQuantError: unknown preset.
     """
-    p = resolve_preset(preset)
+    p = recipe.quant
+    assert isinstance(p, Preset), "make_recipe gives GGUF recipes a preset"
     arch = source.architecture.name
     cfg = dict(source.config)
     where = str(source.path)
-    recipe = {
-        "preset": p.name,
-        "pure": bool(pure),
-        "overrides": list(overrides),
+    recorded = {
+        **recipe.to_dict(),
         "imatrix": None
         if imatrix is None
         else {
             "datasets": list(imatrix.datasets),
             "chunk_count": int(imatrix.chunk_count),
             "chunk_size": int(imatrix.chunk_size),
-            "entries": len(imatrix.entries),
         },
     }
     kv = [
@@ -359,7 +311,7 @@ def gguf_metadata(
         GGUFKV("general.name", _model_name(source), S),
         GGUFKV("general.quantized_by", f"quantport {quantport.__version__}", S),
         GGUFKV("quantport.version", quantport.__version__, S),
-        GGUFKV("quantport.recipe", json.dumps(recipe, sort_keys=True), S),
+        GGUFKV("quantport.recipe", json.dumps(recorded, sort_keys=True), S),
         GGUFKV("quantport.source", json.dumps(source.describe(), sort_keys=True), S),
     ]
     kv += _llama_hparams(cfg, where) if arch == "llama" else _bert_hparams(source, cfg, where)
@@ -391,13 +343,13 @@ def gguf_metadata(
 # --------------------------------------------------------------------------------------------
 
 
-def _importance(imatrix: ImatrixData | None, plan: list[TensorPlan]) -> dict[str, np.ndarray]:
+def _importance(imatrix: ImatrixData | None, plan: list[PlanRow]) -> dict[str, np.ndarray]:
     """Per quantized tensor, the imatrix entry llama_model_quantize would pass (checked upfront)."""
     if imatrix is None:
         return {}
     out: dict[str, np.ndarray] = {}
     for p in plan:
-        if p.type in _DENSE or p.name not in imatrix.entries:
+        if p.type_name in _DENSE or p.name not in imatrix.entries:
             # llama-quant.cpp: tensors without an entry are quantized without an imatrix
             continue
         v = np.asarray(imatrix.entries[p.name], dtype=np.float32).reshape(-1)
@@ -433,277 +385,125 @@ def _importance(imatrix: ImatrixData | None, plan: list[TensorPlan]) -> dict[str
     return out
 
 
-def _producer(
-    source: ModelSource,
-    hf: str,
-    p: TensorPlan,
-    importance: np.ndarray | None,
-    n_head: int,
-    n_head_kv: int,
-) -> Callable[[], np.ndarray]:
-    def produce() -> np.ndarray:
-        w = np.asarray(source.get(hf), dtype=np.float32)
-        if tuple(w.shape) != tuple(p.shape):
-            raise FormatError(
-                f"{source.path}: tensor {hf} has shape {w.shape}, header says {p.shape}"
-            )
-        if source.architecture.name == "llama":
-            # LlamaModel.modify_tensors: undo HF's rotary permutation of q/k (weights and biases)
-            # BEFORE quantization; it permutes output rows only, so imatrix columns are unchanged
-            if hf.endswith(("q_proj.weight", "q_proj.bias")):
-                w = llama_permute(w, n_head, n_head)
-            elif hf.endswith(("k_proj.weight", "k_proj.bias")):
-                w = llama_permute(w, n_head, n_head_kv)
-        if p.type == "F32":
-            return np.ascontiguousarray(w, dtype="<f4")
-        if p.type == "F16":
+def _edit(arch: str, hf: str) -> str | None:
+    # LlamaModel.modify_tensors: HF's rotary permutation of q/k (weights and biases) is undone
+    if arch == "llama":
+        if hf.endswith(("q_proj.weight", "q_proj.bias")):
+            return "permute_q"
+        if hf.endswith(("k_proj.weight", "k_proj.bias")):
+            return "permute_k"
+    return None
+
+
+class _Sink:
+    """Plan rows packed into ggml blocks and written at their offsets (see execute.Sink)."""
+
+    def __init__(self, out: GGUFOutput, plan: Plan) -> None:
+        self.out = out
+        self.plan = plan
+
+    def chunkable(self, i: int) -> bool:
+        return True  # ggml rows are independent blocks: a row range is a byte range
+
+    def sync(self) -> None:
+        self.out.sync()
+
+    def put(self, i: int, value: QuantizedTensor | np.ndarray,
+            rows: tuple[int, int] | None = None) -> int:
+        row = self.plan.rows[i]
+        if isinstance(value, QuantizedTensor):
+            if value.encoding != row.type_name:
+                raise UnsupportedQuantError(
+                    f"tensor {row.name}: a {value.encoding} record cannot be written as "
+                    f"{row.type_name}; quantize it onto the {row.type_name} grid"
+                )
+            data = pack(value)
+        elif row.type_name == "F32":
+            data = np.ascontiguousarray(value, dtype="<f4")
+        elif row.type_name == "F16":
             # numpy rounds to nearest even, as ggml_fp32_to_fp16 (F16C / the bit-trick fallback)
-            return np.ascontiguousarray(w, dtype="<f2")
-        if p.type == "BF16":
-            return bf16_bits(w)  # round to nearest even, NaN kept quiet (ggml_fp32_to_bf16)
-        return pack(quantize_ggml(w, p.type, importance, name=p.name))
-
-    return produce
-
-
-def _prefetched(specs: list[GGUFTensor], pool: Any, depth: int = 2) -> list[GGUFTensor]:
-    """Run producers up to ``depth`` tensors ahead of the writer, on worker threads.
-
-    The writer consumes tensors strictly in file order (GGUF offsets are the running sum, see
-    gguf.cpp), so this keeps that order while the next tensors are read, quantized and packed
-    during the current one's write; numpy releases the GIL in its kernels, so the two cores both
-    work. At most ``depth + 1`` tensors are in flight, which bounds memory.
-    """
-    from concurrent.futures import Future
-
-    futures: dict[int, Future[Any]] = {}
-    producers = [s.produce for s in specs]
-
-    def make(i: int) -> Callable[[], Any]:
-        def produce() -> Any:
-            for j in range(i, min(i + depth + 1, len(specs))):
-                if j not in futures and producers[j] is not None:
-                    futures[j] = pool.submit(producers[j])
-            return futures.pop(i).result()
-
-        return produce
-
-    return [GGUFTensor(s.name, s.shape, s.type_name, make(i) if s.produce else None)
-            for i, s in enumerate(specs)]
-
-
-def _write(
-    out_path: Path,
-    metadata: list[GGUFKV],
-    specs: list[GGUFTensor],
-    threads: int | None,
-    on_progress: Progress | None,
-) -> int:
-    n = _default_threads(specs) if threads is None else threads
-    big = sum(math.prod(s.shape) for s in specs) >= _PARALLEL_MIN_ELEMS
-    if n > 1 and big and parallel_write_supported():
-        # the whole tensors run in n processes: numpy's many short calls hold the GIL, so
-        # threads within one process reach only ~1.45 of 2 cores on this work
-        log.info("quantizing in %d worker processes", n)
-        return write_gguf(out_path, metadata, specs, on_progress=on_progress, processes=n,
-                          worker_init=_one_thread_per_worker).size  # fmt: skip
-    if n == 1:
-        return write_gguf(out_path, metadata, specs, on_progress=on_progress).size
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="quantport-gguf")
-    try:
-        return write_gguf(out_path, metadata, _prefetched(specs, pool),
-                          on_progress=on_progress).size  # fmt: skip
-    finally:
-        # on an error, queued tensors are dropped; running ones finish, then threads exit
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _cores() -> int:
-    """CPU cores this process may run on: its affinity mask, within a cgroup CPU quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:  # cgroup v2 (containers): "max 100000" or "<quota> <period>"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
-
-
-def _available_memory() -> int | None:
-    """Bytes this process can still use: MemAvailable, within a cgroup memory limit."""
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # cgroup v2
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            room = max(0, int(limit) - used)
-            avail = room if avail is None else min(avail, room)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
-# Working memory of one worker per weight of the tensor it holds (float32 copies, codes,
-# search temporaries, packed bytes): an upper estimate, to bound the default worker count.
-_WORKER_BYTES_PER_WEIGHT = 24
-
-
-def _default_threads(specs: list[GGUFTensor]) -> int:
-    """One worker per available core, but no more than half the available memory holds
-    while each works on one of the largest tensors."""
-    n = _cores()
-    avail = _available_memory()
-    largest = max((math.prod(s.shape) for s in specs), default=0)
-    if avail is not None and largest:
-        n = min(n, max(1, avail // 2 // (_WORKER_BYTES_PER_WEIGHT * largest)))
-    return n
-
-
-def _one_thread_per_worker() -> None:
-    # each forked worker quantizes whole tensors on one core: inner threads would only contend
-    # with the other workers. torch (a pickle source's tensors) likewise; its OpenMP pool is
-    # not usable after fork in any case.
-    set_num_threads(1)
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """In a worker (it lives for one file): make glibc's malloc reuse freed blocks instead of
-    returning them to the kernel at once. numpy's temporaries of a tensor are allocated and
-    freed many times; by default each large one is a fresh mmap whose every page faults in
-    again (measured on SmolLM2 Q4_K_M: 61k page faults in the workers, about 20k with this, ~0.1 s
-    less CPU). A worker keeps at most 128 MiB it does not use."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
-    mallopt(m_trim_threshold, 128 << 20)
-    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed (HEAP_MAX / 2 on 64-bit)
-
-
-def convert_gguf(
-    source: ModelSource,
-    out: str | os.PathLike[str],
-    preset: str,
-    *,
-    imatrix: ImatrixData | None = None,
-    pure: bool = False,
-    overrides: Sequence[str] = (),
-    output_type: str | None = None,
-    token_embedding_type: str | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    threads: int | None = None,
-    on_progress: Progress | None = None,
-) -> GGUFResult:
-    """Write ``source`` as a GGUF quantized with a llama-quantize preset.
-
-    Args:
-        source: an HF checkpoint or a GGUF (dequantized to HF layout by the source).
-        out: the output ``.gguf`` path.
-        preset: one of :data:`quantport.quant.presets.PRESETS` (``Q4_K_M``, ``Q8_0``, ``F16``...).
-        imatrix: importance matrix (per-column mean squared activations by GGUF tensor name);
-            used exactly where llama-quantize uses it.
-        pure: llama-quantize ``--pure`` (no per-tensor mix).
-        overrides: ``--tensor-type`` ``"REGEX=TYPE"`` overrides; they win over the mix.
-        output_type: llama-quantize ``--output-tensor-type`` (the output / tied embedding).
-        token_embedding_type: llama-quantize ``--token-embedding-type``.
-        force: overwrite an existing ``out``.
-        dry_run: plan only: return the per-tensor types and the exact size, write nothing.
-        threads: cores to use (llama-quantize's ``nthread``); default: all this process may
-            use. Above 1, on Linux, that many forked worker processes each quantize whole
-            tensors and write them in place (models under ~4M weights stay in one process);
-            elsewhere two threads overlap reading, quantizing and writing. 1: one tensor at a
-            time, in this process.
-        on_progress: ``on_progress("write", bytes_done, bytes_total)`` while writing.
-
-    Returns:
-        The plan, the exact size and the report.
-
-    Raises:
-        UnsupportedArchitectureError: not llama or bert, or an unsupported variant.
-        UnsupportedQuantError: unknown preset, a malformed/unused override, or a tensor type
-            quantport cannot produce.
-        OutputExistsError: ``out`` exists and ``force`` is false.
-        ConfigError: config.json lacks a needed hyper-parameter, or the tokenizer is unusable.
-        FormatError: an imatrix that does not fit the model.
-    """
-    t0 = time.perf_counter()
-    arch = source.architecture.name
-    if arch not in GGUF_ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"{source.path}: GGUF export of architecture {arch!r} is not supported; supported: "
-            f"{', '.join(GGUF_ARCHITECTURES)}"
-        )
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
-    p = resolve_preset(preset)
-    out_path = Path(out)
-    if not dry_run:
-        if out_path.is_dir():
-            raise OutputExistsError(f"{out_path} is a directory; give the path of a .gguf file")
-        check_output(out_path, force)
-    cfg = source.config
-    where = str(source.path)
-    n_layer = int(_cfg(cfg, "num_hidden_layers", where))
-    n_head = int(_cfg(cfg, "num_attention_heads", where))
-    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
-
-    tensors = _tensor_list(source)
-    plan = plan_tensor_types(
-        [(g, shape) for g, _, shape in tensors], arch=arch, n_layer=n_layer, n_head=n_head,
-        n_head_kv=n_head_kv, preset=p.name, pure=pure, overrides=overrides,
-        output_type=output_type, token_embedding_type=token_embedding_type,
-        has_imatrix=imatrix is not None,
-    )  # fmt: skip
-    producible = set(_DENSE) | set(GGML_GRIDS)
-    for row in plan:
-        if row.type not in producible:
+            data = np.ascontiguousarray(value, dtype="<f2")
+        elif row.type_name == "BF16":
+            data = bf16_bits(value)  # round to nearest even, NaN kept quiet (ggml_fp32_to_bf16)
+        else:
             raise UnsupportedQuantError(
-                f"tensor {row.name}: type {row.type} cannot be produced by quantport; supported: "
-                f"{', '.join(sorted(producible))}"
+                f"tensor {row.name}: planned as {row.type_name} but given a float array; "
+                "quantize it first"
             )
-    importance = _importance(imatrix, plan)
-    metadata = gguf_metadata(source, p.name, imatrix=imatrix, pure=pure, overrides=overrides)
-    specs = [
-        GGUFTensor(
-            row.name,
-            row.shape,
-            row.type,
-            _producer(source, hf, row, importance.get(row.name), n_head, n_head_kv),
-        )
-        for (_, hf, _), row in zip(tensors, plan, strict=True)
-    ]
-    if dry_run:
-        size = gguf_file_size(metadata, specs)
-    else:
-        log.info("writing %s (%s, %d tensors)", out_path, p.name, len(specs))
-        size = _write(out_path, metadata, specs, threads, on_progress)
-    seconds = time.perf_counter() - t0
-    report = ConvertReport(
-        output=str(out_path), format="gguf", quant=p.name, seconds=seconds,
-        bytes=size,
-        quantized=[r.name for r in plan if r.type not in _DENSE],
-        kept={r.name: f"{r.type}: {r.reason}" for r in plan if r.type in _DENSE},
-    )  # fmt: skip
-    return GGUFResult(out_path, p.name, plan, size, seconds, dry_run, report)
+        offset = 0
+        if rows is not None:
+            offset = rows[0] * (row.nbytes // row.shape[0])
+        return self.out.write(i, data, offset)
+
+
+class GGUFWriter:
+    """GGUF for llama.cpp: llama-quantize's per-tensor types, ggml blocks, llama.cpp's
+    metadata. Tensor names in plans and ``--tensor-type`` overrides are GGUF names."""
+
+    name = "gguf"
+    single_file = True
+
+    def plan(self, source: ModelSource, recipe: Recipe,
+             imatrix: ImatrixData | None = None) -> Plan:
+        """The per-tensor types llama-quantize would choose, and the exact file size.
+
+        Raises:
+            UnsupportedArchitectureError: not llama or bert, or an unsupported variant.
+            UnsupportedQuantError: an unused override, or a type quantport cannot produce.
+            ConfigError: config.json lacks a needed hyper-parameter.
+        """
+        arch = source.architecture.name
+        if arch not in GGUF_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"{source.path}: GGUF export of architecture {arch!r} is not supported; "
+                f"supported: {', '.join(GGUF_ARCHITECTURES)}"
+            )
+        preset = recipe.quant
+        assert isinstance(preset, Preset), "make_recipe gives GGUF recipes a preset"
+        cfg = source.config
+        where = str(source.path)
+        n_head = int(_cfg(cfg, "num_attention_heads", where))
+        tensors, dropped = _tensor_list(source)
+        types = plan_tensor_types(
+            [(g, shape) for g, _, shape in tensors], arch=arch,
+            n_layer=int(_cfg(cfg, "num_hidden_layers", where)), n_head=n_head,
+            n_head_kv=int(cfg.get("num_key_value_heads") or n_head), preset=preset.name,
+            pure=recipe.pure, overrides=[(o.pattern, str(o.target)) for o in recipe.overrides],
+            output_type=recipe.output_type, token_embedding_type=recipe.token_embedding_type,
+            has_imatrix=imatrix is not None,
+        )  # fmt: skip
+        producible = set(_DENSE) | set(GGML_GRIDS)
+        rows = []
+        for (g, hf, shape), t in zip(tensors, types, strict=True):
+            if t.type not in producible:
+                raise UnsupportedQuantError(
+                    f"tensor {t.name}: type {t.type} cannot be produced by quantport; "
+                    f"supported: {', '.join(sorted(producible))}"
+                )
+            rows.append(PlanRow(g, hf, shape, t.type, t.reason, t.nbytes, _edit(arch, hf)))
+        metadata = gguf_metadata(source, recipe, imatrix=imatrix)
+        specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in rows]
+        plan = Plan(recipe, rows, dropped, {})
+        plan.extra["metadata"] = metadata
+        # checked now, so that a dry run refuses an importance matrix of another model too
+        plan.extra["importance"] = _importance(imatrix, rows)
+        plan.files[""] = gguf_file_size(metadata, specs)
+        return plan
+
+    def importance(self, plan: Plan, imatrix: ImatrixData | None) -> dict[int, np.ndarray]:
+        """Per plan row, the imatrix entry llama_model_quantize would pass (checked upfront)."""
+        by_name = plan.extra["importance"]
+        return {i: by_name[r.name] for i, r in enumerate(plan.rows) if r.name in by_name}
+
+    def check_output(self, out: Path) -> None:
+        """Refuse a directory where a file belongs."""
+        if out.is_dir():
+            raise OutputExistsError(f"{out} is a directory; give the path of a .gguf file")
+
+    @contextlib.contextmanager
+    def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:
+        """The GGUF under a temporary name, header written; renamed into place on success."""
+        specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in plan.rows]
+        log.info("writing %s (%s, %d tensors)", out, plan.recipe.quant_name, len(specs))
+        with open_gguf(out, plan.extra["metadata"], specs) as f:
+            yield _Sink(f, plan)

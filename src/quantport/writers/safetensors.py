@@ -1,221 +1,266 @@
-"""Conversion pipelines: source -> IR (quantized tensor by tensor) -> writer.
+"""Hugging Face checkpoints in safetensors: dense (``f32``/``f16``/``bf16``) or compressed-tensors
+``pack-quantized`` (integer schemes), sharded as transformers shards, streamed.
 
-Library code: reports progress through ``on_progress(phase, done, total)`` and returns a
-:class:`ConvertReport`; the CLI renders both.
+What each tensor becomes (:meth:`SafetensorsWriter.plan`): with a scheme, every Linear weight
+but the LM head (and BERT's pooler) is quantized, everything else stays float32; with a dense
+type, every tensor gets it. ``--tensor-type REGEX=SCHEME`` overrides either by Hugging Face
+name (first match wins): a scheme on a Linear weight, or a dense type on any tensor. Several
+schemes in one checkpoint become several compressed-tensors config groups whose targets are
+the module names. Tied heads and buffers are not written (transformers rebuilds them).
+
+Every shard's header is known from the plan, so shards are created at their final size
+before any tensor is computed and each tensor (or row range of it) is written at its offset
+(:mod:`quantport.formats.safetensors_shards`): the model is never held in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
-import os
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import quantport
+from quantport.errors import ShapeError, UnsupportedQuantError
+from quantport.formats._atomic import MANIFEST, atomic_dir
+from quantport.formats.compressed_tensors import (
+    pack_record,
+    packed_entries,
+    quantization_config,
+    scheme_args,
+)
+from quantport.formats.safetensors import DTYPES, bf16_bits
+from quantport.formats.safetensors_shards import (
+    INDEX,
+    Entry,
+    ShardedOutput,
+    index_json,
+    layout_shards,
+)
+from quantport.ir import QuantizedTensor
+from quantport.pipeline.plan import Plan, PlanRow
+from quantport.pipeline.recipe import Recipe, Target
+from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
-from quantport.errors import ShapeError
-from quantport.formats._atomic import atomic_dir, check_output
-from quantport.formats.compressed_tensors import write_pack_quantized
-from quantport.formats.safetensors import write_safetensors
-from quantport.ir import ModelIR, QuantizedTensor, Tensor, dequantize
-from quantport.quant.scheme import IntScheme, parse_scheme
 
-__all__ = ["DENSE_TYPES", "ConvertReport", "Progress", "convert_safetensors", "export_dense",
-           "quantize_source"]
+__all__ = ["SafetensorsWriter"]
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
-DENSE_TYPES = {"f32": "F32", "fp32": "F32", "f16": "F16", "fp16": "F16", "bf16": "BF16"}
+_TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-@dataclass
-class ConvertReport:
-    """What a conversion did.
-
-    Attributes:
-        output: the artifact path.
-        format: ``safetensors``, ``gguf`` or ``onnx``.
-        quant: the scheme or preset.
-        seconds: wall time.
-        bytes: artifact size on disk.
-        quantized: names of quantized tensors.
-        kept: tensors left in float, with the reason.
-    """
-
-    output: str
-    format: str
-    quant: str
-    seconds: float = 0.0
-    bytes: int = 0
-    quantized: list[str] = field(default_factory=list)
-    kept: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping."""
-        d = asdict(self)
-        d["n_quantized"] = len(self.quantized)
-        return d
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
-def _provenance(source: ModelSource, quant: str) -> dict[str, str]:
-    return {
-        "quantport_version": quantport.__version__,
-        "quantport_recipe": quant,
-        "quantport_source": json.dumps(source.describe()),
-    }
-
-
-def _skip(source: ModelSource, name: str) -> bool:
-    # tied heads are not stored (the GGUF has no output.weight) and buffers are not weights
+def _dropped(source: ModelSource, name: str) -> str | None:
+    # buffers are not weights; a tied head is not stored (transformers ties it on load)
     if name in source.architecture.buffers:
-        return True
-    return name == "lm_head.weight" and bool(source.config.get("tie_word_embeddings"))
+        return "buffer, rebuilt by transformers"
+    if name == "lm_head.weight" and bool(source.config.get("tie_word_embeddings")):
+        return "tied to the token embedding"
+    return None
 
 
-def export_dense(
-    source: ModelSource,
-    out_dir: str | os.PathLike[str],
-    *,
-    dtype: str = "F32",
-    force: bool = False,
-    on_progress: Progress | None = None,
-) -> ConvertReport:
-    """Write a plain (dequantized) Hugging Face checkpoint in ``F32``, ``F16`` or ``BF16``."""
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    check_output(out, force)
-    names = [n for n in source.names() if not _skip(source, n)]
-    tensors: dict[str, np.ndarray] = {}
-    dtypes: dict[str, str] = {}
-    for i, name in enumerate(names):
-        arr = source.get(name)
-        tensors[name] = arr
-        if np.issubdtype(arr.dtype, np.floating):
-            dtypes[name] = dtype
-        if on_progress:
-            on_progress("export", i + 1, len(names))
-    cfg = dict(source.config)
-    cfg["torch_dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]
-    cfg.pop("quantization_config", None)
-    with atomic_dir(out) as tmp:
-        write_safetensors(tmp / "model.safetensors", tensors, dtypes=dtypes,
-                          metadata={"format": "pt", **_provenance(source, dtype.lower())})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        for fname, text in source.tokenizer_files.items():
-            (tmp / fname).write_text(text, encoding="utf-8")
-    return ConvertReport(str(out), "safetensors", dtype.lower(), time.perf_counter() - t0,
-                         _size(out), [], {})
-
-
-def quantize_source(
-    source: ModelSource,
-    scheme: IntScheme,
-    *,
-    keep_unquantized: bool = False,
-    on_progress: Progress | None = None,
-) -> ModelIR:
-    """Quantize every Linear weight of ``source`` with ``scheme`` by round-to-nearest.
-
-    Returns:
-        The model container: HF-named tensors (quantized or plain) in source order, config,
-        tokenizer files, and provenance (``kept`` lists the Linear weights left in float, with
-        the reason).
-
-    Raises:
-        ShapeError: a tensor's width does not fit the scheme and ``keep_unquantized`` is off.
-    """
+def _default(source: ModelSource, recipe: Recipe, name: str) -> tuple[Target, str]:
+    if isinstance(recipe.quant, str):
+        return recipe.quant, "default"
     arch = source.architecture
-    names = [n for n in source.names() if not _skip(source, n)]
-    # refuse before doing any work: every incompatible tensor is known from the header
-    kept: dict[str, str] = {}
-    for name in names:
-        if arch.is_linear(name):
+    if name == "lm_head.weight" or (arch.name == "bert" and name.startswith("pooler.")):
+        return "F32", "head kept in float"
+    if arch.is_linear(name):
+        return recipe.quant, "default"
+    return "F32", "not a Linear weight"
+
+
+def _scale_shape(scheme: IntScheme, shape: tuple[int, ...]) -> tuple[int, int]:
+    rows, cols = shape
+    if scheme.granularity == "tensor":
+        return (1, 1)
+    if scheme.granularity == "channel":
+        return (rows, 1)
+    return (rows, cols // int(scheme.group_size or cols))
+
+
+def _entries(row: PlanRow) -> list[Entry]:
+    if isinstance(row.target, IntScheme):
+        s = row.target
+        module = row.name.removesuffix(".weight")
+        return [Entry(*e) for e in packed_entries(module, row.shape, s.bits, s.symmetric,  # type: ignore[arg-type]
+                                                  _scale_shape(s, row.shape))]
+    return [Entry(row.name, str(row.target), row.shape)]
+
+
+def _manifest_size(files: list[str]) -> int:
+    # what formats._atomic writes when the directory is committed (its _write_manifest)
+    text = json.dumps({"quantport_version": quantport.__version__, "files": sorted(files)},
+                      indent=1) + "\n"
+    return len(text.encode("utf-8"))
+
+
+class _Sink:
+    """Plan rows packed into safetensors entries and written at their offsets."""
+
+    def __init__(self, out: ShardedOutput, plan: Plan) -> None:
+        self.out = out
+        self.plan = plan
+
+    def chunkable(self, i: int) -> bool:
+        t = self.plan.rows[i].target
+        # rows are contiguous in every entry, except a per-tensor scale and an asymmetric
+        # zero point (packed along the output axis)
+        return not isinstance(t, IntScheme) or (t.symmetric and t.granularity != "tensor")
+
+    def sync(self) -> None:
+        self.out.sync()
+
+    def put(self, i: int, value: QuantizedTensor | np.ndarray,
+            rows: tuple[int, int] | None = None) -> int:
+        row = self.plan.rows[i]
+        r0 = 0 if rows is None else rows[0]
+        written = 0
+        if isinstance(row.target, IntScheme):
+            if not isinstance(value, QuantizedTensor):
+                raise UnsupportedQuantError(
+                    f"tensor {row.name}: planned as {row.target} but given a float array"
+                )
+            module = row.name.removesuffix(".weight")
+            for e in _entries(row):
+                if e.name.endswith(".weight_shape"):
+                    if r0 == 0:  # the full shape, once, with the first row range
+                        written += self.out.write(e.name, np.asarray(row.shape, "<i8"))
+                    continue
+                data = pack_record(module, value)[e.name]
+                per_row = e.nbytes // e.shape[0]
+                written += self.out.write(e.name, data, r0 * per_row)
+            return written
+        if isinstance(value, QuantizedTensor):
+            raise UnsupportedQuantError(
+                f"tensor {row.name}: planned as {row.target} but given a quantized record"
+            )
+        tag = str(row.target)
+        data = (bf16_bits(value) if tag == "BF16"
+                else np.ascontiguousarray(value, dtype=DTYPES[tag][0]))
+        per_row = math.prod(row.shape[1:]) * DTYPES[tag][1]
+        return self.out.write(row.name, data, r0 * per_row)
+
+
+class SafetensorsWriter:
+    """Writer of Hugging Face safetensors checkpoints (see the module docstring)."""
+
+    name = "safetensors"
+    single_file = False
+
+    def plan(self, source: ModelSource, recipe: Recipe, imatrix: Any = None) -> Plan:
+        """What every tensor becomes, the shards and the exact size of every file.
+
+        Raises:
+            ShapeError: a group size that does not divide a tensor's width (unless
+                ``keep_unquantized``).
+            UnsupportedQuantError: a scheme override on a tensor compressed-tensors cannot
+                quantize, or an override that matches no tensor.
+        """
+        rows: list[PlanRow] = []
+        dropped: dict[str, str] = {}
+        used: set[int] = set()
+        for name in source.names():
+            why = _dropped(source, name)
+            if why is not None:
+                dropped[name] = why
+                continue
+            shape = tuple(int(d) for d in source.shape(name))
+            target, reason = _default(source, recipe, name)
+            for k, o in enumerate(recipe.overrides):
+                if o.regex.search(name):
+                    target, reason = o.target, f"override '{o}'"
+                    used.add(k)
+                    break
+            if isinstance(target, IntScheme):
+                if not (source.architecture.is_linear(name) or name == "lm_head.weight"):
+                    raise UnsupportedQuantError(
+                        f"tensor {name}: compressed-tensors quantizes Linear weights only; "
+                        "keep it float (e.g. --tensor-type 'NAME=f16') or export to GGUF"
+                    )
+                try:
+                    target.check(name, shape)
+                except ShapeError as exc:
+                    if not recipe.keep_unquantized:
+                        raise
+                    target, reason = "F32", str(exc).split(";")[0]
+            rows.append(PlanRow(name, name, shape, target, reason, 0))
+        for k, o in enumerate(recipe.overrides):
+            if k not in used:
+                raise UnsupportedQuantError(
+                    f"tensor-type override '{o}' matches no tensor; fix the regex (it is "
+                    "re.search-ed against Hugging Face names such as "
+                    "'model.layers.0.self_attn.q_proj.weight')"
+                )
+        rows = [PlanRow(r.name, r.source, r.shape, r.target, r.reason,
+                        sum(e.nbytes for e in _entries(r))) for r in rows]
+        metadata = {
+            "format": "pt",
+            "quantport_version": quantport.__version__,
+            "quantport_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+            "quantport_source": json.dumps(source.describe(), sort_keys=True),
+        }
+        layout = layout_shards([_entries(r) for r in rows], max_shard_size=recipe.max_shard_size,
+                               metadata=metadata)
+        texts = {"config.json": json.dumps(self._config(source, recipe, rows), indent=2)}
+        index = index_json(layout)
+        if index is not None:
+            texts[INDEX] = index
+        for fname, text in source.tokenizer_files.items():
+            texts.setdefault(fname, text)
+        plan = Plan(recipe, rows, dropped, dict(layout.files))
+        plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
+        plan.files[MANIFEST] = _manifest_size(list(plan.files))
+        plan.extra.update(layout=layout, texts=texts)
+        return plan
+
+    def _config(self, source: ModelSource, recipe: Recipe, rows: list[PlanRow]) -> dict[str, Any]:
+        cfg = dict(source.config)
+        cfg.pop("quantization_config", None)
+        quantized = [r for r in rows if isinstance(r.target, IntScheme)]
+        if not quantized:
+            dense = recipe.quant if isinstance(recipe.quant, str) else "F32"
+            cfg["torch_dtype"] = _TORCH_DTYPE[dense]
+            return cfg
+        cfg["torch_dtype"] = "float32"
+        groups: dict[str, list[str]] = {}
+        schemes: dict[str, IntScheme] = {}
+        for r in quantized:
+            s = r.target
+            assert isinstance(s, IntScheme)
+            groups.setdefault(str(s), []).append(r.name.removesuffix(".weight"))
+            schemes[str(s)] = s
+        linear = [r.name.removesuffix(".weight") for r in rows
+                  if source.architecture.is_linear(r.name) or r.name == "lm_head.weight"]
+        ignore = sorted(set(linear) - {m for ms in groups.values() for m in ms})
+        if source.architecture.causal and "lm_head" not in ignore and not any(
+                "lm_head" in ms for ms in groups.values()):
+            ignore.append("lm_head")  # tied: not stored, but compressed-tensors must skip it
+        args = [(scheme_args(s.bits, s.symmetric, s.granularity, s.group_size),
+                 # one scheme: compressed-tensors applies it to every Linear not ignored;
+                 # several: each group names its modules (matched exactly)
+                 ["Linear"] if len(groups) == 1 else groups[k]) for k, s in schemes.items()]
+        cfg["quantization_config"] = quantization_config(args, ignore)
+        return cfg
+
+    def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
+        """Round-to-nearest on integer grids uses no importance."""
+        return {}
+
+    def check_output(self, out: Path) -> None:
+        """Directories only (checked by the atomic writer)."""
+
+    @contextlib.contextmanager
+    def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:
+        """The checkpoint directory under a temporary name: config, tokenizer and index files
+        written, shards at their final size; renamed into place on success."""
+        with atomic_dir(out) as tmp:
+            for fname, text in plan.extra["texts"].items():
+                (tmp / fname).write_text(text, encoding="utf-8")
+            shards = ShardedOutput(tmp, plan.extra["layout"])
             try:
-                scheme.check(name, source.shape(name))
-            except ShapeError as exc:
-                if not keep_unquantized:
-                    raise
-                kept[name] = str(exc).split(";")[0]
-    model = ModelIR(
-        architecture=arch.name,
-        config=dict(source.config),
-        tokenizer_files=dict(source.tokenizer_files),
-        provenance={**source.describe(), "recipe": str(scheme), "method": "rtn", "kept": kept},
-    )
-    for i, name in enumerate(names):
-        w = source.get(name)
-        if arch.is_linear(name) and name not in kept:
-            model.tensors[name] = scheme.quantize(w, name=name)
-        else:
-            model.tensors[name] = w
-        if on_progress:
-            on_progress("quantize", i + 1, len(names))
-    return model
-
-
-def convert_safetensors(
-    source: ModelSource,
-    out_dir: str | os.PathLike[str],
-    quant: str,
-    *,
-    keep_unquantized: bool = False,
-    force: bool = False,
-    on_progress: Progress | None = None,
-) -> ConvertReport:
-    """Convert ``source`` to a safetensors checkpoint.
-
-    ``quant`` is a dense type (``f32``, ``f16``, ``bf16``: plain dequantized export) or an
-    integer scheme (``w4-g64-sym``...: compressed-tensors ``pack-quantized``).
-
-    Raises:
-        UnsupportedQuantError: unknown scheme.
-        ShapeError: a group size that does not divide a tensor's width.
-        OutputExistsError: ``out_dir`` exists and ``force`` is false.
-    """
-    if quant.lower() in DENSE_TYPES:
-        return export_dense(source, out_dir, dtype=DENSE_TYPES[quant.lower()], force=force,
-                            on_progress=on_progress)
-    t0 = time.perf_counter()
-    scheme = parse_scheme(quant)
-    out = Path(out_dir)
-    check_output(out, force)
-    model = quantize_source(source, scheme, keep_unquantized=keep_unquantized,
-                            on_progress=on_progress)
-    tensors, kept = model.tensors, model.provenance["kept"]
-    ignore = sorted(n.removesuffix(".weight") for n in kept)
-    if source.architecture.causal:
-        ignore.append("lm_head")
-    if source.architecture.name == "bert" and "pooler.dense.weight" in tensors:
-        ignore.append("pooler.dense")
-    cfg = dict(model.config)
-    cfg["torch_dtype"] = "float32"
-    write_pack_quantized(out, tensors, config=cfg, extra_files=model.tokenizer_files,
-                         ignore=ignore, dense_dtype="F32")
-    return ConvertReport(
-        str(out), "safetensors", str(scheme), time.perf_counter() - t0, _size(out),
-        [n for n, t in tensors.items() if isinstance(t, QuantizedTensor)], kept,
-    )
-
-
-def dequantized_state(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """Dequantize every quantized tensor (the IR's meaning of the weights)."""
-    return {n: dequantize(t) if isinstance(t, QuantizedTensor) else t for n, t in tensors.items()}
-
-
-def check_quant_name(quant: str) -> None:
-    """Raise :class:`UnsupportedQuantError` if ``quant`` is neither dense nor a scheme."""
-    if quant.lower() not in DENSE_TYPES:
-        parse_scheme(quant)
+                yield _Sink(shards, plan)
+            finally:
+                shards.close()

@@ -1,0 +1,258 @@
+"""The recipe: every choice a user makes about a conversion, parsed once, immutable.
+
+The CLI (or a library caller) builds it with :func:`make_recipe`; nothing downstream parses
+text again. A recipe says *what* to make (format, scheme or preset, per-tensor overrides, what
+stays in float), *how* to round (:data:`METHODS`), and with which calibration data; the
+:mod:`plan <quantport.pipeline.plan>` then says what each tensor of a given source becomes.
+
+Quantization targets, one per tensor:
+
+* a dense float type, ``"F32"``, ``"F16"`` or ``"BF16"`` (a plain tensor);
+* an :class:`~quantport.quant.scheme.IntScheme` (``w4-g64-sym``...): compressed-tensors,
+  ONNX;
+* a ggml type name (``"Q4_K"``, ``"Q8_0"``...): GGUF, chosen per tensor by a llama-quantize
+  :class:`~quantport.quant.presets.Preset` exactly as ``llama_tensor_get_type`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from quantport.errors import ConfigError, OptionError, UnsupportedQuantError
+from quantport.quant.presets import Preset, parse_override, resolve_preset
+from quantport.quant.scheme import IntScheme, parse_scheme
+
+__all__ = [
+    "DENSE_TYPES",
+    "FORMATS",
+    "METHODS",
+    "Method",
+    "Override",
+    "Recipe",
+    "Target",
+    "make_recipe",
+    "parse_target",
+]
+
+#: dense float types by every spelling users write
+DENSE_TYPES = {"f32": "F32", "fp32": "F32", "float32": "F32", "f16": "F16", "fp16": "F16",
+               "float16": "F16", "bf16": "BF16", "bfloat16": "BF16"}
+#: output formats (the keys of :data:`quantport.writers.WRITERS`)
+FORMATS = ("safetensors", "gguf")
+
+#: what one tensor becomes: a dense type name, an integer scheme, or a ggml type name
+Target = Union[str, IntScheme]
+#: what the whole model becomes: a dense type, an integer scheme, or a llama-quantize preset
+Quant = Union[str, IntScheme, Preset]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A rounding method.
+
+    Attributes:
+        name: ``--method`` value.
+        independent: each tensor is rounded on its own (so tensors, and row chunks of a
+            tensor, may be rounded in parallel, in any order); a calibrated method that walks
+            the layers in order (GPTQ) is not.
+        description: one line for ``--help`` and ``quantport list``.
+    """
+
+    name: str
+    independent: bool
+    description: str
+
+
+#: rounding methods by ``--method`` name (the calibration issue adds gptq, awq, ...)
+METHODS: dict[str, Method] = {
+    "rtn": Method("rtn", True, "round to nearest (llama.cpp's own search for ggml types)"),
+}
+
+
+@dataclass(frozen=True)
+class Override:
+    """``--tensor-type REGEX=TYPE``: tensors whose name ``re.search``-es ``pattern`` get
+    ``target``. For GGUF the names are GGUF names and TYPE a ggml type (llama-quantize's
+    rules apply); otherwise Hugging Face names and a scheme or dense type."""
+
+    pattern: str
+    target: Target
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.pattern}={self.target}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One conversion's choices. Build it with :func:`make_recipe`.
+
+    Attributes:
+        format: ``"gguf"`` or ``"safetensors"``.
+        quant: the model-wide choice: a dense type (``"F16"``), an :class:`IntScheme`, or a
+            llama-quantize :class:`Preset` (GGUF).
+        overrides: per-tensor overrides, first match wins.
+        method: a key of :data:`METHODS`.
+        keep_unquantized: leave tensors the scheme cannot quantize (width not a multiple of
+            the group) in float instead of refusing.
+        pure, output_type, token_embedding_type: llama-quantize's ``--pure``,
+            ``--output-tensor-type``, ``--token-embedding-type`` (GGUF).
+        imatrix: an importance matrix file (GGUF).
+        calib: calibration text (never the evaluation text); with GGUF it yields an
+            importance matrix.
+        calib_samples, calib_len: calibration windows and tokens per window.
+        max_shard_size: safetensors shard size in bytes (transformers' default 5 GB).
+    """
+
+    format: str
+    quant: Quant
+    overrides: tuple[Override, ...] = ()
+    method: str = "rtn"
+    keep_unquantized: bool = False
+    pure: bool = False
+    output_type: str | None = None
+    token_embedding_type: str | None = None
+    imatrix: Path | None = None
+    calib: Path | None = None
+    calib_samples: int = 16
+    calib_len: int = 512
+    max_shard_size: int = 5_000_000_000
+
+    @property
+    def quant_name(self) -> str:
+        """The scheme, preset or dense type as users write it (``w4-g64-sym``, ``Q4_K_M``)."""
+        if isinstance(self.quant, Preset):
+            return self.quant.name
+        return str(self.quant).lower() if isinstance(self.quant, str) else str(self.quant)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, recorded in every artifact's metadata."""
+        d: dict[str, Any] = {"format": self.format, "quant": self.quant_name,
+                             "method": self.method}
+        if self.overrides:
+            d["overrides"] = [str(o) for o in self.overrides]
+        for k in ("keep_unquantized", "pure"):
+            if getattr(self, k):
+                d[k] = True
+        for k in ("output_type", "token_embedding_type"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.imatrix is not None:
+            d["imatrix"] = str(self.imatrix)
+        if self.calib is not None:
+            d["calib"] = {"text": str(self.calib), "samples": self.calib_samples,
+                          "len": self.calib_len}
+        return d
+
+
+def parse_target(text: str, fmt: str) -> Target:
+    """One tensor's target as written on the command line, for format ``fmt``.
+
+    Raises:
+        UnsupportedQuantError: not a dense type, a scheme, or (GGUF) a ggml type.
+    """
+    t = str(text).strip()
+    if fmt == "gguf":
+        return parse_override(("x", t))[1]  # llama-quantize's own type names and checks
+    if t.lower() in DENSE_TYPES:
+        return DENSE_TYPES[t.lower()]
+    return parse_scheme(t)
+
+
+def _parse_override(spec: str, fmt: str) -> Override:
+    if fmt == "gguf":
+        pattern, target = parse_override(spec)  # lower-cased as quantize.cpp does
+    else:
+        pattern, sep, text = str(spec).partition("=")
+        if not sep or not pattern or not text:
+            raise UnsupportedQuantError(
+                f"malformed tensor-type override {spec!r}; write it as REGEX=SCHEME, e.g. "
+                "'model.embed_tokens.weight=w8-channel-sym' or 'lm_head=f32'"
+            )
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UnsupportedQuantError(
+                f"tensor-type override {spec!r}: invalid regex ({exc}); fix the pattern"
+            ) from None
+        target = parse_target(text, fmt)
+    return Override(pattern, target, re.compile(pattern))
+
+
+def make_recipe(
+    fmt: str,
+    quant: str,
+    *,
+    tensor_types: tuple[str, ...] | list[str] = (),
+    method: str = "rtn",
+    keep_unquantized: bool = False,
+    pure: bool = False,
+    output_type: str | None = None,
+    token_embedding_type: str | None = None,
+    imatrix: str | Path | None = None,
+    calib: str | Path | None = None,
+    calib_samples: int = 16,
+    calib_len: int = 512,
+    max_shard_size: int = 5_000_000_000,
+) -> Recipe:
+    """Parse the user's choices into a :class:`Recipe` (the one place text is parsed).
+
+    Raises:
+        UnsupportedQuantError: unknown format, scheme, preset, type or method.
+        OptionError: an option that does not apply to the format, or contradicts another.
+        ConfigError: a size or count out of range.
+    """
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise UnsupportedQuantError(
+            f"format {fmt!r} is not available; supported: {', '.join(FORMATS)}"
+        )
+    if method not in METHODS:
+        raise UnsupportedQuantError(
+            f"unknown rounding method {method!r}; supported: {', '.join(METHODS)}"
+        )
+    q: Quant
+    if fmt == "gguf":
+        q = resolve_preset(quant)
+    elif str(quant).strip().lower() in DENSE_TYPES:
+        q = DENSE_TYPES[str(quant).strip().lower()]
+    else:
+        q = parse_scheme(quant)
+    gguf_only = {"--pure": pure, "--output-tensor-type": output_type,
+                 "--token-embedding-type": token_embedding_type, "--imatrix": imatrix}
+    if fmt != "gguf":
+        used = [k for k, v in gguf_only.items() if v]
+        if used:
+            raise OptionError(
+                f"{', '.join(used)} apply to --to gguf only (llama-quantize options)"
+            )
+        if calib is not None and method == "rtn":
+            raise OptionError(
+                "--calib with --to safetensors needs a calibrated --method; round-to-nearest "
+                "uses no calibration data"
+            )
+    if imatrix is not None and calib is not None:
+        raise OptionError("give either --imatrix or --calib, not both")
+    if calib_samples < 1 or calib_len < 16:
+        raise ConfigError(
+            f"calibration needs at least 1 sample of at least 16 tokens, got {calib_samples} x "
+            f"{calib_len}"
+        )
+    if max_shard_size < 1:
+        raise ConfigError(f"--max-shard-size must be positive, got {max_shard_size}")
+    overrides = tuple(_parse_override(s, fmt) for s in tensor_types)
+    if fmt == "gguf":
+        output_type = parse_target(output_type, fmt) if output_type else None  # type: ignore[assignment]
+        token_embedding_type = (parse_target(token_embedding_type, fmt)  # type: ignore[assignment]
+                                if token_embedding_type else None)
+    return Recipe(
+        format=fmt, quant=q, overrides=overrides, method=method,
+        keep_unquantized=keep_unquantized, pure=pure, output_type=output_type,
+        token_embedding_type=token_embedding_type,
+        imatrix=Path(imatrix) if imatrix is not None else None,
+        calib=Path(calib) if calib is not None else None,
+        calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
+    )
