@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 OUT := out
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-memory bench-scale clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,18 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/gguf_vs_llamacpp.py --out BENCHMARKS.md
+
+# Whole processes under /usr/bin/time -v: peak RSS and wall time of `quantport convert` vs
+# llama.cpp's llama_model_quantize on the default model, and where quantport's memory goes.
+bench-memory: setup
+	$(BIN)/python benchmarks/convert_memory.py --out BENCHMARKS.md
+
+# A synthetic Llama-2-7B-shaped checkpoint (~13.8 GB; ~44 GB of free disk in all) converted by
+# quantport (Q4_K_M GGUF, w4-g128-sym safetensors) and by llama.cpp's route
+# (convert_hf_to_gguf.py + llama_model_quantize). Smoke test: make bench-scale SCALE_ARGS="--layers 2 --runs 1 --no-write"
+SCALE_ARGS ?=
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --install-missing --out BENCHMARKS.md $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
