@@ -61,13 +61,17 @@ def _load_model(source: ModelSource, model_dir: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from quantport._quiet import quiet_loading
+
     if source.architecture.causal:
-        full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        with quiet_loading():
+            full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         # run the decoder body only: the imatrix covers blk.* weights (llama-imatrix records
         # output.weight only with --process-output), so the vocab projection is wasted work
         body = getattr(full, full.base_model_prefix, full)
         return body, full
-    full = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    with quiet_loading():
+        full = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
     return full, full
 
 
@@ -150,7 +154,7 @@ def collect_imatrix(
             model_dir = src.path
         else:
             # e.g. a GGUF source: materialize an fp32 HF checkpoint transformers can load
-            from quantport.writers.safetensors import export_dense
+            from quantport.pipeline import export_dense
 
             model_dir = Path(tmp) / "model"
             export_dense(src, model_dir, dtype="F32")
