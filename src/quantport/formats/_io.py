@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["pwrite_all"]
+__all__ = ["drop_mapped_pages", "pwrite_all"]
 
 
 def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
@@ -14,3 +14,22 @@ def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
     while view.nbytes:
         n = os.pwrite(fd, view, pos)
         pos, view = pos + n, view[n:]
+
+
+def drop_mapped_pages(mapped: object) -> None:
+    """Drop the resident pages of a read-only file map (an ``np.memmap``) from this process.
+
+    The data stays in the page cache; the next access faults it back in. Why: every page of a
+    map that a long-lived worker has read counts in its RSS until unmapped, so without this a
+    worker's RSS grows towards the size of the source file (measured: 300 of a worker's 415 MiB
+    converting SmolLM2's 515 MiB F32 GGUF). llama.cpp's loader likewise unmaps what it has read.
+    Call it only when no array view of the map is in use any more.
+    """
+    import mmap
+
+    m = getattr(mapped, "_mmap", None)
+    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or a platform without madvise on file maps
+            pass

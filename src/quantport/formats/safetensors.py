@@ -23,6 +23,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 from quantport.formats._atomic import atomic_file
+from quantport.formats._io import drop_mapped_pages
 
 __all__ = [
     "DTYPES",
@@ -148,13 +149,20 @@ class SafetensorsFile:
                 raise FormatError(f"{where}: tensor {name!r} has unsupported dtype {_show(dtype)}")
             if any(s < 0 for s in shape):
                 raise FormatError(f"{where}: tensor {name!r} has a negative dimension {shape}")
-            count = 1
+            count, span = 1, 1
             for s in shape:
                 count *= s
+                span *= max(s, 1)
             if not 0 <= b <= e or e - b != count * DTYPES[dtype][1]:
                 raise FormatError(
                     f"{where}: tensor {name!r} offsets [{b}, {e}] do not match shape {shape} "
                     f"of {dtype}"
+                )
+            if span * DTYPES[dtype][1] > size:
+                # an empty tensor whose other dimensions overflow: numpy cannot even shape it
+                raise FormatError(
+                    f"{where}: tensor {name!r} has shape {_show(list(shape))}, larger than the "
+                    "file; the header is corrupt"
                 )
             if data_start + e > size:
                 raise FormatError(
@@ -183,20 +191,30 @@ class SafetensorsFile:
             self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
         return np.asarray(self._mapped[info.begin : info.end]).view(np_dtype).reshape(info.shape)
 
-    def get(self, name: str) -> np.ndarray:
-        """Return a tensor with floats (including BF16) as float32.
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Return a tensor (or its rows ``rows[0]:rows[1]``, along the first axis) with floats
+        (including BF16) as float32.
 
         F32 and integer tensors come back as the read-only memory map itself: copying them
         would cost a page fault per fresh page for nothing. Other floats are widened straight
-        from the map.
+        from the map, only the rows asked for.
         """
         info = self.tensors[name]
         arr = self.raw(name)
+        if rows is not None:
+            arr = arr[rows[0]:rows[1]]
         if info.dtype == "BF16":
             return (arr.astype(np.uint32) << 16).view(np.float32)
         if info.dtype in ("F16", "F64"):
             return arr.astype(np.float32)
         return arr
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process's memory (see
+        :func:`quantport.formats._io.drop_mapped_pages`); arrays from :meth:`get` must no
+        longer be in use."""
+        if self._mapped is not None:
+            drop_mapped_pages(self._mapped)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

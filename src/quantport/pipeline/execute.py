@@ -114,13 +114,7 @@ def round_tensor(w: np.ndarray, target: Any, importance: np.ndarray | None = Non
 
 def _read(source: ModelSource, row: PlanRow, rows: tuple[int, int] | None,
           n_head: int, n_head_kv: int) -> np.ndarray:
-    get_rows = getattr(source, "get_rows", None)
-    if rows is not None and get_rows is not None:
-        w = get_rows(row.source, *rows)
-    else:
-        w = source.get(row.source)
-        if rows is not None:
-            w = w[rows[0]:rows[1]]
+    w = source.get(row.source) if rows is None else source.get(row.source, rows)
     expect = row.shape if rows is None else (rows[1] - rows[0], *row.shape[1:])
     if tuple(w.shape) != tuple(expect):
         raise QuantportError(
@@ -153,7 +147,10 @@ def _run_task(job: _Job, k: int) -> int:
     w = _read(job.source, row, t.rows, job.n_head, job.n_head_kv)
     value = round_tensor(w, row.target, job.importance.get(t.index), name=row.name)
     del w
-    return job.sink.put(t.index, value, t.rows)
+    n = job.sink.put(t.index, value, t.rows)
+    del value
+    job.source.release()  # nothing of the source is in use any more
+    return n
 
 
 def execute(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
+from quantport.formats._io import drop_mapped_pages
 from quantport.formats.gguf_file import GGUFTensorInfo, map_gguf, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
-from quantport.readers.arch import ARCHITECTURES, llama_unpermute
+from quantport.readers.arch import ARCHITECTURES, llama_shape_error, llama_unpermute
 from quantport.readers.config import (
     check_config,
     finite_float,
@@ -40,7 +40,6 @@ _GGUF_KEYS = {
     "eos_token_id": "tokenizer.ggml.eos_token_id",
     "pad_token_id": "tokenizer.ggml.padding_token_id",
 }
-_BLOCK = re.compile(r"blk\.(0|[1-9][0-9]{0,11})\.(.+)", re.ASCII | re.DOTALL)
 
 
 class GGUFSource:
@@ -134,42 +133,9 @@ class GGUFSource:
     def _check_shape(self, t: GGUFTensorInfo) -> None:
         """Refuse a tensor whose shape does not follow from the hyper-parameters, as
         llama.cpp's loader does ("tensor has wrong shape"), naming the metadata to fix."""
-        c = self.config
-        hidden, ff, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
-        q, kv = self.n_head * hd, self.n_head_kv * hd
-        name = t.name
-        m = _BLOCK.fullmatch(name)
-        if m:
-            layer, name = int(m.group(1)), m.group(2)
-            if layer >= c["num_hidden_layers"]:
-                raise ConfigError(
-                    f"{self.path}: tensor {t.name!r} is in layer {layer} but "
-                    f"llama.block_count is {c['num_hidden_layers']}; fix llama.block_count"
-                )
-        want = {
-            "token_embd.weight": (c["vocab_size"], hidden),
-            "output.weight": (c["vocab_size"], hidden),
-            "output_norm.weight": (hidden,),
-            "attn_norm.weight": (hidden,),
-            "ffn_norm.weight": (hidden,),
-            "attn_q.weight": (q, hidden),
-            "attn_k.weight": (kv, hidden),
-            "attn_v.weight": (kv, hidden),
-            "attn_output.weight": (hidden, q),
-            "attn_q.bias": (q,),
-            "attn_k.bias": (kv,),
-            "attn_v.bias": (kv,),
-            "attn_output.bias": (hidden,),
-            "ffn_gate.weight": (ff, hidden),
-            "ffn_up.weight": (ff, hidden),
-            "ffn_down.weight": (hidden, ff),
-        }.get(name)
-        if want is not None and tuple(t.shape) != want:
-            raise ConfigError(
-                f"{self.path}: tensor {t.name!r} has shape {t.shape} but the llama.* metadata "
-                f"(embedding_length, feed_forward_length, head counts, rope.dimension_count, "
-                f"vocab_size) gives {want}; the metadata does not match the tensors"
-            )
+        why = llama_shape_error(t.name, t.shape, self.config, _GGUF_KEYS)
+        if why is not None:
+            raise ConfigError(f"{self.path}: tensor {t.name!r} {why}")
 
     @property
     def tokenizer_files(self) -> dict[str, str]:
@@ -193,11 +159,12 @@ class GGUFSource:
         """Shape in HF layout (numpy order)."""
         return self._shapes[name]
 
-    def get(self, name: str) -> np.ndarray:
-        """Dequantize one tensor to float32 in HF layout.
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Dequantize one tensor (or its rows ``rows[0]:rows[1]``) to float32 in HF layout.
 
         Types quantport implements are read into IR records and dequantized by the shared
-        :func:`quantport.ir.dequantize`; other types go through ``gguf.quants``.
+        :func:`quantport.ir.dequantize`; other types go through ``gguf.quants``. (Row ranges
+        are cut from the whole tensor: GGUF sources are small, already quantized models.)
         """
         gname = self._gguf_of[name]
         if self._mapped is None:
@@ -208,7 +175,12 @@ class GGUFSource:
             w = llama_unpermute(w, self.n_head, self.n_head)
         elif gname.endswith("attn_k.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head_kv)
-        return w
+        return w if rows is None else w[rows[0]:rows[1]]
+
+    def release(self) -> None:
+        """Drop the file pages read so far from this process's memory (between tensors)."""
+        if self._mapped is not None:
+            drop_mapped_pages(self._mapped)
 
     def describe(self) -> dict[str, Any]:
         """Provenance: the file, its name and its per-tensor types."""

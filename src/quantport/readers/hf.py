@@ -12,7 +12,7 @@ import numpy as np
 
 from quantport.errors import ConfigError, FormatError, QuantportError
 from quantport.formats.safetensors import SafetensorsFile
-from quantport.readers.arch import detect_architecture
+from quantport.readers.arch import detect_architecture, llama_shape_error
 from quantport.readers.config import check_config
 from quantport.readers.source import TOKENIZER_FILES
 
@@ -101,6 +101,14 @@ class HFCheckpoint:
             if not bins:
                 raise ConfigError(f"{self.path}: no model.safetensors or pytorch_model.bin found")
             self._pickle = self._load_pickle(bins)
+        if self.architecture.name == "llama":
+            # the writers permute and size by these hyper-parameters: refuse a contradiction
+            # here, with the key to fix, rather than a reshape error deep in a conversion
+            for name in self.names():
+                g = self.architecture.gguf_name(name)
+                why = None if g is None else llama_shape_error(g, self.shape(name), self.config)
+                if why is not None:
+                    raise ConfigError(f"{cfg_path}: tensor {name!r} {why}")
 
     def _load_pickle(self, bins: list[Path]) -> dict[str, Any]:
         import torch
@@ -124,12 +132,19 @@ class HFCheckpoint:
             return tuple(self._pickle[name].shape)
         return self._where[name].tensors[name].shape
 
-    def get(self, name: str) -> np.ndarray:
-        """Read one tensor (floats widened to float32)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one tensor, or its rows ``rows[0]:rows[1]`` (floats widened to float32)."""
         if self._pickle is not None:
             t = self._pickle[name]
+            if rows is not None:
+                t = t[rows[0]:rows[1]]
             return t.float().numpy() if t.is_floating_point() else t.numpy()
-        return self._where[name].get(name)
+        return self._where[name].get(name, rows)
+
+    def release(self) -> None:
+        """Drop the file pages read so far from this process's memory (between tensors)."""
+        for f in {id(f): f for f in self._where.values()}.values():
+            f.release()
 
     def describe(self) -> dict[str, Any]:
         """Provenance: the directory and its format."""

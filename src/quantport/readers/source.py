@@ -37,8 +37,15 @@ class ModelSource(Protocol):
         """Shape of one tensor."""
         ...
 
-    def get(self, name: str) -> np.ndarray:
-        """One tensor as float32 (or its integer dtype)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """One tensor as float32 (or its integer dtype); with ``rows``, only the rows
+        ``rows[0]:rows[1]`` along its first axis (read without reading the rest where the
+        format allows)."""
+        ...
+
+    def release(self) -> None:
+        """Drop file pages read so far from this process's memory (called between tensors
+        by the pipeline, so that a worker's memory stays one tensor, not the whole file)."""
         ...
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""quantport.writers.safetensors (and the writer table): sharded checkpoints as transformers
+writes them, exact plans, per-tensor overrides, records computed elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantport.errors import OptionError, UnsupportedQuantError
+from quantport.formats.safetensors import SafetensorsFile
+from quantport.ir import dequantize
+from quantport.pipeline import convert, make_recipe
+from quantport.pipeline.convert import make_plan
+from quantport.readers import HFCheckpoint, open_path
+from quantport.writers import WRITERS
+
+
+def _load(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantport._quiet import quiet_loading
+
+    with quiet_loading():  # compressed-tensors decompresses the weights on CPU
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _logits(model, ids=(1, 504, 2365, 6354, 16438, 2)):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in path.iterdir()}
+
+
+def test_writer_table_lists_every_format() -> None:
+    assert set(WRITERS) == {"gguf", "safetensors"}
+    for name, w in WRITERS.items():
+        assert w.name == name
+        for method in ("plan", "importance", "check_output", "open"):
+            assert callable(getattr(w, method)), (name, method)
+
+
+@pytest.mark.parametrize("quant", ["f32", "w4-g32-sym"])
+def test_sharded_checkpoint_loads_in_transformers(tiny_llama: Path, tmp_path: Path,
+                                                  quant: str) -> None:
+    """Shards as transformers splits them (max_shard_size), index included; the plan's file
+    sizes are the written files' sizes; transformers loads the shards and computes what the
+    single-file checkpoint computes."""
+    src = HFCheckpoint(tiny_llama)
+    single = tmp_path / "single"
+    sharded = tmp_path / "sharded"
+    convert(src, make_recipe("safetensors", quant), single)
+    limit = 10_000
+    dry = convert(src, make_recipe("safetensors", quant, max_shard_size=limit), sharded,
+                  dry_run=True)
+    assert not sharded.exists()
+    rep = convert(src, make_recipe("safetensors", quant, max_shard_size=limit), sharded)
+    assert _sizes(sharded) == dry.plan.files == rep.plan.files
+    shards = sorted(p for p in sharded.glob("model-*-of-*.safetensors"))
+    n = len(shards)
+    assert n >= 3 and not (sharded / "model.safetensors").exists()
+    assert [p.name for p in shards] == [f"model-{k:05d}-of-{n:05d}.safetensors"
+                                        for k in range(1, n + 1)]
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    files = {name: SafetensorsFile(sharded / f) for name, f in index["weight_map"].items()}
+    assert index["metadata"]["total_size"] == sum(
+        f.tensors[name].nbytes for name, f in files.items())
+    for p in shards:  # every shard within the limit, unless one tensor group alone exceeds it
+        f = SafetensorsFile(p)
+        data = sum(f.tensors[k].nbytes for k in f.keys())
+        assert data <= limit or len({k.rsplit(".", 1)[0] for k in f.keys()}) == 1
+    # a quantized module's tensors never straddle shards
+    by_module: dict[str, set[str]] = {}
+    for name, f in index["weight_map"].items():
+        by_module.setdefault(name.rsplit(".", 1)[0], set()).add(f)
+    assert all(len(fs) == 1 for m, fs in by_module.items() if m.endswith("_proj"))
+    one = SafetensorsFile(single / "model.safetensors")
+    for name, f in files.items():  # the same tensors, byte for byte, in either layout
+        assert np.array_equal(f.raw(name), one.raw(name)), name
+    np.testing.assert_array_equal(_logits(_load(sharded)), _logits(_load(single)))
+
+
+def test_overrides_mix_schemes_and_transformers_loads_them(tiny_llama: Path,
+                                                           tmp_path: Path) -> None:
+    src = HFCheckpoint(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-sym",
+                         tensor_types=["down_proj=w8-channel-sym", r"layers\.1\.self_attn\.o_proj=f32"])
+    out = tmp_path / "mixed"
+    rep = convert(src, recipe, out)
+    targets = {r.name: r.type_name for r in rep.plan.rows}
+    assert targets["model.layers.0.mlp.down_proj.weight"] == "w8-channel-sym"
+    assert targets["model.layers.0.mlp.up_proj.weight"] == "w4-g32-sym"
+    assert targets["model.layers.1.self_attn.o_proj.weight"] == "F32"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    groups = {json.dumps(g["weights"]["num_bits"]): g["targets"]
+              for g in qc["config_groups"].values()}
+    assert "model.layers.0.mlp.down_proj" in groups["8"]
+    assert "model.layers.0.mlp.up_proj" in groups["4"]
+    assert "model.layers.1.self_attn.o_proj" in qc["ignore"]
+    # transformers (with compressed-tensors) computes what quantport's dequantized records
+    # mean: the source architecture with those weights gives the same logits
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    state = {}
+    for name, target in targets.items():
+        w = src.get(name)
+        if target != "F32":
+            state[name] = dequantize(make_recipe("safetensors", target).quant.quantize(w, name=name))
+            assert not np.array_equal(state[name], w)  # really quantized
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    before = _logits(ref)
+    assert ref.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()},
+                               strict=False).unexpected_keys == []
+    got, expected = _logits(_load(out)), _logits(ref)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.abs(before - expected).max() > 1e-3  # the comparison can tell the difference
+
+
+def test_override_errors(tiny_llama: Path, tmp_path: Path) -> None:
+    src = HFCheckpoint(tiny_llama)
+    with pytest.raises(UnsupportedQuantError, match="matches no tensor"):
+        make_plan(src, make_recipe("safetensors", "w4-g32-sym", tensor_types=["nothing=f16"]))
+    with pytest.raises(UnsupportedQuantError, match="Linear weights only"):
+        make_plan(src, make_recipe("safetensors", "f32",
+                                   tensor_types=["embed_tokens=w8-channel-sym"]))
+    with pytest.raises(UnsupportedQuantError, match="REGEX=SCHEME"):
+        make_recipe("safetensors", "w4-g32-sym", tensor_types=["down_proj"])
+    with pytest.raises(OptionError, match="--to gguf only"):
+        make_recipe("safetensors", "w4-g32-sym", pure=True)
+
+
+def test_gguf_writer_takes_records_computed_elsewhere(tiny_llama: Path, tmp_path: Path) -> None:
+    """The GGUF sink packs whatever records it is given: records read back from a Q8_0 GGUF
+    (not quantized by the pipeline) make the same file again, byte for byte."""
+    from quantport.formats.gguf_file import map_gguf, read_tensor, scan_gguf
+
+    src = HFCheckpoint(tiny_llama)
+    recipe = make_recipe("gguf", "Q8_0")
+    first = tmp_path / "first.gguf"
+    rep = convert(src, recipe, first)
+    infos = {t.name: t for t in scan_gguf(first).tensors}
+    mapped = map_gguf(first)
+    writer = WRITERS["gguf"]
+    second = tmp_path / "second.gguf"
+    with writer.open(second, src, rep.plan) as sink:
+        for i, row in reversed(list(enumerate(rep.plan.rows))):  # any order
+            sink.put(i, read_tensor(first, infos[row.name], mapped))
+    assert second.read_bytes() == first.read_bytes()
+    # a record on another grid is refused, naming the tensor
+    bad = make_recipe("safetensors", "w4-g32-sym").quant.quantize(
+        src.get("model.layers.0.mlp.up_proj.weight"), name="x")
+    i = next(k for k, r in enumerate(rep.plan.rows) if r.name == "blk.0.ffn_up.weight")
+    with pytest.raises(UnsupportedQuantError, match="blk.0.ffn_up.weight"):
+        with writer.open(tmp_path / "third.gguf", src, rep.plan) as sink:
+            sink.put(i, bad)
+    assert not (tmp_path / "third.gguf").exists()
+
+
+def test_gguf_to_safetensors_roundtrip(tmp_path: Path, tiny_llama: Path) -> None:
+    """A GGUF source (records dequantized by the reader) exports to a dense checkpoint whose
+    weights are the GGUF's values."""
+    src = HFCheckpoint(tiny_llama)
+    gguf_path = tmp_path / "t.gguf"
+    convert(src, make_recipe("gguf", "F32"), gguf_path)
+    out = tmp_path / "back"
+    convert(open_path(gguf_path), make_recipe("safetensors", "f32"), out)
+    back = HFCheckpoint(out)
+    for name in back.names():
+        np.testing.assert_array_equal(back.get(name), src.get(name), err_msg=name)
