@@ -47,7 +47,7 @@ def _patch(data: bytes, pos: int, fmt: str, value: int) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["truncated", "n_tensors", "n_kv", "dup", "offset", "type",
-                                  "ndims", "strlen", "magic", "version"])
+                                  "ndims", "strlen", "magic", "version", "empty_huge"])
 def test_hostile(tmp_path, case):
     p = tmp_path / "t.gguf"
     data = _tiny(p)
@@ -78,6 +78,10 @@ def test_hostile(tmp_path, case):
     elif case == "strlen":
         data = _patch(data, 24, "<Q", 2**50)  # length of the first key
         msg = "needs"
+    elif case == "empty_huge":
+        # ne = [0, 2**62]: no elements, but numpy cannot shape it (ValueError when read)
+        data = _patch(_patch(data, a + 4, "<Q", 0), a + 12, "<Q", 2**62)
+        msg = "more than the file"
     elif case == "magic":
         data = b"GGUX" + data[4:]
         msg = "not a GGUF"

@@ -122,6 +122,11 @@ def test_huge_counts_are_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(FormatError, match="runs past the end"):
         read_imatrix(path)
+    # an empty tensor (ne[0] = 0) whose other dimension numpy cannot shape
+    raw[off - 8 : off + 8] = struct.pack("<qq", 0, 2**62)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="larger than the file can hold"):
+        read_imatrix(path)
 
 
 def test_non_finite_values_are_refused(tmp_path: Path) -> None:

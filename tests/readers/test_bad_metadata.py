@@ -234,7 +234,9 @@ def test_safetensors_malformed_entry(tmp_path, entry):
     '{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 8]}}',
     '{"w": {"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 8]}}',
     "[" * 100_000 + "]" * 100_000,
-], ids=["inf", "nan", "5000-digits", "deep"])
+    '{"w": {"dtype": "F32", "shape": [0, 9223372036854775808], "data_offsets": [0, 0]}}',
+    '{"w": {"dtype": "F32", "shape": [0, 4611686018427387904, 4], "data_offsets": [0, 0]}}',
+], ids=["inf", "nan", "5000-digits", "deep", "empty-2**63", "empty-overflow"])
 def test_safetensors_hostile_json(tmp_path, header):
     p = _st(tmp_path / "h.safetensors", header, bytes(8))
     with pytest.raises(FormatError) as ei:
@@ -305,9 +307,37 @@ def test_config_hostile_json(tmp_path, text):
     _one_line(ei.value, str(d / "config.json"))
 
 
+@pytest.mark.parametrize("extra", [
+    {"num_attention_heads": 16, "num_key_value_heads": 16},  # the writer's permute would fail
+    {"hidden_size": 64},
+    {"intermediate_size": 128},
+    {"vocab_size": tiny.VOCAB + 1},
+    {"num_key_value_heads": None},  # transformers: None means as many as the heads
+    {"head_dim": 16},
+    {"num_attention_heads": 2},
+], ids=["heads16", "hidden64", "ff128", "vocab+1", "kv-none", "head_dim16", "heads2"])
+def test_config_contradicting_the_weights(tmp_path, extra):
+    d = tiny.write_tiny_checkpoint(tmp_path / "ckpt", config={**tiny.tiny_config(), **extra})
+    with pytest.raises(ConfigError) as ei:
+        open_path(d)
+    _one_line(ei.value, str(d / "config.json"), "hyper-parameters do not match the weights")
+
+
+def test_config_layer_beyond_num_hidden_layers(tmp_path):
+    d = tiny.write_tiny_checkpoint(tmp_path / "ckpt")
+    from quantport.formats.safetensors import write_safetensors
+
+    t = tiny.hf_tensors()
+    t["model.layers.1.input_layernorm.weight"] = t["model.layers.0.input_layernorm.weight"]
+    write_safetensors(d / "model.safetensors", t)
+    with pytest.raises(ConfigError) as ei:
+        open_path(d)
+    _one_line(ei.value, str(d / "config.json"), "layer 1", "num_hidden_layers")
+
+
 def test_config_valid_variants_pass(tmp_path):
     # head_dim given explicitly: the width need not be heads * head_dim (transformers allows it)
-    ok = [{"head_dim": 8}, {"num_key_value_heads": None}, {"rope_scaling": None},
+    ok = [{"head_dim": 8}, {"pad_token_id": None}, {"rope_scaling": None},
           {"rope_scaling": {"rope_type": "linear", "factor": 2}}, {"eos_token_id": [2, 1]},
           {"rms_norm_eps": 1e-6}, {"rope_theta": 500000}]
     for i, extra in enumerate(ok):

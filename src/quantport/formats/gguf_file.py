@@ -83,6 +83,15 @@ class _Cursor:
             raise FormatError(f"{self.where}: {what} is not valid UTF-8") from exc
 
 
+def _shown(s: str) -> str:
+    """A key or tensor name as messages show it: as is when short and printable, else its
+    (truncated) repr, so that a hostile name cannot break the one-line error."""
+    if s.isprintable() and len(s) <= 100:
+        return s
+    r = repr(s)
+    return r if len(r) <= 100 else r[:97] + "..."
+
+
 def _strings(cur: _Cursor, count: int, key: str) -> list[str]:
     """``count`` length-prefixed UTF-8 strings: :meth:`_Cursor.string` inlined, since a
     vocabulary holds ~10^5 of them (same bounds checks, a third of the time)."""
@@ -175,14 +184,15 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
     for _ in range(n_kv):
         key = cur.string("metadata key")
         if key in scan.metadata:
-            raise FormatError(f"{where}: duplicate metadata key {key!r}")
-        vtype = cur.unpack("<I", f"type of {key}")
+            raise FormatError(f"{where}: duplicate metadata key {_shown(key)!r}")
+        shown = _shown(key)
+        vtype = cur.unpack("<I", f"type of {shown}")
         etype = None
         if vtype == _ARRAY:
-            cur.need(4, f"array type of {key}")
+            cur.need(4, f"array type of {shown}")
             (etype,) = struct.unpack_from("<I", cur.buf, cur.pos)
         scan.types[key] = (vtype, etype)
-        scan.metadata[key] = _value(cur, vtype, key, keep_arrays)
+        scan.metadata[key] = _value(cur, vtype, shown, keep_arrays)
     align = scan.metadata.get("general.alignment", 32)
     if not isinstance(align, int) or align <= 0 or align & (align - 1):
         raise FormatError(f"{where}: general.alignment must be a power of two, got {align!r}")
@@ -192,29 +202,31 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
     for i in range(n_tensors):
         name = cur.string(f"name of tensor {i}")
         if name in seen:
-            raise FormatError(f"{where}: duplicate tensor name {name!r}")
+            raise FormatError(f"{where}: duplicate tensor name {_shown(name)!r}")
         seen.add(name)
-        n_dims = cur.unpack("<I", f"dims of {name}")
+        shown = _shown(name)
+        n_dims = cur.unpack("<I", f"dims of {shown}")
         if not 1 <= n_dims <= 4:
-            raise FormatError(f"{where}: tensor {name!r} has {n_dims} dims (1..4 allowed)")
-        ne = [cur.unpack("<Q", f"shape of {name}") for _ in range(n_dims)]
-        ttype = cur.unpack("<I", f"type of {name}")
-        offset = cur.unpack("<Q", f"offset of {name}")
+            raise FormatError(f"{where}: tensor {shown!r} has {n_dims} dims (1..4 allowed)")
+        ne = [cur.unpack("<Q", f"shape of {shown}") for _ in range(n_dims)]
+        ttype = cur.unpack("<I", f"type of {shown}")
+        offset = cur.unpack("<Q", f"offset of {shown}")
         try:
             qtype = GGMLQuantizationType(ttype)
         except ValueError:
-            raise FormatError(f"{where}: tensor {name!r} has unknown ggml type {ttype}") from None
+            raise FormatError(f"{where}: tensor {shown!r} has unknown ggml type {ttype}") from None
         block, type_size = GGML_QUANT_SIZES[qtype]
         if ne[0] % block:
             raise FormatError(
-                f"{where}: tensor {name!r} row of {ne[0]} is not a multiple of the "
+                f"{where}: tensor {shown!r} row of {ne[0]} is not a multiple of the "
                 f"{qtype.name} block size {block}"
             )
-        count = 1
+        count, span = 1, 1
         for d in ne:
             count *= d
-        if count > size * max(1, block):
-            raise FormatError(f"{where}: tensor {name!r} claims {count} elements, more than the file")
+            span *= max(d, 1)  # numpy refuses even an empty array whose other dims overflow
+        if span > size * max(1, block):
+            raise FormatError(f"{where}: tensor {shown!r} claims {count} elements, more than the file")
         infos.append((name, tuple(reversed(ne)), qtype.name, offset, count // block * type_size))
     data_start = cur.pos + (-cur.pos % align)
     expected = 0

@@ -249,6 +249,9 @@ def _read_gguf(buf: _Buf) -> ImatrixData:
         ne = tuple(buf.unpack("<q", f"shape of {name!r}") for _ in range(n_dims))
         if any(d < 0 for d in ne):
             raise buf.fail(f"tensor {name!r} has a negative dimension {ne}")
+        if 0 in ne and math.prod(max(d, 1) for d in ne) > len(buf.data) * 256:
+            # an empty tensor whose other dimensions overflow: numpy cannot even shape it
+            raise buf.fail(f"empty tensor {name!r} of shape {ne} is larger than the file can hold")
         ttype = buf.unpack("<I", f"type of {name!r}")
         offset = buf.unpack("<Q", f"offset of {name!r}")
         infos.append((name, ne, ttype, offset))
@@ -322,10 +325,10 @@ def _read_gguf(buf: _Buf) -> ImatrixData:
         counts = counts.reshape(-1)
         if counts.size < 1 or sums.size < 1 or sums.size % counts.size:
             raise FormatError(f"{buf.path}: {name!r} has {sums.size} sums for {counts.size} counts; sizes do not divide")
-        _finite(sums, buf.path, f"{name}{_SUM_SUFFIX}")
-        _finite(counts, buf.path, f"{name}{_COUNT_SUFFIX}")
+        _finite(sums, buf.path, f"{name + _SUM_SUFFIX!r}")
+        _finite(counts, buf.path, f"{name + _COUNT_SUFFIX!r}")
         if np.any(counts < 0) or np.any(counts > 2.0**62):
-            raise FormatError(f"{buf.path}: {name}{_COUNT_SUFFIX} holds a negative or absurd count; recompute the imatrix")
+            raise FormatError(f"{buf.path}: {name + _COUNT_SUFFIX!r} holds a negative or absurd count; recompute the imatrix")
         # std::lround: round half away from zero
         icounts = np.floor(counts.astype(np.float64) + 0.5).astype(np.int64)
         fcounts = icounts.astype(np.float32)

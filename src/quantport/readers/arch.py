@@ -19,6 +19,7 @@ __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "detect_architecture",
+    "llama_shape_error",
     "llama_permute",
     "llama_unpermute",
 ]
@@ -197,6 +198,67 @@ def detect_architecture(config: dict[str, Any], where: str = "config.json") -> A
     raise UnsupportedArchitectureError(
         f"{where}: architecture {got!r} is not supported; supported: {supported}"
     )
+
+
+_LAYER = re.compile(r"blk\.(0|[1-9][0-9]{0,11})\.(.+)", re.ASCII | re.DOTALL)
+
+
+def llama_shape_error(gguf_name: str, shape: tuple[int, ...], cfg: dict[str, Any],
+                      keys: dict[str, str] | None = None) -> str | None:
+    """Why a llama tensor's shape contradicts the hyper-parameters, or ``None`` if it does not.
+
+    Mirrors llama.cpp's loader ("tensor has wrong shape"): every weight's shape follows from
+    the width, the FFN width, the head counts and size and the vocabulary. ``cfg`` uses
+    ``config.json`` keys (already type-checked); absent keys are not checked. ``keys`` maps
+    them to the names to report (e.g. GGUF metadata keys).
+    """
+    keys = keys or {}
+
+    def k(key: str) -> str:
+        return keys.get(key, key)
+
+    name = gguf_name
+    m = _LAYER.fullmatch(name)
+    if m:
+        layer, name = int(m.group(1)), m.group(2)
+        n_layer = cfg.get("num_hidden_layers")
+        if n_layer is not None and layer >= n_layer:
+            return f"is in layer {layer} but {k('num_hidden_layers')} is {n_layer}"
+    hidden, ff = cfg.get("hidden_size"), cfg.get("intermediate_size")
+    heads, vocab = cfg.get("num_attention_heads"), cfg.get("vocab_size")
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+    q = heads * hd if heads and hd else None
+    kvd = kv * hd if kv and hd else None
+    want = {
+        "token_embd.weight": (vocab, hidden),
+        "output.weight": (vocab, hidden),
+        "output_norm.weight": (hidden,),
+        "attn_norm.weight": (hidden,),
+        "ffn_norm.weight": (hidden,),
+        "attn_q.weight": (q, hidden),
+        "attn_k.weight": (kvd, hidden),
+        "attn_v.weight": (kvd, hidden),
+        "attn_output.weight": (hidden, q),
+        "attn_q.bias": (q,),
+        "attn_k.bias": (kvd,),
+        "attn_v.bias": (kvd,),
+        "attn_output.bias": (hidden,),
+        "ffn_gate.weight": (ff, hidden),
+        "ffn_up.weight": (ff, hidden),
+        "ffn_down.weight": (hidden, ff),
+    }.get(name)
+    if want is None:
+        return None
+    if len(shape) != len(want) or any(
+        w is not None and w != d for w, d in zip(want, shape, strict=True)
+    ):
+        shown = tuple("?" if w is None else w for w in want)
+        used = ", ".join(k(x) for x in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                        "num_key_value_heads", "head_dim", "vocab_size"))
+        return (f"has shape {tuple(shape)} but {shown} follows from {used}; the "
+                "hyper-parameters do not match the weights")
+    return None
 
 
 def llama_permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
