@@ -47,10 +47,13 @@ class LogitStats:
     kld_values: list[np.ndarray] = field(default_factory=list)
 
     def add(self, lp_ref: Any, lp_art: Any, target: np.ndarray,
-            ref_logits: Any = None, art_logits: Any = None) -> None:
+            ref_logits: Any = None, art_logits: Any = None,
+            top_ref: Any = None, top_art: Any = None) -> None:
         """Add one window: ``lp_*`` are ``[n, vocab]`` log-probabilities (from
         :func:`log_softmax`), ``target[i]`` the token that row ``i`` predicts; the raw logits,
-        when given, feed the largest absolute logit difference."""
+        when given, feed the largest absolute logit difference; ``top_*`` are each row's
+        argmax where the caller already has them (a model's log-probabilities often take part
+        in two comparisons)."""
         import torch
 
         tgt = torch.as_tensor(np.asarray(target, dtype=np.int64))
@@ -61,7 +64,11 @@ class LogitStats:
         self.kld_sum += float(kld.sum())
         self.kld_max = max(self.kld_max, float(kld.max()))
         self.kld_values.append(kld.numpy())
-        self.same_top1 += int((lp_ref.argmax(-1) == lp_art.argmax(-1)).sum())
+        if top_ref is None:
+            top_ref = lp_ref.argmax(-1)
+        if top_art is None:
+            top_art = lp_art.argmax(-1)
+        self.same_top1 += int((top_ref == top_art).sum())
         self.n += len(tgt)
         if ref_logits is not None and art_logits is not None:
             diff = (torch.as_tensor(ref_logits) - torch.as_tensor(art_logits)).abs().max()

@@ -326,8 +326,10 @@ class TransformersLM:
         The parameters are handed to ``copy.deepcopy`` pre-made, so the copy costs no copy of
         the weights (buffers such as rotary tables are copied). Tied parameters stay tied.
 
+        Parameters the artifact lacks keep the source's values.
+
         Raises:
-            QuantportError: a parameter has no weight, or a weight has the wrong shape.
+            QuantportError: a weight has the wrong shape.
         """
         import torch
 
@@ -340,7 +342,12 @@ class TransformersLM:
             if w is None:
                 w = weights.get(prefix + name)
             if w is None:
-                raise QuantportError(f"the artifact has no weight for {name}")
+                # e.g. BERT's pooler, which sentence-transformers checkpoints lack: the
+                # runtime initializes it as the source's loader does, and mean pooling
+                # never reads it
+                log.debug("the artifact has no %s; the source's is used", name)
+                memo[id(p)] = p
+                continue
             if tuple(w.shape) != tuple(p.shape):
                 raise QuantportError(
                     f"{name}: the artifact's weight has shape {tuple(w.shape)}, the source's "
@@ -718,13 +725,14 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
             a = art.logits(w, first)[:-1]
         with timer("metrics"):
             lp_a = log_softmax(a)
-            quality.add(log_softmax(r), lp_a, target, r, a)
+            top_a = lp_a.argmax(-1)
+            quality.add(log_softmax(r), lp_a, target, r, a, top_art=top_a)
         del r
         if ir is not None:
             with timer("forward_weights"):
                 q = ir.logits(w, first)[:-1]
             with timer("metrics"):
-                weights.add(log_softmax(q), lp_a, target, q, a)
+                weights.add(log_softmax(q), lp_a, target, q, a, top_art=top_a)
         if on_progress:
             on_progress("validate", i + 1, len(windows))
     m = quality.summary()
