@@ -46,6 +46,8 @@ def main() -> None:
     print(f"  process wall time    {wall:8.2f} s")
     print(f"  summed forwards      {forwards:8.2f} s")
     print(f"  wall / forwards      {wall / forwards:8.2f}")
+    verdict = "passed" if d["passed"] else "; ".join(d["failures"])
+    print(f"  checks: {verdict} (exit {res.returncode})")
 
 
 if __name__ == "__main__":

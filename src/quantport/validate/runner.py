@@ -708,7 +708,7 @@ def validate(
 def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason: str, tok: Any,
             text_path: Path, ctx: int, n_windows: int, cl: CorrectnessLimits, runtime: str,
             art_path: Path, timer: _Timer, on_progress: Progress | None) -> ValidationReport:
-    with timer("tokenize"):
+    with timer("tokenize"), quiet_loading():  # no "sequence longer than the model" warning
         prefix, ids = _tokenize_prefix(tok, _read_text(text_path), ctx * n_windows)
         windows = _cut(ids, ctx, n_windows, text_path)
         n = sum(len(w) for w in windows)
