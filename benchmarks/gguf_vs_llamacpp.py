@@ -1,7 +1,7 @@
 """quantport vs llama.cpp's own quantizer, side by side in one run.
 
 The default model (SmolLM2-135M-Instruct) is written once as an F32 GGUF. For each preset,
-quantport (``convert_gguf`` on that F32 GGUF) and llama.cpp (``llama_model_quantize`` through
+quantport (the pipeline on that F32 GGUF) and llama.cpp (``llama_model_quantize`` through
 llama-cpp-python, nthread=2) quantize it, without and with the same importance matrix
 (computed by quantport from the calibration split, passed to llama.cpp through
 ``llama_model_quantize_params.imatrix``). Every file is then evaluated in llama.cpp on
@@ -32,10 +32,12 @@ os.environ.setdefault("QUANTPORT_CACHE", str(ROOT / ".cache"))
 
 from quantport.pipeline.calibration import collect_imatrix  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from _llamacpp import llama_quantize  # noqa: E402
+from convert_memory import update_section  # noqa: E402
 from quantport.models import open_source  # noqa: E402
 from quantport.readers import GGUFSource  # noqa: E402
-from quantport.writers.gguf import convert_gguf  # noqa: E402
+from quantport.pipeline import convert, make_recipe  # noqa: E402
 from quantport.formats.gguf_file import scan_gguf  # noqa: E402
 from quantport.formats.imatrix import write_imatrix  # noqa: E402
 from quantport.validate.metrics import LogitStats  # noqa: E402
@@ -113,7 +115,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="qp-bench-"))
     src = open_source(None)
     f32 = work / "smollm2-f32.gguf"
-    convert_gguf(src, f32, "F32")
+    convert(src, make_recipe("gguf", "F32"), f32)
     t0 = time.perf_counter()
     imat = collect_imatrix(src, ROOT / "fixtures/wikitext-2/valid.tokens.txt",
                            n_chunks=args.calib_chunks)
@@ -138,7 +140,8 @@ def main() -> None:
             qp_times, lc_times = [], []
             for _ in range(args.repeat):  # interleaved, so that drifts of the machine hit both
                 t = time.perf_counter()
-                convert_gguf(GGUFSource(f32), qp_out, preset, imatrix=im, force=True, threads=2)
+                convert(GGUFSource(f32), make_recipe("gguf", preset), qp_out, imatrix=im,
+                        force=True, threads=2)
                 qp_times.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 llama_quantize(f32, lc_out, preset, imatrix=im, nthread=2)
@@ -158,8 +161,6 @@ def main() -> None:
             lc_out.unlink()
 
     lines = [
-        "# Benchmarks",
-        "",
         "## GGUF: quantport vs llama.cpp (`benchmarks/gguf_vs_llamacpp.py`)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
@@ -199,9 +200,9 @@ def main() -> None:
                      f"{' '.join(f'{t:.2f}' for t in r['lc_times'])}")
     lines.append("")
     lines += targets(rows)
-    text = "\n".join(lines)
-    args.out.write_text(text)
-    print(text)
+    # only this benchmark's section: the other benchmarks keep theirs
+    update_section(args.out, lines[0], lines[1:])
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Run:  cd /work/main && PYTHONPATH=src .venv/bin/python benchmarks/quant_kernels.
 from __future__ import annotations
 
 import argparse
-import collections
 import ctypes
 import os
 import sys
