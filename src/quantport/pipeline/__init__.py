@@ -1,7 +1,7 @@
 """The conversion pipeline: recipe -> plan -> stages -> writer.
 
-* :mod:`~quantport.pipeline.recipe` — the user's choices, parsed once (:func:`make_recipe`);
-* :mod:`~quantport.pipeline.plan` — what every tensor becomes, and exact output sizes;
+* :mod:`~quantport.recipe` — the user's choices, parsed once (:func:`make_recipe`);
+* :mod:`~quantport.plan` — what every tensor becomes, and exact output sizes;
 * :mod:`~quantport.pipeline.calibration` — forward passes on calibration text (importance
   matrices today; the statistics of calibrated methods);
 * :mod:`~quantport.pipeline.execute` — rounding every tensor and handing it to the writer,
@@ -18,8 +18,8 @@ import os
 from collections.abc import Callable
 
 from quantport.pipeline.convert import ConvertReport, convert, make_plan
-from quantport.pipeline.plan import Plan, PlanRow
-from quantport.pipeline.recipe import METHODS, Recipe, make_recipe
+from quantport.plan import Plan, PlanRow
+from quantport.recipe import METHODS, Recipe, make_recipe
 from quantport.readers.source import ModelSource
 
 __all__ = ["METHODS", "ConvertReport", "Plan", "PlanRow", "Recipe", "convert", "export_dense",

@@ -1,7 +1,7 @@
 """One conversion pipeline for every format: recipe -> plan -> stages -> writer.
 
 1. The writer of the recipe's format (:data:`quantport.writers.WRITERS`) makes the
-   :class:`~quantport.pipeline.plan.Plan` from the source's header: what every tensor
+   :class:`~quantport.plan.Plan` from the source's header: what every tensor
    becomes and the exact size of every output file. ``dry_run`` stops here.
 2. The calibration stage gives the rounding what it needs: today an importance matrix for
    GGUF (read with ``--imatrix`` or computed from ``--calib`` by
@@ -28,9 +28,10 @@ from quantport.errors import ConfigError
 from quantport.formats._atomic import check_output
 from quantport.formats.imatrix import ImatrixData
 from quantport.pipeline.execute import execute
-from quantport.pipeline.plan import Plan
-from quantport.pipeline.recipe import METHODS, Recipe
+from quantport.plan import Plan
+from quantport.recipe import METHODS, Recipe
 from quantport.readers.source import ModelSource
+from quantport.writers import get_writer
 
 __all__ = ["ConvertReport", "convert", "make_plan"]
 
@@ -99,8 +100,6 @@ def _imatrix(source: ModelSource, recipe: Recipe, on_progress: Progress | None) 
 def make_plan(source: ModelSource, recipe: Recipe,
               imatrix: ImatrixData | None = None) -> Plan:
     """What ``recipe`` makes of ``source``, before any tensor is read (see :class:`Plan`)."""
-    from quantport.writers import get_writer
-
     return get_writer(recipe.format).plan(source, recipe, imatrix)
 
 
@@ -119,7 +118,7 @@ def convert(
 
     Args:
         source: a reader (:func:`quantport.readers.open_path`, :func:`quantport.models.open_source`).
-        recipe: from :func:`quantport.pipeline.recipe.make_recipe`.
+        recipe: from :func:`quantport.recipe.make_recipe`.
         out: the artifact path; written under a temporary name and renamed into place.
         imatrix: an importance matrix already in memory (instead of the recipe's
             ``--imatrix`` / ``--calib``).
@@ -133,8 +132,6 @@ def convert(
     Raises:
         QuantportError: any of its subclasses, with a one-line message.
     """
-    from quantport.writers import get_writer
-
     t0 = time.perf_counter()
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}")

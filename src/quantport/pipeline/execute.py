@@ -28,7 +28,7 @@ import numpy as np
 
 from quantport.errors import QuantportError
 from quantport.ir import QuantizedTensor
-from quantport.pipeline.plan import Plan, PlanRow
+from quantport.plan import Plan, PlanRow
 from quantport.quant.ggml import quantize_ggml, set_num_threads
 from quantport.quant.scheme import IntScheme
 from quantport.readers.arch import llama_permute

@@ -1,6 +1,6 @@
 """Writers, one module per output format, in one table.
 
-A writer makes the :class:`~quantport.pipeline.plan.Plan` for a source and a recipe (what each
+A writer makes the :class:`~quantport.plan.Plan` for a source and a recipe (what each
 tensor becomes, file layouts, exact sizes), then opens the output as a *sink* that packs IR
 records (or float arrays) and writes them at the offsets the plan fixed, in any order. It never
 rounds anything itself: the pipeline (:mod:`quantport.pipeline`) computes the records.

@@ -48,8 +48,8 @@ from quantport.formats.gguf_writer import (
 from quantport.formats.imatrix import ImatrixData
 from quantport.formats.safetensors import bf16_bits
 from quantport.ir import QuantizedTensor
-from quantport.pipeline.plan import Plan, PlanRow
-from quantport.pipeline.recipe import Recipe
+from quantport.plan import Plan, PlanRow
+from quantport.recipe import Recipe
 from quantport.quant.ggml import GGML_GRIDS
 from quantport.quant.presets import PRESETS, Preset, plan_tensor_types
 from quantport.readers.gguf_vocab import vocab_from_hf, vocab_metadata

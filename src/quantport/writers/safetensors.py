@@ -42,8 +42,8 @@ from quantport.formats.safetensors_shards import (
     layout_shards,
 )
 from quantport.ir import QuantizedTensor
-from quantport.pipeline.plan import Plan, PlanRow
-from quantport.pipeline.recipe import Recipe, Target
+from quantport.plan import Plan, PlanRow
+from quantport.recipe import Recipe, Target
 from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
 

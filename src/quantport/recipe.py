@@ -3,7 +3,7 @@
 The CLI (or a library caller) builds it with :func:`make_recipe`; nothing downstream parses
 text again. A recipe says *what* to make (format, scheme or preset, per-tensor overrides, what
 stays in float), *how* to round (:data:`METHODS`), and with which calibration data; the
-:mod:`plan <quantport.pipeline.plan>` then says what each tensor of a given source becomes.
+:mod:`plan <quantport.plan>` then says what each tensor of a given source becomes.
 
 Quantization targets, one per tensor:
 

@@ -1,7 +1,7 @@
 """The plan: what every tensor of a source becomes, decided before any tensor is read.
 
 A writer (:mod:`quantport.writers`) makes the plan from the source's header (names, shapes,
-config) and a :class:`~quantport.pipeline.recipe.Recipe`: for each output tensor its source
+config) and a :class:`~quantport.recipe.Recipe`: for each output tensor its source
 tensor, the layout edit it needs (llama.cpp's Q/K row permutation), its target (dense type,
 integer scheme or ggml type) and the bytes it takes in the output; for each dropped source
 tensor, why. Because file layouts are known from the plan alone, the plan also gives the exact
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantport.pipeline.recipe import Recipe, Target
+from quantport.recipe import Recipe, Target
 
 __all__ = ["Plan", "PlanRow"]
 
