@@ -313,7 +313,7 @@ heavy = [m for m in ("torch", "transformers", "tokenizers", "safetensors", "gguf
 from quantport.models import open_source
 src_path, out_path, preset, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 stage("open_source(F32 GGUF)", "source = open_source(src_path)")
-from quantport.writers.gguf import convert_gguf
+from quantport.pipeline import convert, make_recipe
 samples = []
 stop = threading.Event()
 def children(pid):
@@ -354,9 +354,9 @@ def sampler():
         samples.append((time.perf_counter() - t0, status(), kids))
         stop.wait(0.02)
 th = threading.Thread(target=sampler, daemon=True); th.start()
-convert_gguf(source, out_path, preset, force=True, threads=threads)
+convert(source, make_recipe("gguf", preset), out_path, force=True, threads=threads)
 stop.set(); th.join()
-stages.append(("after convert_gguf", status()))
+stages.append(("after convert", status()))
 def peak(key, who):
     best = (0, None)
     for t, me, kids in samples:
@@ -380,61 +380,47 @@ _DIAG_TRACEMALLOC = r"""
 import json, sys, tracemalloc
 src_path, out_path, preset = sys.argv[1], sys.argv[2], sys.argv[3]
 from quantport.models import open_source
-from quantport.writers.gguf import convert_gguf
-import quantport.writers.gguf as wg
+from quantport.pipeline import convert, make_recipe
+import quantport.pipeline.execute as ex
 source = open_source(src_path)
 tracemalloc.start(12)
 best = {"peak": 0, "snap": None, "tensor": None}
-orig = wg._producer
-def producer(source, hf, p, importance, n_head, n_head_kv):
-    f = orig(source, hf, p, importance, n_head, n_head_kv)
-    def wrapped():
-        tracemalloc.reset_peak()
-        out = f()
-        cur, pk = tracemalloc.get_traced_memory()
-        if pk > best["peak"]:
-            best.update(peak=pk, tensor=f"{p.name} {p.type} {p.shape}")
-        return out
-    return wrapped
-wg._producer = producer
-convert_gguf(source, out_path, preset, force=True, threads=1)
+orig = ex._run_task
+def run_task(job, k):
+    tracemalloc.reset_peak()
+    out = orig(job, k)
+    cur, pk = tracemalloc.get_traced_memory()
+    if pk > best["peak"]:
+        p = job.plan.rows[job.tasks[k].index]
+        best.update(peak=pk, tensor=f"{p.name} {p.type_name} {p.shape}")
+    return out
+ex._run_task = run_task
+convert(source, make_recipe("gguf", preset), out_path, force=True, threads=1)
 # replay the tensor with the highest traced peak and snapshot at the end of its quantization
 name = best["tensor"]
 cur, overall = tracemalloc.get_traced_memory()
 print(json.dumps({"peak_tensor": name, "peak_traced": best["peak"], "overall_peak": overall}))
 """
 
-# the single tensor with the highest traced peak, quantized again under tracemalloc with a
-# snapshot taken from inside quantize_ggml's largest moment (sampled by a thread is unreliable,
-# so wrap numpy-heavy helpers: snapshot right before pack(), when every temporary is alive)
+# the single tensor with the highest traced peak, quantized again (whole, not in row chunks)
+# under tracemalloc, with a snapshot right after rounding, before packing
 _DIAG_TENSOR = r"""
 import json, sys, tracemalloc, linecache
 src_path, tensor_name, preset = sys.argv[1], sys.argv[2], sys.argv[3]
 from quantport.models import open_source
-from quantport.writers import gguf as wg
-from quantport.quant import ggml as qg
+from quantport.pipeline import make_plan, make_recipe
+from quantport.pipeline import execute as ex
+from quantport.formats import gguf_blocks
 import numpy as np
 source = open_source(src_path)
-tensors = wg._tensor_list(source)
-cfg = source.config
-from quantport.quant.presets import plan_tensor_types, resolve_preset
-p = resolve_preset(preset)
-plan = plan_tensor_types([(g, s) for g, _, s in tensors], arch="llama",
-    n_layer=int(cfg["num_hidden_layers"]), n_head=int(cfg["num_attention_heads"]),
-    n_head_kv=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
-    preset=p.name, pure=False, overrides=(), output_type=None, token_embedding_type=None,
-    has_imatrix=False)
-row = next(r for r in plan if r.name == tensor_name)
-hf = next(h for g, h, _ in tensors if g == tensor_name)
+plan = make_plan(source, make_recipe("gguf", preset))
+row = next(r for r in plan.rows if r.name == tensor_name)
 tracemalloc.start(12)
 snaps = []
-orig_pack = wg.pack
-def pack(x):
-    snaps.append(tracemalloc.take_snapshot())
-    return orig_pack(x)
-wg.pack = pack
-out = wg._producer(source, hf, row, None, int(cfg["num_attention_heads"]),
-                   int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]))()
+w = source.get(row.source)
+rec = ex.round_tensor(w, row.target, name=row.name)
+snaps.append(tracemalloc.take_snapshot())  # every temporary of the rounding is counted
+out = gguf_blocks.pack(rec) if row.quantized else np.asarray(rec)
 cur, peak = tracemalloc.get_traced_memory()
 top = []
 if snaps:
@@ -443,7 +429,7 @@ if snaps:
         fr = s.traceback[0]
         top.append([s.size, s.count, f"{fr.filename.split('src/')[-1]}:{fr.lineno}",
                     linecache.getline(fr.filename, fr.lineno).strip()[:90]])
-print(json.dumps({"tensor": f"{row.name} {row.type} {list(row.shape)}", "weights":
+print(json.dumps({"tensor": f"{row.name} {row.type_name} {list(row.shape)}", "weights":
                   int(np.prod(row.shape)), "peak_traced": peak, "at_pack": sum(s.size for s in
                   snaps[-1].statistics("filename")) if snaps else 0, "top_at_pack": top,
                   "out_bytes": int(np.asarray(out).nbytes)}))

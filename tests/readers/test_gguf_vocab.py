@@ -41,15 +41,9 @@ _BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": Tr
 
 def _convert_q8(ckpt: Path, out: Path) -> None:
     from quantport.models import open_source
+    from quantport.pipeline import convert, make_recipe
 
-    try:
-        from quantport.writers.gguf import convert_gguf
-    except ImportError:  # the pipeline API: convert(source, make_recipe("gguf", preset), out)
-        from quantport.pipeline import convert, make_recipe
-
-        convert(open_source(ckpt), make_recipe("gguf", "Q8_0"), out)
-    else:
-        convert_gguf(open_source(ckpt), out, "Q8_0")
+    convert(open_source(ckpt), make_recipe("gguf", "Q8_0"), out)
 
 
 @pytest.fixture(scope="module", params=["TokenizersBackend", "GPT2Tokenizer"])
