@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from quantport.cli.main import cli
-from quantport.writers.safetensors import dequantized_state, quantize_source
+from quantport.ir import dequantize
 from quantport.models import open_source
 from quantport.quant.scheme import parse_scheme
 
@@ -39,9 +39,10 @@ def test_transformers_logits_equal_ir(smollm2_w4, default_model_dir):
         got = art(ids).logits[0].numpy()
     # quantport's own meaning of the same weights: the shared dequantize() of the IR
     src = open_source(default_model_dir)
-    tensors = quantize_source(src, parse_scheme("w4-g64-sym")).tensors
+    scheme = parse_scheme("w4-g64-sym")
+    linear = [n for n in src.names() if src.architecture.is_linear(n)]
     ref = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in dequantized_state(tensors).items()}
+    sd = {n: torch.from_numpy(dequantize(scheme.quantize(src.get(n), name=n))) for n in linear}
     ref.load_state_dict(sd, strict=False)
     with torch.inference_mode():
         want = ref(ids).logits[0].numpy()
