@@ -1,4 +1,4 @@
-"""GGUF v3 writer: typed metadata plus lazily produced tensors, written atomically.
+"""GGUF v3 writer: typed metadata plus tensors written in place at their offsets, atomically.
 
 Design decision: the writer never holds the model. It takes
 
@@ -6,11 +6,13 @@ Design decision: the writer never holds the model. It takes
   reads hyper-parameters with exact types (``GGUFMeta::GKV<T>::get_kv`` in
   ``src/llama-model-loader.cpp`` throws "key %s has wrong type"), so no type is ever guessed
   from a Python value;
-* an ordered list of :class:`GGUFTensor` (name, numpy-order shape, ggml type name and a
-  zero-argument callable returning the tensor's bytes). The header is fully determined by names,
-  shapes and types, so it is written first and each tensor is produced (read, permuted,
-  quantized) only when its turn comes, then dropped -- peak memory is one tensor per worker,
-  as in gguf-py's lazy mode (``GGUFWriter.write_tensors_to_file``).
+* an ordered list of :class:`GGUFTensor` (name, numpy-order shape, ggml type name, and for
+  :func:`write_gguf` a zero-argument callable returning the tensor's bytes). The header is fully
+  determined by names, shapes and types, so it is written first, the file gets its final size,
+  and each tensor -- or any byte range of it, e.g. a range of rows -- is written at its offset
+  when it exists (:func:`open_gguf`), in any order, from any process sharing the descriptor.
+  Peak memory is what the caller holds at once, as in gguf-py's lazy mode
+  (``GGUFWriter.write_tensors_to_file``).
 
 Because the layout is known before any tensor exists, :func:`gguf_layout` gives the exact file
 size without writing anything (``--dry-run``).
@@ -368,39 +370,6 @@ def _as_bytes(data: Any, t: GGUFTensor) -> memoryview:
     )
 
 
-def _checked(t: GGUFTensor, nb: int) -> memoryview:
-    """Produce ``t`` and check its size against the layout."""
-    data = _as_bytes(t.produce(), t)  # type: ignore[misc]
-    if data.nbytes != nb:
-        raise FormatError(
-            f"tensor {t.name}: producer gave {data.nbytes} bytes but shape {t.shape} as "
-            f"{t.type_name} needs {nb}; fix the tensor's producer"
-        )
-    return data
-
-
-def _write_serial(
-    f: Any, tensors: Sequence[GGUFTensor], layout: GGUFLayout, on_progress: Progress | None
-) -> None:
-    total, done = sum(layout.nbytes), 0
-    f.write(layout.header)
-    f.write(b"\0" * (layout.data_start - len(layout.header)))
-    for t, off, nb in zip(tensors, layout.offsets, layout.nbytes, strict=True):
-        if f.tell() != layout.data_start + off:  # internal invariant: offsets are running sums
-            raise FormatError(
-                f"tensor {t.name}: writer at byte {f.tell()}, expected {layout.data_start + off}"
-            )
-        data = _checked(t, nb)
-        f.write(data)
-        del data
-        f.write(b"\0" * (_pad(nb, layout.alignment) - nb))
-        done += nb
-        log.debug("wrote %s (%s, %d bytes)", t.name, t.type_name, nb)
-        if on_progress:
-            on_progress("write", done, total)
-    f.flush()
-
-
 class GGUFOutput:
     """An open GGUF being written in place: the header is written and the file has its final
     size (the holes read as zeros, which is the padding), so tensors, or row ranges of them,
@@ -484,16 +453,22 @@ def write_gguf(
         QuantportError: the file cannot be written (e.g. no space left); nothing is left at
             ``path``.
     """
-    layout = gguf_layout(metadata, tensors)
     for t in tensors:
         if t.produce is None:
             raise FormatError(
                 f"tensor {t.name} has no producer; give GGUFTensor.produce to write it"
             )
-    target = Path(path)
-    with atomic_file(target) as tmp, open(tmp, "wb") as f:
-        _write_serial(f, tensors, layout, on_progress)
-        os.fsync(f.fileno())
-        if f.tell() != layout.size:
-            raise FormatError(f"{target}: wrote {f.tell()} bytes, expected {layout.size}")
-    return layout
+    with open_gguf(path, metadata, tensors) as out:
+        total, done = sum(out.layout.nbytes), 0
+        for i, (t, nb) in enumerate(zip(tensors, out.layout.nbytes, strict=True)):
+            data = _as_bytes(t.produce(), t)  # type: ignore[misc]
+            if data.nbytes != nb:
+                raise FormatError(
+                    f"tensor {t.name}: producer gave {data.nbytes} bytes but shape {t.shape} as "
+                    f"{t.type_name} needs {nb}; fix the tensor's producer"
+                )
+            done += out.write(i, data)
+            del data
+            if on_progress:
+                on_progress("write", done, total)
+    return out.layout
