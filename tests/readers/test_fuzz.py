@@ -131,6 +131,8 @@ def mutate_bytes(rng: random.Random, data: bytes, header_end: int) -> tuple[byte
     b = bytearray(data)
     notes = []
     for _ in range(rng.choice((1, 1, 1, 2, 4))):
+        if not b:  # truncated to nothing by an earlier edit
+            break
         hi = max(1, min(header_end, len(b)))
         pos = rng.randrange(hi)
         op = rng.randrange(7)
@@ -370,34 +372,82 @@ def fuzz_imatrix(fz: Fuzz, n_bytes: int) -> None:
                    tiny.read_imatrix_file)
 
 
+def fuzz_imatrix_typed(fz: Fuzz, n_typed: int) -> None:
+    valid = tiny.tiny_gguf_bytes(tiny.IMATRIX_META, tiny.IMATRIX_TENSORS, tiny.IMATRIX_DATA)
+    tiny.read_imatrix_file(fz.write(valid, ".gguf"))  # the baseline is a valid imatrix
+    for _ in range(n_typed):
+        meta, tensors = list(tiny.IMATRIX_META), list(tiny.IMATRIX_TENSORS)
+        data = dict(tiny.IMATRIX_DATA)
+        i = fz.rng.randrange(len(tensors))
+        name, shape, ttype = tensors[i]
+        op = fz.rng.randrange(5)
+        if op < 2:
+            key, value, vtype, atype = fz.rng.choice(meta)
+            new = fz.rng.choice(_gguf_values(fz.rng, value, vtype, atype))
+            meta = tiny.replace_meta(key, *new, meta=meta)
+            note = f"{key}={str(new[0])[:40]}:{new[1].name}"
+        elif op == 2:
+            key = fz.rng.choice(meta)[0]
+            meta = [m for m in meta if m[0] != key]
+            note = f"drop {key}"
+        elif op == 3:  # counts or sums of another shape, type or value
+            shape = tuple(fz.rng.choice([0, 1, 2, 3, 16, 32]) for _ in
+                          range(fz.rng.choice([1, 2, 3])))
+            ttype = fz.rng.choice(["F32", "F32", "F16", "Q8_0", "I32"])
+            data.pop(name)
+            if ttype == "F32":
+                vals = [0.0, -1.0, 1e30, math.inf, math.nan, 2.0**63, 0.4, 0.5]
+                data[name] = struct.pack(f"<{math.prod(shape)}f", *(
+                    fz.rng.choice(vals) for _ in range(math.prod(shape))))
+            note = f"tensor {name} {shape} {ttype}"
+            tensors[i] = (name, shape, ttype)
+        else:
+            new_name = fz.rng.choice(["x.in_sum2", "blk.0.attn_q.weight.counts", ".counts",
+                                      "blk.0.attn_q.weight", "é.in_sum2\n"])
+            data[new_name] = data.pop(name)
+            tensors[i] = (new_name, shape, ttype)
+            note = f"rename {name} -> {new_name!r}"
+        try:
+            raw = tiny.tiny_gguf_bytes(meta, tensors, data)
+        except (struct.error, ValueError, OverflowError, QuantportError):
+            continue
+        fz.run(f"imatrix typed {note}", fz.write(raw, ".gguf"), tiny.read_imatrix_file)
+
+
 # ------------------------------------------------------------------------ the tests
 
-# (gguf bytes, gguf typed, safetensors bytes, safetensors typed, config.json, imatrix)
-QUICK = (700, 700, 500, 400, 300, 600)
-SLOW_FACTOR = 25
+# (gguf bytes, gguf typed, safetensors bytes, safetensors typed, config.json, imatrix bytes,
+#  imatrix typed)
+QUICK = (500, 350, 400, 400, 300, 500, 300)
+SLOW_FACTOR = 10
 
 
 def _fuzz_all(tmp_path: Path, seed: int, scale: int) -> Fuzz:
     fz = Fuzz(tmp_path, seed)
-    gb, gt, sb, st, cf, im = (n * scale for n in QUICK)
+    gb, gt, sb, st, cf, im, it = (n * scale for n in QUICK)
     fuzz_gguf(fz, gb, gt)
     fuzz_safetensors(fz, sb, st)
     fuzz_config(fz, cf)
     fuzz_imatrix(fz, im)
+    fuzz_imatrix_typed(fz, it)
     return fz
 
 
+# dequantizing random blocks overflows now and then: numpy's warnings are not the point here
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_fuzz_readers(tmp_path, traced):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fz = _fuzz_all(tmp_path, seed=20240611, scale=1)
     fz.check()
     # the mutations must exercise the checks, not only the happy path
-    assert fz.n >= 3000 and fz.refused > fz.n // 3, (fz.n, fz.refused)
-    print(f"{fz.n} cases, {fz.refused} refused, {time.perf_counter() - t0:.1f} s")
+    assert fz.n >= 2000 and fz.refused > fz.n // 3, (fz.n, fz.refused)
+    print(f"{fz.n} cases, {fz.refused} refused, {time.perf_counter() - t0:.1f} s "
+          f"({time.process_time() - c0:.1f} s CPU)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("seed", [1, 2])
 def test_fuzz_readers_long(tmp_path, traced, seed):
     fz = _fuzz_all(tmp_path, seed=seed, scale=SLOW_FACTOR)
     fz.check()
