@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantport.readers.arch import ARCHITECTURES
 from quantport.quant.scheme import EXAMPLE_SCHEMES
+from quantport.readers.arch import ARCHITECTURES
+from quantport.recipe import METHODS
+from quantport.writers import WRITERS
 
 __all__ = ["catalog"]
 
 
 def catalog() -> dict[str, list[Any]]:
-    """Architectures, formats, integer schemes, GGUF presets and GGUF weight types."""
+    """Architectures, formats (the writer table), rounding methods, integer schemes, GGUF
+    presets and GGUF weight types."""
     out: dict[str, list[Any]] = {
         "architectures": [
             {"name": a.name, "hf_classes": ", ".join(a.hf_classes),
@@ -19,11 +22,11 @@ def catalog() -> dict[str, list[Any]]:
             for a in ARCHITECTURES.values()
         ],
         "formats": [
-            {"name": "safetensors", "status": "ready",
-             "quant": "compressed-tensors pack-quantized (w2..w8) or dense f32/f16/bf16"},
-            {"name": "gguf", "status": "ready", "quant": "llama.cpp presets and weight types"},
+            *({"name": name, "status": "ready", "quant": w.description}
+              for name, w in WRITERS.items()),
             {"name": "onnx", "status": "not yet", "quant": "-"},
         ],
+        "methods": [{"name": m.name, "description": m.description} for m in METHODS.values()],
         "schemes": [*EXAMPLE_SCHEMES, "f32", "f16", "bf16",
                     "grammar: w<2..8>-<gN|channel|tensor>-<sym|asym>"],
     }

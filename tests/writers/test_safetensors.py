@@ -43,6 +43,7 @@ def test_writer_table_lists_every_format() -> None:
     assert set(WRITERS) == {"gguf", "safetensors"}
     for name, w in WRITERS.items():
         assert w.name == name
+        assert w.description
         for method in ("plan", "importance", "check_output", "open"):
             assert callable(getattr(w, method)), (name, method)
 

@@ -441,7 +441,7 @@ class GGUFWriter:
     metadata. Tensor names in plans and ``--tensor-type`` overrides are GGUF names."""
 
     name = "gguf"
-    single_file = True
+    description = "llama.cpp presets and weight types, byte-identical to llama-quantize"
 
     def plan(self, source: ModelSource, recipe: Recipe,
              imatrix: ImatrixData | None = None) -> Plan:

@@ -148,7 +148,7 @@ class SafetensorsWriter:
     """Writer of Hugging Face safetensors checkpoints (see the module docstring)."""
 
     name = "safetensors"
-    single_file = False
+    description = "compressed-tensors pack-quantized (w2..w8) or dense f32/f16/bf16, sharded"
 
     def plan(self, source: ModelSource, recipe: Recipe, imatrix: Any = None) -> Plan:
         """What every tensor becomes, the shards and the exact size of every file.
