@@ -1,0 +1,68 @@
+"""quantport.recipe: the user's choices parsed once into an immutable recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from quantport.errors import ConfigError, OptionError, UnsupportedQuantError
+from quantport.quant.presets import Preset
+from quantport.quant.scheme import IntScheme
+from quantport.recipe import make_recipe
+
+
+def test_parsed_once_into_objects() -> None:
+    r = make_recipe("gguf", "q4_k_m", tensor_types=["ATTN_V=q8_0"], output_type="q6_k")
+    assert isinstance(r.quant, Preset) and r.quant.name == "Q4_K_M"
+    # llama-quantize lower-cases the pattern and matches types case-insensitively
+    assert r.overrides[0].pattern == "attn_v" and r.overrides[0].target == "Q8_0"
+    assert r.overrides[0].regex.search("blk.0.attn_v.weight")
+    assert r.output_type == "Q6_K"
+    s = make_recipe("safetensors", "W4-G64-SYM", tensor_types=["down_proj=w8-channel-sym",
+                                                               "lm_head=BF16"])
+    assert s.quant == IntScheme(4, "group", 64, True)
+    assert [o.target for o in s.overrides] == [IntScheme(8, "channel", None, True), "BF16"]
+    assert make_recipe("safetensors", "fp16").quant == "F16"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.method = "gptq"  # type: ignore[misc]
+
+
+def test_to_dict_is_what_the_artifact_records() -> None:
+    r = make_recipe("gguf", "Q4_K_M", tensor_types=["attn_v=Q8_0"], pure=True,
+                    calib="valid.txt", calib_samples=8, calib_len=256)
+    assert r.to_dict() == {
+        "format": "gguf", "quant": "Q4_K_M", "method": "rtn", "overrides": ["attn_v=Q8_0"],
+        "pure": True, "calib": {"text": "valid.txt", "samples": 8, "len": 256},
+    }
+    assert make_recipe("safetensors", "w4-g64-sym").to_dict() == {
+        "format": "safetensors", "quant": "w4-g64-sym", "method": "rtn"}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"fmt": "onnx", "quant": "w4-g64-sym"}, UnsupportedQuantError, "supported: safetensors"),
+    ({"fmt": "gguf", "quant": "Q9_K"}, UnsupportedQuantError, "unknown llama-quantize preset"),
+    ({"fmt": "safetensors", "quant": "int4"}, UnsupportedQuantError, "unknown quantization"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq"}, UnsupportedQuantError,
+     "supported: rtn"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "pure": True}, OptionError, "--pure"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "calib": "x.txt"}, OptionError,
+     "calibrated --method"),
+    ({"fmt": "gguf", "quant": "Q4_0", "imatrix": "a", "calib": "b"}, OptionError, "not both"),
+    ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v"]}, UnsupportedQuantError,
+     "REGEX=TYPE"),
+    ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v=Q9"]}, UnsupportedQuantError,
+     "unknown tensor type"),
+    ({"fmt": "safetensors", "quant": "f16", "tensor_types": ["(=f32"]}, UnsupportedQuantError,
+     "invalid regex"),
+    ({"fmt": "safetensors", "quant": "f16", "tensor_types": ["x=Q4_K"]}, UnsupportedQuantError,
+     "unknown quantization scheme"),
+    ({"fmt": "gguf", "quant": "Q4_0", "calib_len": 8}, ConfigError, "at least 16 tokens"),
+    ({"fmt": "safetensors", "quant": "f16", "max_shard_size": 0}, ConfigError,
+     "must be positive"),
+])
+def test_bad_choices_are_refused_in_one_line(kwargs, error, match) -> None:
+    fmt, quant = kwargs.pop("fmt"), kwargs.pop("quant")
+    with pytest.raises(error, match=match) as exc:
+        make_recipe(fmt, quant, **kwargs)
+    assert "\n" not in str(exc.value)
