@@ -159,9 +159,9 @@ def tiny_gguf_bytes(meta: Meta | None = None,
         if data is not None and name in data:
             blob = data[name]
         else:
-            if key not in _DATA:
-                _DATA[key] = _tensor_bytes(shape, ttype, i)
-            blob = _DATA[key]
+            blob = _DATA.get(key) or _tensor_bytes(shape, ttype, i)
+            if len(_DATA) < 4096:  # the fuzzer's random shapes would grow it without end
+                _DATA[key] = blob
         ne = tuple(reversed(shape))
         out.append(_gstr(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne,
                                              GGMLQuantizationType[ttype], offset))
