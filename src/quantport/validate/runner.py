@@ -440,9 +440,11 @@ class LlamaCppLM:
         except (ValueError, RuntimeError) as exc:
             raise QuantportError(f"{path}: llama.cpp cannot load it ({exc})") from exc
 
-    def tokenize(self, text: str) -> list[int]:
-        """llama.cpp's own tokenization of ``text`` (no BOS, special tokens as text)."""
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        """llama.cpp's own tokenization of ``text`` (special tokens in it as plain text);
+        ``add_special`` adds BOS (and EOS/SEP where the vocabulary asks for it)."""
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special,
+                                      special=False))
 
     def logits(self, ids: np.ndarray, first: int = 0) -> Any:
         """Logits of positions ``first ..`` of one window (float32 torch tensor)."""
@@ -592,12 +594,12 @@ def _token_check(source_ids: list[int], runtime_ids: list[int] | None, n: int, t
     detail = f"{n} tokens compared"
     if not same.all():
         i = int(np.argmin(same))
-        def show(t: int) -> str:
-            if t < 0:
-                return "(none)"
-            return f"{tok.convert_ids_to_tokens(int(t))!r} (id {int(t)})"
-        detail = (f"first difference at token {i}: source {show(a[i])}, runtime {show(b[i])}; "
-                  f"{int((~same).sum())} of {n} differ")
+
+        def show(t: int) -> str:  # the id, and what it is in the source's vocabulary
+            return "none" if t < 0 else f"{int(t)} ({tok.convert_ids_to_tokens(int(t))!r})"
+
+        detail = (f"first difference at token {i}: source id {show(a[i])}, runtime id "
+                  f"{show(b[i])}; {int((~same).sum())} of {n} differ")
     return Check.of(name, CORRECTNESS, float(same.mean()), 1.0, ">=", detail)
 
 
@@ -607,7 +609,7 @@ def _runtime_tokens(art: Any, art_path: Path, texts: list[str],
     if isinstance(art, LlamaCppLM):
         ids: list[int] = []
         for t in texts:
-            ids.extend(art.llm.tokenize(t.encode("utf-8"), add_bos=special, special=False))
+            ids.extend(art.tokenize(t, add_special=special))
         return ids, ""
     try:
         tok = _tokenizer(art_path)
