@@ -2,7 +2,9 @@
 
 Every message is one line that says what failed, where (file, tensor, key) and how to fix it.
 The CLI maps :class:`QuantportError` to ``Error: <message>`` with exit status 1 and
-:class:`ValidationFailed` to exit status 3; library code never exits or prints.
+:class:`ValidationFailed` (raised with ``raise_on_fail``) to exit status 3; the ``validate``
+command itself exits 3 when the artifact is not correct and 4 when only a quality threshold
+failed. Library code never exits or prints.
 """
 
 from __future__ import annotations

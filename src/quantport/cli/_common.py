@@ -1,8 +1,8 @@
 """What every command shares: progress bars, error handling and exit codes, logging.
 
 Only this package prints, draws progress bars (stderr) and sets exit codes: 0 success,
-1 error (``Error: ...``), 2 usage error (click), 3 validation failed. Heavy imports (torch,
-transformers, llama_cpp) happen inside command bodies so ``quantport --help`` stays fast.
+1 error (``Error: ...``), 2 usage error, 3 validation: not correct, 4 validation: correct but a
+quality threshold failed. Heavy imports (torch, transformers, llama_cpp) happen inside command bodies so ``quantport --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -61,13 +61,19 @@ def _dropped(source: ModelSource, name: str) -> str | None:
     return None
 
 
+def _head(source: ModelSource, name: str) -> bool:
+    # nn.Linear weights that are not quantization targets by default: the LM head and BERT's
+    # pooler (compressed-tensors must be told to skip them, see SafetensorsWriter._config)
+    return name == "lm_head.weight" or (source.architecture.name == "bert"
+                                        and name == "pooler.dense.weight")
+
+
 def _default(source: ModelSource, recipe: Recipe, name: str) -> tuple[Target, str]:
     if isinstance(recipe.quant, str):
         return recipe.quant, "default"
-    arch = source.architecture
-    if name == "lm_head.weight" or (arch.name == "bert" and name.startswith("pooler.")):
+    if _head(source, name):
         return "F32", "head kept in float"
-    if arch.is_linear(name):
+    if source.architecture.is_linear(name):
         return recipe.quant, "default"
     return "F32", "not a Linear weight"
 
@@ -175,7 +181,7 @@ class SafetensorsWriter:
                     used.add(k)
                     break
             if isinstance(target, IntScheme):
-                if not (source.architecture.is_linear(name) or name == "lm_head.weight"):
+                if not (source.architecture.is_linear(name) or _head(source, name)):
                     raise UnsupportedQuantError(
                         f"tensor {name}: compressed-tensors quantizes Linear weights only; "
                         "keep it float (e.g. --tensor-type 'NAME=f16') or export to GGUF"
@@ -232,8 +238,9 @@ class SafetensorsWriter:
             assert isinstance(s, IntScheme)
             groups.setdefault(str(s), []).append(r.name.removesuffix(".weight"))
             schemes[str(s)] = s
+        # compressed-tensors applies a "Linear" target to every nn.Linear not in `ignore`
         linear = [r.name.removesuffix(".weight") for r in rows
-                  if source.architecture.is_linear(r.name) or r.name == "lm_head.weight"]
+                  if source.architecture.is_linear(r.name) or _head(source, r.name)]
         ignore = sorted(set(linear) - {m for ms in groups.values() for m in ms})
         if source.architecture.causal and "lm_head" not in ignore and not any(
                 "lm_head" in ms for ms in groups.values()):
