@@ -176,3 +176,25 @@ def test_gguf_to_safetensors_roundtrip(tmp_path: Path, tiny_llama: Path) -> None
     back = HFCheckpoint(out)
     for name in back.names():
         np.testing.assert_array_equal(back.get(name), src.get(name), err_msg=name)
+
+
+def test_bert_pooler_stays_float_and_transformers_runs_it(tmp_path: Path) -> None:
+    """compressed-tensors quantizes every nn.Linear not in `ignore`: BERT's pooler, kept in
+    float, must be listed, or transformers cannot load the checkpoint."""
+    import torch
+    from transformers import AutoModel
+
+    from quantport._quiet import quiet_loading
+    from quantport.models import open_source
+
+    src = open_source("minilm")
+    out = tmp_path / "minilm-w8"
+    rep = convert(src, make_recipe("safetensors", "w8-channel-sym"), out)
+    assert {r.name: r.type_name for r in rep.plan.rows}["pooler.dense.weight"] == "F32"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert "pooler.dense" in qc["ignore"]
+    with quiet_loading():
+        model = AutoModel.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([[101, 7592, 2088, 102]])).last_hidden_state
+    assert hidden.shape == (1, 4, 384) and torch.isfinite(hidden).all()
