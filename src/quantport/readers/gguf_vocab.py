@@ -377,8 +377,19 @@ def vocab_from_hf(
             "no tokenizer.json in the checkpoint; quantport builds GGUF vocabularies from "
             "tokenizer.json (save the tokenizer with a fast tokenizer to create it)"
         )
-    tj = json.loads(text)
-    tok = Tokenizer.from_str(text)
+    try:
+        tj = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge numbers, deep nesting
+        raise ConfigError(f"tokenizer.json: invalid JSON ({exc}); fix or regenerate the file") from None
+    if not isinstance(tj, dict) or not isinstance(tj.get("model"), dict):
+        raise ConfigError("tokenizer.json: no 'model' object; fix or regenerate the file")
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as exc:  # the tokenizers library raises a bare Exception
+        raise ConfigError(
+            f"tokenizer.json: the tokenizers library cannot load it ({str(exc)[:200]}); fix or "
+            "regenerate the file"
+        ) from None
     # tokenizer.json may carry padding/truncation settings (MiniLM pads to 128); AutoTokenizer's
     # encode() used by llama.cpp's converter does not apply them
     tok.no_padding()

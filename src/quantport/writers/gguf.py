@@ -154,22 +154,35 @@ def _cfg(config: dict[str, Any], key: str, where: str) -> Any:
 
 def _pooling_type(source: ModelSource) -> int | None:
     """The sentence-transformers pooling (``TextModel._try_set_pooling_type``, base.py)."""
+    from quantport.readers.hf import read_json
+
     d = source.path
     if not d.is_dir() or not (d / "modules.json").is_file():
         return None
-    modules = json.loads((d / "modules.json").read_text(encoding="utf-8"))
+    try:
+        modules = json.loads((d / "modules.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{d / 'modules.json'}: invalid JSON ({exc}); fix or regenerate "
+                          "the file") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ConfigError(f"{d / 'modules.json'}: expected a list of module objects")
     for mod in modules:
         if str(mod.get("type", "")).endswith("Pooling"):
-            cfg_path = d / mod["path"] / "config.json"
-            pooling = json.loads(cfg_path.read_text(encoding="utf-8"))
+            sub = mod.get("path")
+            if not isinstance(sub, str) or ".." in Path(sub).parts or Path(sub).is_absolute():
+                raise ConfigError(f"{d / 'modules.json'}: the Pooling module's 'path' must be "
+                                  f"a folder of the checkpoint, got {sub!r}")
+            cfg_path = d / sub / "config.json"
+            pooling = read_json(cfg_path, "pooling config.json")
             # gguf PoolingType: MEAN=1, CLS=2, LAST=3
-            if pooling.get("pooling_mode_mean_tokens"):
+            if pooling.get("pooling_mode_mean_tokens") is True:
                 return 1
-            if pooling.get("pooling_mode_cls_token"):
+            if pooling.get("pooling_mode_cls_token") is True:
                 return 2
-            if pooling.get("pooling_mode_lasttoken"):
+            if pooling.get("pooling_mode_lasttoken") is True:
                 return 3
-            mode = {"mean": 1, "cls": 2, "lasttoken": 3}.get(pooling.get("pooling_mode"))
+            mode = pooling.get("pooling_mode")
+            mode = {"mean": 1, "cls": 2, "lasttoken": 3}.get(mode if isinstance(mode, str) else "")
             if mode is None:
                 raise UnsupportedArchitectureError(
                     f"{cfg_path}: pooling {pooling} is not supported by llama.cpp; "
