@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -83,3 +84,29 @@ def test_write_is_atomic_on_failure(tmp_path):
         write_safetensors(p, {"a": np.zeros(2, dtype=np.complex64)})
     assert p.read_bytes() == b"old"
     assert not list(tmp_path.glob("*.partial"))
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps", encoding="utf-8"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_release_drops_read_pages_from_this_process(tmp_path) -> None:
+    """A long-lived worker must not accumulate the source file in its RSS: release() drops the
+    pages of the tensors read since the last release (the data stays in the page cache)."""
+    path = tmp_path / "big.safetensors"
+    a = np.arange(8 << 20, dtype=np.float32).reshape(2048, 4096)  # 32 MiB
+    write_safetensors(path, {"a": a, "b": a[:16]})
+    f = SafetensorsFile(path)
+    assert float(f.get("a", (0, 2048)).sum()) == float(a.sum())
+    assert _mapped_rss_kib(path) > 16 << 10
+    f.release()
+    assert _mapped_rss_kib(path) < 1 << 10
+    np.testing.assert_array_equal(f.get("a", (100, 101)), a[100:101])  # still readable

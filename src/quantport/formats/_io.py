@@ -16,8 +16,9 @@ def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
         pos, view = pos + n, view[n:]
 
 
-def drop_mapped_pages(mapped: object) -> None:
-    """Drop the resident pages of a read-only file map (an ``np.memmap``) from this process.
+def drop_mapped_pages(mapped: object, ranges: list[tuple[int, int]] | None = None) -> None:
+    """Drop the resident pages of a read-only file map (an ``np.memmap``) from this process:
+    those of the byte ``ranges`` given (``(begin, end)`` in the map), or all of them.
 
     The data stays in the page cache; the next access faults it back in. Why: every page of a
     map that a long-lived worker has read counts in its RSS until unmapped, so without this a
@@ -28,8 +29,18 @@ def drop_mapped_pages(mapped: object) -> None:
     import mmap
 
     m = getattr(mapped, "_mmap", None)
-    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
-        try:
+    if m is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    # np.memmap maps from a page-aligned offset at or before its own start
+    base = int(getattr(mapped, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+    try:
+        if ranges is None:
             m.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # closed, or a platform without madvise on file maps
-            pass
+            return
+        for begin, end in ranges:
+            start = (base + begin) // mmap.PAGESIZE * mmap.PAGESIZE  # madvise wants page starts
+            stop = min(base + end, len(m))
+            if stop > start:
+                m.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    except (OSError, ValueError):  # closed, or a platform without madvise on file maps
+        pass

@@ -125,6 +125,7 @@ class SafetensorsFile:
             )
         self.metadata: dict[str, str] = meta
         self._mapped: np.ndarray | None = None
+        self._touched: list[tuple[int, int]] = []  # map ranges read since the last release()
         data_start = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
@@ -189,6 +190,7 @@ class SafetensorsFile:
             # one map of the whole file: a map per tensor would also hold a file descriptor
             # per tensor for as long as its array lives
             self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._touched.append((info.begin, info.end))
         return np.asarray(self._mapped[info.begin : info.end]).view(np_dtype).reshape(info.shape)
 
     def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -213,8 +215,9 @@ class SafetensorsFile:
         """Drop the pages read so far from this process's memory (see
         :func:`quantport.formats._io.drop_mapped_pages`); arrays from :meth:`get` must no
         longer be in use."""
-        if self._mapped is not None:
-            drop_mapped_pages(self._mapped)
+        if self._mapped is not None and self._touched:
+            drop_mapped_pages(self._mapped, self._touched)
+        self._touched.clear()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

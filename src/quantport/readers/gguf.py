@@ -57,6 +57,7 @@ class GGUFSource:
         scan = scan_gguf(self.path, keep_arrays=True)
         self._scan = scan
         self._mapped: np.ndarray | None = None
+        self._touched: list[tuple[int, int]] = []  # map ranges read since the last release()
         self._infos = {t.name: t for t in scan.tensors}
         self.metadata = m = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
@@ -169,7 +170,9 @@ class GGUFSource:
         gname = self._gguf_of[name]
         if self._mapped is None:
             self._mapped = map_gguf(self.path)
-        t = read_tensor(self.path, self._infos[gname], self._mapped)
+        info = self._infos[gname]
+        self._touched.append((info.offset, info.offset + info.nbytes))
+        t = read_tensor(self.path, info, self._mapped)
         w = dequantize(t) if isinstance(t, QuantizedTensor) else t
         if gname.endswith("attn_q.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head)
@@ -179,8 +182,9 @@ class GGUFSource:
 
     def release(self) -> None:
         """Drop the file pages read so far from this process's memory (between tensors)."""
-        if self._mapped is not None:
-            drop_mapped_pages(self._mapped)
+        if self._mapped is not None and self._touched:
+            drop_mapped_pages(self._mapped, self._touched)
+        self._touched.clear()
 
     def describe(self) -> dict[str, Any]:
         """Provenance: the file, its name and its per-tensor types."""
