@@ -163,7 +163,7 @@ class SafetensorsFile:
                 # an empty tensor whose other dimensions overflow: numpy cannot even shape it
                 raise FormatError(
                     f"{where}: tensor {name!r} has shape {_show(list(shape))}, larger than the "
-                    "file; the header is corrupt"
+                    "file: it is truncated or its header is corrupt"
                 )
             if data_start + e > size:
                 raise FormatError(
