@@ -91,3 +91,21 @@ def test_hostile(tmp_path, case):
     p.write_bytes(data)
     with pytest.raises(FormatError, match=msg):
         scan_gguf(p)
+
+
+def test_gguf_has_key_stops_at_the_key(tmp_path) -> None:
+    from quantport.formats.gguf_file import gguf_has_key
+    from quantport.formats.gguf_writer import GGUFKV, GGUFValueType, write_gguf
+
+    path = tmp_path / "k.gguf"
+    S, A = GGUFValueType.STRING, GGUFValueType.ARRAY
+    write_gguf(path, [GGUFKV("general.architecture", "llama", S),
+                      GGUFKV("quantport.version", "0", S),
+                      GGUFKV("tokenizer.ggml.tokens", ["a", "b"], A, S)], [])
+    assert gguf_has_key(path, "quantport.version")
+    assert gguf_has_key(path, "tokenizer.ggml.tokens")
+    assert not gguf_has_key(path, "nothing.here")
+    data = path.read_bytes()
+    path.write_bytes(data[:60])  # truncated before the key
+    with pytest.raises(FormatError):
+        gguf_has_key(path, "quantport.version")

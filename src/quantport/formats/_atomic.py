@@ -110,9 +110,9 @@ def read_manifest(path: Path | str) -> list[str] | None:
 
 def _is_quantport_gguf(path: Path) -> bool:
     try:
-        from quantport.formats.gguf_file import scan_gguf
+        from quantport.formats.gguf_file import gguf_has_key
 
-        return "quantport.version" in scan_gguf(path).metadata
+        return gguf_has_key(path, "quantport.version")
     except Exception:  # not a GGUF, truncated, unreadable: not something quantport wrote
         return False
 

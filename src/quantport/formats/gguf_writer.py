@@ -411,14 +411,19 @@ def open_gguf(
     path: str | os.PathLike[str],
     metadata: Sequence[GGUFKV],
     tensors: Sequence[GGUFTensor],
+    layout: GGUFLayout | None = None,
 ) -> Iterator[GGUFOutput]:
     """Open a GGUF for in-place writing under a temporary name; on a clean exit it is synced
     and renamed to ``path``, on an exception removed.
 
+    ``layout``: :func:`gguf_layout` of the same metadata and tensors, if already computed
+    (encoding a 10^5-token vocabulary takes a while).
+
     Raises:
         FormatError: invalid metadata or tensor list (see :func:`gguf_layout`).
     """
-    layout = gguf_layout(metadata, tensors)
+    if layout is None:
+        layout = gguf_layout(metadata, tensors)
     with atomic_file(Path(path)) as tmp, open(tmp, "wb") as f:
         f.write(layout.header)
         f.flush()

@@ -42,7 +42,7 @@ from quantport.formats.gguf_writer import (
     GGUFOutput,
     GGUFTensor,
     GGUFValueType,
-    gguf_file_size,
+    gguf_layout,
     open_gguf,
 )
 from quantport.formats.imatrix import ImatrixData
@@ -498,9 +498,10 @@ class GGUFWriter:
         specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in rows]
         plan = Plan(recipe, rows, dropped, {})
         plan.extra["metadata"] = metadata
+        plan.extra["layout"] = layout = gguf_layout(metadata, specs)
         # checked now, so that a dry run refuses an importance matrix of another model too
         plan.extra["importance"] = _importance(imatrix, rows)
-        plan.files[""] = gguf_file_size(metadata, specs)
+        plan.files[""] = layout.size
         return plan
 
     def importance(self, plan: Plan, imatrix: ImatrixData | None) -> dict[int, np.ndarray]:
@@ -518,5 +519,5 @@ class GGUFWriter:
         """The GGUF under a temporary name, header written; renamed into place on success."""
         specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in plan.rows]
         log.info("writing %s (%s, %d tensors)", out, plan.recipe.quant_name, len(specs))
-        with open_gguf(out, plan.extra["metadata"], specs) as f:
+        with open_gguf(out, plan.extra["metadata"], specs, plan.extra["layout"]) as f:
             yield _Sink(f, plan)
