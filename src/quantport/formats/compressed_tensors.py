@@ -34,12 +34,23 @@ __all__ = ["pack_int32", "pack_record", "packed_entries", "quantization_config",
 def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack unsigned ``bits``-wide values along the last axis into int32 words, LSB first.
 
-    Matches ``compressed_tensors...helpers.pack_to_int32`` (dense cross-element packing).
+    Matches ``compressed_tensors...helpers.pack_to_int32`` (dense cross-element packing):
+    element ``i`` of a row sits at bits ``i*bits ...`` of the row's bit string.
     """
-    v = np.ascontiguousarray(values, dtype=np.uint64)
-    *lead, n = v.shape
+    *lead, n = np.shape(values)
     n_words = -(-n * bits // 32)
-    v = v.reshape(-1, n)
+    if 32 % bits == 0:
+        # 2, 4 or 8 bits: whole values per word, so shifts and ORs do it (~50x faster than the
+        # bit-plane path below, which matters at 7B scale)
+        per = 32 // bits
+        v = np.zeros((*lead, n_words * per), dtype=np.uint32)
+        v[..., :n] = values
+        v = v.reshape(*lead, n_words, per)
+        words = v[..., 0].copy()
+        for k in range(1, per):
+            words |= v[..., k] << np.uint32(bits * k)
+        return words.view(np.int32)
+    v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1, n)
     # scatter each value's bits into a bit plane, then fold 32 bits per word
     bit_idx = np.arange(n)[:, None] * bits + np.arange(bits)[None, :]  # [n, bits]
     bit_val = ((v[:, :, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
@@ -54,6 +65,13 @@ def unpack_int32(words: np.ndarray, bits: int, n: int) -> np.ndarray:
     """Inverse of :func:`pack_int32`: the first ``n`` unsigned values of each row."""
     w = np.ascontiguousarray(words).view(np.uint32)
     *lead, n_words = w.shape
+    if 32 % bits == 0:
+        per = 32 // bits
+        mask = np.uint32((1 << bits) - 1)
+        vals = np.empty((*lead, n_words, per), dtype=np.int64)
+        for k in range(per):
+            vals[..., k] = (w >> np.uint32(bits * k)) & mask
+        return vals.reshape(*lead, n_words * per)[..., :n]
     plane = np.unpackbits(w.reshape(-1, n_words).view(np.uint8), axis=-1, bitorder="little")
     plane = plane[:, : n * bits].reshape(-1, n, bits).astype(np.int64)
     vals = (plane << np.arange(bits)).sum(axis=-1)

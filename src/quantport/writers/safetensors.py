@@ -129,13 +129,13 @@ class _Sink:
                 raise UnsupportedQuantError(
                     f"tensor {row.name}: planned as {row.target} but given a float array"
                 )
-            module = row.name.removesuffix(".weight")
+            packed = pack_record(row.name.removesuffix(".weight"), value)
             for e in _entries(row):
                 if e.name.endswith(".weight_shape"):
                     if r0 == 0:  # the full shape, once, with the first row range
                         written += self.out.write(e.name, np.asarray(row.shape, "<i8"))
                     continue
-                data = pack_record(module, value)[e.name]
+                data = packed[e.name]
                 per_row = e.nbytes // e.shape[0]
                 written += self.out.write(e.name, data, r0 * per_row)
             return written
