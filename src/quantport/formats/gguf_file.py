@@ -145,6 +145,21 @@ def _value(cur: _Cursor, vtype: int, key: str, keep_arrays: bool) -> Any:
     raise FormatError(f"{cur.where}: key {key} has unknown value type {vtype}")
 
 
+def _open(path: Path) -> _Cursor:
+    """A cursor over the memory-mapped file, just past a checked magic."""
+    where = str(path)
+    size = path.stat().st_size
+    if size < 24:
+        raise FormatError(f"{where}: too small to be GGUF ({size} bytes)")
+    with open(path, "rb") as f:
+        mm = memoryview(np.memmap(f, dtype=np.uint8, mode="r"))
+    if bytes(mm[:4]) != GGUF_MAGIC:
+        raise FormatError(f"{where}: not a GGUF file (bad magic {bytes(mm[:4])!r})")
+    cur = _Cursor(mm, where)
+    cur.pos = 4
+    return cur
+
+
 def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGUFScan:
     """Validate a GGUF file's header, metadata and tensor table without loading tensor data.
 
@@ -158,17 +173,8 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
-    where = str(path)
-    size = path.stat().st_size
-    if size < 24:
-        raise FormatError(f"{where}: too small to be GGUF ({size} bytes)")
-    with open(path, "rb") as f:
-        mm = memoryview(np.memmap(f, dtype=np.uint8, mode="r")) if size else memoryview(b"")
-    cur = _Cursor(mm, where)
-    cur.need(4, "magic")
-    if bytes(mm[:4]) != GGUF_MAGIC:
-        raise FormatError(f"{where}: not a GGUF file (bad magic {bytes(mm[:4])!r})")
-    cur.pos = 4
+    cur = _open(path)
+    where, size = cur.where, len(cur.buf)
     version = cur.unpack("<I", "version")
     if version not in (2, 3):
         raise FormatError(f"{where}: unsupported GGUF version {version} (2 and 3 are supported)")
@@ -252,16 +258,8 @@ def gguf_has_key(path: str | os.PathLike[str], key: str) -> bool:
     Raises:
         FormatError: not a GGUF, or the metadata up to the key is malformed.
     """
-    path = Path(path)
-    where = str(path)
-    size = path.stat().st_size
-    if size < 24:
-        raise FormatError(f"{where}: too small to be GGUF ({size} bytes)")
-    with open(path, "rb") as f:
-        cur = _Cursor(memoryview(np.memmap(f, dtype=np.uint8, mode="r")), where)
-    if bytes(cur.buf[:4]) != GGUF_MAGIC:
-        raise FormatError(f"{where}: not a GGUF file")
-    cur.pos = 4
+    cur = _open(Path(path))
+    where, size = cur.where, len(cur.buf)
     cur.unpack("<I", "version")
     cur.unpack("<Q", "tensor count")
     n_kv = cur.unpack("<Q", "metadata count")
