@@ -148,3 +148,17 @@ def test_corrupt_gguf_source(tmp_path, tiny_q8):
     bad.write_bytes(tiny_q8.read_bytes()[:2000])
     res = run("convert", bad, "--to", "gguf", "--quant", "Q8_0", "-o", tmp_path / "o.gguf")
     assert res.exit_code == 1 and "Error:" in res.output and "Traceback" not in res.output
+
+
+def test_bad_override_refused_before_calibration(tiny_llama, tmp_path, monkeypatch):
+    import quantport.pipeline.calibration as calibration
+
+    def no_calibration(*a, **k):
+        raise AssertionError("calibration ran before the recipe was checked")
+
+    monkeypatch.setattr(calibration, "collect_imatrix", no_calibration)
+    text = tmp_path / "calib.txt"
+    text.write_text("some calibration text " * 200)
+    res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", tmp_path / "o.gguf",
+              "--calib", text, "--tensor-type", "nomatch=Q8_0")
+    assert res.exit_code == 1 and "nomatch" in res.output

@@ -148,6 +148,10 @@ def convert(
         return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
     writer.check_output(out_path)
     check_output(out_path, force)
+    if imatrix is None and recipe.calib is not None:
+        # the plan refuses a bad recipe (an override matching nothing...) in a fraction of a
+        # second: before the calibration's forward passes, not after
+        writer.plan(source, recipe, _placeholder_imatrix(source, recipe))
     if imatrix is None:
         imatrix = _imatrix(source, recipe, on_progress)
     plan = writer.plan(source, recipe, imatrix)
