@@ -23,7 +23,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 from quantport.formats._atomic import atomic_file
-from quantport.formats._io import drop_mapped_pages
+from quantport.formats._io import ReadMap
 
 __all__ = [
     "DTYPES",
@@ -124,8 +124,7 @@ class SafetensorsFile:
                 f"{_show(meta)}; fix or regenerate the file"
             )
         self.metadata: dict[str, str] = meta
-        self._mapped: np.ndarray | None = None
-        self._touched: list[tuple[int, int]] = []  # map ranges read since the last release()
+        self._map = ReadMap(self.path)
         data_start = 8 + n
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
@@ -186,12 +185,7 @@ class SafetensorsFile:
         np_dtype = DTYPES[info.dtype][0]
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=np_dtype)
-        if self._mapped is None:
-            # one map of the whole file: a map per tensor would also hold a file descriptor
-            # per tensor for as long as its array lives
-            self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
-        self._touched.append((info.begin, info.end))
-        return np.asarray(self._mapped[info.begin : info.end]).view(np_dtype).reshape(info.shape)
+        return np.asarray(self._map.bytes(info.begin, info.end)).view(np_dtype).reshape(info.shape)
 
     def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
         """Return a tensor (or its rows ``rows[0]:rows[1]``, along the first axis) with floats
@@ -213,11 +207,9 @@ class SafetensorsFile:
 
     def release(self) -> None:
         """Drop the pages read so far from this process's memory (see
-        :func:`quantport.formats._io.drop_mapped_pages`); arrays from :meth:`get` must no
-        longer be in use."""
-        if self._mapped is not None and self._touched:
-            drop_mapped_pages(self._mapped, self._touched)
-        self._touched.clear()
+        :class:`quantport.formats._io.ReadMap`); arrays from :meth:`get` must no longer be in
+        use."""
+        self._map.release()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
-from quantport.formats._io import drop_mapped_pages
-from quantport.formats.gguf_file import GGUFTensorInfo, map_gguf, read_tensor, scan_gguf
+from quantport.formats._io import ReadMap
+from quantport.formats.gguf_file import GGUFTensorInfo, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.readers.arch import ARCHITECTURES, llama_shape_error, llama_unpermute
 from quantport.readers.config import (
@@ -56,8 +56,7 @@ class GGUFSource:
         # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor()
         scan = scan_gguf(self.path, keep_arrays=True)
         self._scan = scan
-        self._mapped: np.ndarray | None = None
-        self._touched: list[tuple[int, int]] = []  # map ranges read since the last release()
+        self._map = ReadMap(self.path)
         self._infos = {t.name: t for t in scan.tensors}
         self.metadata = m = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
@@ -168,11 +167,9 @@ class GGUFSource:
         are cut from the whole tensor: GGUF sources are small, already quantized models.)
         """
         gname = self._gguf_of[name]
-        if self._mapped is None:
-            self._mapped = map_gguf(self.path)
         info = self._infos[gname]
-        self._touched.append((info.offset, info.offset + info.nbytes))
-        t = read_tensor(self.path, info, self._mapped)
+        self._map.touch(info.offset, info.offset + info.nbytes)
+        t = read_tensor(self.path, info, self._map.whole())
         w = dequantize(t) if isinstance(t, QuantizedTensor) else t
         if gname.endswith("attn_q.weight"):
             w = llama_unpermute(w, self.n_head, self.n_head)
@@ -182,9 +179,7 @@ class GGUFSource:
 
     def release(self) -> None:
         """Drop the file pages read so far from this process's memory (between tensors)."""
-        if self._mapped is not None and self._touched:
-            drop_mapped_pages(self._mapped, self._touched)
-        self._touched.clear()
+        self._map.release()
 
     def describe(self) -> dict[str, Any]:
         """Provenance: the file, its name and its per-tensor types."""
