@@ -13,9 +13,10 @@ Pure numpy: no torch here (bf16 is widened to float32 by a bit shift).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ __all__ = [
     "SafetensorsFile",
     "TensorInfo",
     "bf16_bits",
+    "encode_dense",
+    "encode_header",
     "write_safetensors",
 ]
 
@@ -226,6 +229,37 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(nan, ((u >> 16) | 64).astype(np.uint16), rounded)
 
 
+def encode_dense(a: np.ndarray, tag: str) -> np.ndarray:
+    """``a`` in the stored form of dtype tag ``tag`` (little-endian; ``"BF16"`` as its bit
+    patterns, rounded to nearest even by :func:`bf16_bits`). GGUF stores F32/F16/BF16 the
+    same way."""
+    return bf16_bits(a) if tag == "BF16" else np.ascontiguousarray(a, dtype=DTYPES[tag][0])
+
+
+def encode_header(
+    entries: Sequence[tuple[str, str, Sequence[int]]], metadata: Mapping[str, str]
+) -> tuple[bytes, list[int]]:
+    """The header of a file holding ``(name, dtype tag, shape)`` entries in this order, length
+    prefix included, and each entry's data offset relative to the end of the header.
+
+    Raises:
+        FormatError: a dtype tag safetensors does not have.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset, offsets = 0, []
+    for name, tag, shape in entries:
+        if tag not in DTYPES:
+            raise FormatError(f"tensor {name!r}: dtype {tag} cannot be stored")
+        nbytes = math.prod(int(d) for d in shape) * DTYPES[tag][1]
+        header[name] = {"dtype": tag, "shape": [int(d) for d in shape],
+                        "data_offsets": [offset, offset + nbytes]}
+        offsets.append(offset)
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the buffer 8-byte aligned, as the reference does
+    return struct.pack("<Q", len(raw)) + raw, offsets
+
+
 def write_safetensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, np.ndarray],
@@ -246,33 +280,23 @@ def write_safetensors(
         The number of bytes written.
     """
     dtypes = dict(dtypes or {})
-    header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    entries: list[tuple[str, str, Sequence[int]]] = []
     prepared: list[np.ndarray] = []
-    offset = 0
     for name, arr in tensors.items():
         tag = dtypes.get(name)
         a = np.asarray(arr)
-        if tag == "BF16":
-            data = bf16_bits(a)
-        elif tag is not None:
-            data = np.ascontiguousarray(a, dtype=DTYPES[tag][0])
+        if tag is not None:
+            data = encode_dense(a, tag)
         else:
             data = np.ascontiguousarray(a)
             if data.dtype.str not in _NP_TO_TAG and data.dtype != np.dtype("i1"):
                 raise FormatError(f"tensor {name!r}: dtype {data.dtype} cannot be stored")
             tag = "I8" if data.dtype == np.dtype("i1") else _NP_TO_TAG[data.dtype.str]
-        header[name] = {
-            "dtype": tag,
-            "shape": list(a.shape),
-            "data_offsets": [offset, offset + data.nbytes],
-        }
-        offset += data.nbytes
+        entries.append((name, tag, a.shape))
         prepared.append(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keep the buffer 8-byte aligned, as the reference does
+    head, _ = encode_header(entries, metadata or {"format": "pt"})
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+        f.write(head)
         for data in prepared:
             f.write(data.tobytes())
-    return 8 + len(raw) + offset
+    return len(head) + sum(d.nbytes for d in prepared)

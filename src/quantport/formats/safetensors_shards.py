@@ -20,17 +20,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from quantport.errors import FormatError
 from quantport.formats._io import pwrite_all
-from quantport.formats.safetensors import DTYPES
+from quantport.formats.safetensors import DTYPES, encode_header
 
 __all__ = ["Entry", "ShardLayout", "ShardedOutput", "index_json", "layout_shards"]
 
@@ -70,21 +68,6 @@ class ShardLayout:
     data_bytes: int
 
 
-def _header(entries: Sequence[Entry], metadata: Mapping[str, str]) -> tuple[bytes, list[int]]:
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    offset, offsets = 0, []
-    for e in entries:
-        if e.dtype not in DTYPES:
-            raise FormatError(f"tensor {e.name!r}: dtype {e.dtype} cannot be stored")
-        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
-                          "data_offsets": [offset, offset + e.nbytes]}
-        offsets.append(offset)
-        offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keep the buffer 8-byte aligned, as the reference does
-    return struct.pack("<Q", len(raw)) + raw, offsets
-
-
 def layout_shards(
     groups: Sequence[Sequence[Entry]],
     *,
@@ -116,7 +99,7 @@ def layout_shards(
     for k, shard in enumerate(shards):
         fname = ("model.safetensors" if count == 1
                  else f"model-{k + 1:05d}-of-{count:05d}.safetensors")
-        head, offsets = _header(shard, metadata)
+        head, offsets = encode_header([(e.name, e.dtype, e.shape) for e in shard], metadata)
         files[fname] = len(head) + sum(e.nbytes for e in shard)
         headers[fname] = head
         for e, off in zip(shard, offsets, strict=True):

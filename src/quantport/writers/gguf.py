@@ -46,7 +46,7 @@ from quantport.formats.gguf_writer import (
     open_gguf,
 )
 from quantport.formats.imatrix import ImatrixData
-from quantport.formats.safetensors import bf16_bits
+from quantport.formats.safetensors import encode_dense
 from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.recipe import Recipe
@@ -431,13 +431,10 @@ class _Sink:
                     f"{row.type_name}; quantize it onto the {row.type_name} grid"
                 )
             data = pack(value)
-        elif row.type_name == "F32":
-            data = np.ascontiguousarray(value, dtype="<f4")
-        elif row.type_name == "F16":
-            # numpy rounds to nearest even, as ggml_fp32_to_fp16 (F16C / the bit-trick fallback)
-            data = np.ascontiguousarray(value, dtype="<f2")
-        elif row.type_name == "BF16":
-            data = bf16_bits(value)  # round to nearest even, NaN kept quiet (ggml_fp32_to_bf16)
+        elif row.type_name in _DENSE:
+            # numpy rounds to nearest even, as ggml_fp32_to_fp16 (F16C / the bit-trick
+            # fallback); bf16_bits as ggml_fp32_to_bf16 (nearest even, NaN kept quiet)
+            data = encode_dense(value, row.type_name)
         else:
             raise UnsupportedQuantError(
                 f"tensor {row.name}: planned as {row.type_name} but given a float array; "

@@ -33,7 +33,7 @@ from quantport.formats.compressed_tensors import (
     quantization_config,
     scheme_args,
 )
-from quantport.formats.safetensors import DTYPES, bf16_bits
+from quantport.formats.safetensors import DTYPES, encode_dense
 from quantport.formats.safetensors_shards import (
     INDEX,
     Entry,
@@ -144,8 +144,7 @@ class _Sink:
                 f"tensor {row.name}: planned as {row.target} but given a quantized record"
             )
         tag = str(row.target)
-        data = (bf16_bits(value) if tag == "BF16"
-                else np.ascontiguousarray(value, dtype=DTYPES[tag][0]))
+        data = encode_dense(value, tag)
         per_row = math.prod(row.shape[1:]) * DTYPES[tag][1]
         return self.out.write(row.name, data, r0 * per_row)
 
