@@ -43,8 +43,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, so leftovers are kept
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MANIFEST", "atomic_dir", "atomic_file", "check_output", "read_manifest",
-           "remove_stale_partials"]
+__all__ = ["MANIFEST", "atomic_dir", "atomic_file", "check_output", "manifest_text",
+           "read_manifest", "remove_stale_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +324,15 @@ def atomic_file(path: Path | str) -> Iterator[Path]:
         os.close(fd)
 
 
+def manifest_text(files: list[str]) -> str:
+    """The manifest :func:`atomic_dir` writes for an artifact of these files (relative
+    paths), so a plan can know its exact size beforehand."""
+    return json.dumps({"quantport_version": _version(), "files": sorted(files)}, indent=1) + "\n"
+
+
 def _write_manifest(tmp: Path) -> list[str]:
     files = [f for f in _entries(tmp) if f != MANIFEST]
-    data = {"quantport_version": _version(), "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    (tmp / MANIFEST).write_text(manifest_text(files), encoding="utf-8")
     return files
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 import quantport
 from quantport.errors import ShapeError, UnsupportedQuantError
-from quantport.formats._atomic import MANIFEST, atomic_dir
+from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats.compressed_tensors import (
     pack_record,
     packed_entries,
@@ -94,13 +94,6 @@ def _entries(row: PlanRow) -> list[Entry]:
         return [Entry(*e) for e in packed_entries(module, row.shape, s.bits, s.symmetric,  # type: ignore[arg-type]
                                                   _scale_shape(s, row.shape))]
     return [Entry(row.name, str(row.target), row.shape)]
-
-
-def _manifest_size(files: list[str]) -> int:
-    # what formats._atomic writes when the directory is committed (its _write_manifest)
-    text = json.dumps({"quantport_version": quantport.__version__, "files": sorted(files)},
-                      indent=1) + "\n"
-    return len(text.encode("utf-8"))
 
 
 class _Sink:
@@ -217,7 +210,7 @@ class SafetensorsWriter:
             texts.setdefault(fname, text)
         plan = Plan(recipe, rows, dropped, dict(layout.files))
         plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
-        plan.files[MANIFEST] = _manifest_size(list(plan.files))
+        plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
         plan.extra.update(layout=layout, texts=texts)
         return plan
 
