@@ -198,3 +198,21 @@ def test_bert_pooler_stays_float_and_transformers_runs_it(tmp_path: Path) -> Non
     with torch.no_grad():
         hidden = model(input_ids=torch.tensor([[101, 7592, 2088, 102]])).last_hidden_state
     assert hidden.shape == (1, 4, 384) and torch.isfinite(hidden).all()
+
+
+def test_validate_reads_mixed_scheme_checkpoints(tiny_llama: Path, tmp_path: Path) -> None:
+    """validate's own reading of an artifact's weights (its correctness gate) follows every
+    config group, as compressed-tensors does: a checkpoint with several schemes gives exactly
+    quantport's dequantized records."""
+    from quantport.validate.runner import artifact_weights
+
+    src = HFCheckpoint(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-asym",
+                         tensor_types=["down_proj=w8-channel-sym", r"layers\.1\.self_attn\.o_proj=f32"])
+    out = tmp_path / "mixed"
+    rep = convert(src, recipe, out)
+    got = artifact_weights(out)
+    for row in rep.plan.rows:
+        w = src.get(row.name)
+        want = w if not row.quantized else dequantize(row.target.quantize(w, name=row.name))
+        np.testing.assert_array_equal(got[row.name], want, err_msg=row.name)

@@ -19,16 +19,16 @@ shared/reference/algorithms.md section 4). Pure numpy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from quantport.errors import UnsupportedQuantError
-from quantport.ir import QuantizedTensor
+from quantport.ir import QuantizedTensor, ZeroPointDomain
 
 __all__ = ["pack_int32", "pack_record", "packed_entries", "quantization_config", "scheme_args",
-           "unpack_int32"]
+           "scheme_of", "unpack_int32", "unpack_record"]
 
 
 def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
@@ -149,8 +149,9 @@ def packed_entries(
 def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
     """Pack one integer-grid record into its compressed-tensors tensors (see the module
     docstring), in the dtypes :func:`packed_entries` gives. ``t`` may hold only a range of
-    the weight's rows; then ``weight_shape`` is not among the results (it is written with the
-    first range) and the zero point must not be packed (it runs along the rows).
+    the weight's rows (symmetric, per group or channel: those tensors are row-major); its
+    ``weight_shape`` is then the range's, so the writer stores the weight's own shape instead.
+    The zero point runs along the rows and is packed from whole records only.
 
     Raises:
         UnsupportedQuantError: not an integer-grid 2-D record, or act-order (``g_idx``).
@@ -183,3 +184,88 @@ def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
         padded[: packed.shape[0]] = packed
         out[f"{module}.weight_zero_point"] = padded
     return out
+
+
+def unpack_record(get: Callable[[str], np.ndarray], module: str,
+                  args: Mapping[str, Any]) -> QuantizedTensor:
+    """Inverse of :func:`pack_record`: the IR record of one ``pack-quantized`` Linear weight.
+
+    Args:
+        get: reads a checkpoint tensor by name.
+        module: the module name (``model.layers.0.mlp.down_proj``).
+        args: its config group's ``weights`` args (:func:`scheme_of`).
+    """
+    bits = int(args["num_bits"])
+    offset = 1 << (bits - 1)
+    rows, cols = (int(s) for s in np.asarray(get(f"{module}.weight_shape")))
+    codes = (unpack_int32(get(f"{module}.weight_packed"), bits, cols) - offset).astype(np.int8)
+    scale = np.asarray(get(f"{module}.weight_scale"), dtype=np.float32)
+    strategy = args.get("strategy")
+    if strategy == "tensor":
+        block = (rows, cols)
+        scale = scale.reshape(1, 1)
+    elif strategy == "channel":
+        block = (1, cols)
+        scale = scale.reshape(rows, 1)
+    else:
+        block = (1, int(args["group_size"]))
+    zp = None
+    try:
+        words = None if args.get("symmetric", True) else get(f"{module}.weight_zero_point")
+    except KeyError:  # asymmetric args without a stored zero point: read as zero
+        words = None
+    if words is not None:
+        words = np.asarray(words)
+        n_words = -(-scale.shape[0] * bits // 32)
+        # packed along the output axis, zero-padded to [out, groups] (see pack_record)
+        zp = unpack_int32(words[:n_words].T, bits, scale.shape[0]).T - offset
+        zp = zp.astype(np.float32).reshape(scale.shape)
+    return QuantizedTensor(shape=(rows, cols), codes=codes, scale=scale, block_size=block,
+                           bits=bits, signed=True, zero_point=zp,
+                           zero_point_domain=ZeroPointDomain.INT)
+
+
+def scheme_of(config: Mapping[str, Any], where: str) -> Callable[[str], Mapping[str, Any]]:
+    """Which config group's ``weights`` args apply to a module, as compressed-tensors matches
+    them: with one group, that group; with several (quantport writes one per scheme when
+    ``--tensor-type`` mixes them), a group targeting a module by name wins and a ``"Linear"``
+    target covers the rest.
+
+    Raises:
+        UnsupportedQuantError: a configuration quantport cannot read (not integer
+            ``pack-quantized``, act-order, regex targets), or a module no group covers.
+    """
+    if config.get("format", "pack-quantized") != "pack-quantized":
+        raise UnsupportedQuantError(f"{where}: quantport reads pack-quantized checkpoints only")
+    groups = list((config.get("config_groups") or {}).values())
+    by_name: dict[str, Mapping[str, Any]] = {}
+    linear: Mapping[str, Any] | None = None
+    for group in groups:
+        args = group.get("weights") or {}
+        if args.get("type", "int") != "int" or args.get("actorder"):
+            raise UnsupportedQuantError(
+                f"{where}: quantport reads integer checkpoints without act-order only"
+            )
+    if len(groups) == 1:  # one scheme: every packed module is quantized with it
+        only = groups[0].get("weights") or {}
+        return lambda module: only
+    for group in groups:
+        args = group.get("weights") or {}
+        for target in group.get("targets") or []:
+            if target == "Linear":
+                linear = args
+            elif str(target).startswith("re:"):
+                raise UnsupportedQuantError(
+                    f"{where}: regex target {target!r} among several config groups is not "
+                    "supported"
+                )
+            else:
+                by_name[str(target)] = args
+
+    def args_of(module: str) -> Mapping[str, Any]:
+        args = by_name.get(module, linear)
+        if args is None:
+            raise UnsupportedQuantError(f"{where}: no config group covers {module}")
+        return args
+
+    return args_of

@@ -470,43 +470,6 @@ class LlamaCppLM:
 
 
 # ------------------------------------------------------------------ the artifact's own weights
-def _compressed_tensor(ck: Any, module: str, args: dict[str, Any]) -> np.ndarray:
-    """Dequantize one compressed-tensors ``pack-quantized`` Linear weight with quantport's
-    unpacking (:func:`~quantport.formats.compressed_tensors.unpack_int32`) and
-    :func:`~quantport.ir.dequantize`."""
-    from quantport.formats.compressed_tensors import unpack_int32
-    from quantport.ir import QuantizedTensor, ZeroPointDomain
-
-    bits = int(args["num_bits"])
-    offset = 1 << (bits - 1)
-    rows, cols = (int(s) for s in np.asarray(ck.get(f"{module}.weight_shape")))
-    codes = (unpack_int32(ck.get(f"{module}.weight_packed"), bits, cols) - offset).astype(np.int8)
-    scale = np.asarray(ck.get(f"{module}.weight_scale"), dtype=np.float32)
-    strategy = args.get("strategy")
-    if strategy == "tensor":
-        block = (rows, cols)
-        scale = scale.reshape(1, 1)
-    elif strategy == "channel":
-        block = (1, cols)
-        scale = scale.reshape(rows, 1)
-    else:
-        block = (1, int(args["group_size"]))
-    zp = None
-    zp_name = f"{module}.weight_zero_point"
-    if not args.get("symmetric", True) and zp_name in ck.names():
-        words = np.asarray(ck.get(zp_name))
-        n_words = -(-rows * bits // 32)
-        # packed along the output axis (rows), zero-padded to [out, groups]
-        zp = (unpack_int32(words[:n_words].T, bits, rows).T - offset).astype(np.float32)
-        zp = zp.reshape(scale.shape)
-    qt = QuantizedTensor(shape=(rows, cols), codes=codes, scale=scale, block_size=block,
-                         bits=bits, signed=True, zero_point=zp,
-                         zero_point_domain=ZeroPointDomain.INT)
-    from quantport.ir import dequantize
-
-    return dequantize(qt)
-
-
 def artifact_weights(path: str | os.PathLike[str],
                      on_progress: Progress | None = None) -> dict[str, np.ndarray]:
     """The artifact's weights as quantport reads them: float32 arrays by Hugging Face name.
@@ -527,15 +490,10 @@ def artifact_weights(path: str | os.PathLike[str],
             if on_progress:
                 on_progress("dequantize", i + 1, len(names))
         return out
-    qc = _quantization_config(p)
-    groups = list((qc.get("config_groups") or {}).values())
-    if len(groups) > 1:
-        raise QuantportError(f"{p}: more than one quantization config group; quantport "
-                             "reads checkpoints of one scheme")
-    args = groups[0].get("weights") or {} if groups else {}
-    if groups and (args.get("type", "int") != "int" or args.get("actorder")
-                   or qc.get("format", "pack-quantized") != "pack-quantized"):
-        raise QuantportError(f"{p}: quantport reads pack-quantized integer checkpoints only")
+    from quantport.formats.compressed_tensors import scheme_of, unpack_record
+    from quantport.ir import dequantize
+
+    args_of = scheme_of(_quantization_config(p), str(p))
     packed = [n for n in names if n.endswith(".weight_packed")]
     modules = {n.removesuffix(".weight_packed") for n in packed}
     side = (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point")
@@ -547,7 +505,7 @@ def artifact_weights(path: str | os.PathLike[str],
         if on_progress:
             on_progress("dequantize", i + 1, total)
     for i, m in enumerate(sorted(modules)):
-        out[f"{m}.weight"] = _compressed_tensor(src, m, args)
+        out[f"{m}.weight"] = dequantize(unpack_record(src.get, m, args_of(m)))
         if on_progress:
             on_progress("dequantize", len(dense) + i + 1, total)
     return out
