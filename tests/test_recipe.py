@@ -43,8 +43,14 @@ def test_to_dict_is_what_the_artifact_records() -> None:
     ({"fmt": "onnx", "quant": "w4-g64-sym"}, UnsupportedQuantError, "supported: safetensors"),
     ({"fmt": "gguf", "quant": "Q9_K"}, UnsupportedQuantError, "unknown llama-quantize preset"),
     ({"fmt": "safetensors", "quant": "int4"}, UnsupportedQuantError, "unknown quantization"),
-    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq"}, UnsupportedQuantError,
-     "supported: rtn"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "optq"}, UnsupportedQuantError,
+     "supported: rtn, gptq"),
+    ({"fmt": "gguf", "quant": "Q4_K_M", "method": "gptq", "imatrix": "x.dat"}, OptionError,
+     "--imatrix applies to --method rtn"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq", "act_order": "desc"},
+     OptionError, "--act-order 'desc' is not one of static, group, none"),
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq", "damp": 0.0},
+     ConfigError, "--damp must be in"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "pure": True}, OptionError, "--pure"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "calib": "x.txt"}, OptionError,
      "calibrated --method"),
@@ -66,3 +72,16 @@ def test_bad_choices_are_refused_in_one_line(kwargs, error, match) -> None:
     with pytest.raises(error, match=match) as exc:
         make_recipe(fmt, quant, **kwargs)
     assert "\n" not in str(exc.value)
+
+
+def test_calibrated_method_defaults_to_the_validation_text_and_128_windows() -> None:
+    from quantport._fixtures import calibration_text
+
+    r = make_recipe("safetensors", "w4-g64-sym", method="gptq")
+    assert r.calibrated and r.calib == calibration_text() and r.calib_samples == 128
+    d = r.to_dict()
+    assert d["gptq"] == {"damp": 0.01, "act_order": "static"}
+    assert d["calib"]["inputs"] == "quantized" and d["calib"]["samples"] == 128
+    # round-to-nearest keeps the importance-matrix default of 16 windows
+    assert make_recipe("gguf", "Q4_K_M", calib="x.txt").calib_samples == 16
+    assert not make_recipe("gguf", "Q4_K_M").calibrated

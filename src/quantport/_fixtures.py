@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["wikitext_dir"]
+__all__ = ["calibration_text", "evaluation_text", "wikitext_dir"]
 
 
 def wikitext_dir() -> Path:
@@ -18,3 +18,13 @@ def wikitext_dir() -> Path:
         if cand.is_dir():
             return cand
     return here.parents[2] / "fixtures" / "wikitext-2"
+
+
+def calibration_text() -> Path:
+    """WikiText-2's *validation* split: the default calibration text (never the test split)."""
+    return wikitext_dir() / "valid.tokens.txt"
+
+
+def evaluation_text() -> Path:
+    """WikiText-2's test split: what ``validate`` scores on, so never calibration text."""
+    return wikitext_dir() / "wiki.test.raw"

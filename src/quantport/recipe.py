@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from quantport._fixtures import calibration_text
 from quantport.errors import ConfigError, OptionError, UnsupportedQuantError
 from quantport.quant.presets import Preset, parse_override, resolve_preset
 from quantport.quant.scheme import IntScheme, parse_scheme
 
 __all__ = [
+    "ACT_ORDERS",
+    "CALIB_INPUTS",
     "DENSE_TYPES",
     "FORMATS",
     "METHODS",
@@ -66,10 +69,20 @@ class Method:
     description: str
 
 
-#: rounding methods by ``--method`` name (the calibration issue adds gptq, awq, ...)
+#: rounding methods by ``--method`` name
 METHODS: dict[str, Method] = {
     "rtn": Method("rtn", True, "round to nearest (llama.cpp's own search for ggml types)"),
+    "gptq": Method("gptq", False, "GPTQ: error-feedback rounding driven by calibration "
+                   "Hessians, on any grid (k-quants included)"),
 }
+#: ``--act-order``: GPTQ's column order. ``static``: columns by decreasing Hessian diagonal,
+#: every group's parameters fitted before the loop (no ``g_idx``; llm-compressor's default
+#: ``actorder="static"``); ``group``: groups formed in that order, stored with ``g_idx``
+#: (GPTQModel's ``desc_act``); ``none``: natural order.
+ACT_ORDERS = ("static", "group", "none")
+#: calibration statistics of a layer come from the outputs of the already quantized layers
+#: before it (``quantized``, true-sequential) or of the float ones (``float``, one run a layer)
+CALIB_INPUTS = ("quantized", "float")
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,10 @@ class Recipe:
             importance matrix.
         calib_samples, calib_len: calibration windows and tokens per window.
         max_shard_size: safetensors shard size in bytes (transformers' default 5 GB).
+        damp: GPTQ dampening, a fraction of the Hessian's mean diagonal.
+        act_order: GPTQ column order, one of :data:`ACT_ORDERS`.
+        calib_inputs: one of :data:`CALIB_INPUTS`.
+        calib_dtype: dtype of the calibration forward passes (``float32`` or ``bfloat16``).
     """
 
     format: str
@@ -120,6 +137,15 @@ class Recipe:
     calib_samples: int = 16
     calib_len: int = 512
     max_shard_size: int = 5_000_000_000
+    damp: float = 0.01
+    act_order: str = "static"
+    calib_inputs: str = "quantized"
+    calib_dtype: str = "float32"
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method runs the calibration engine (layer by layer)."""
+        return not METHODS[self.method].independent
 
     @property
     def quant_name(self) -> str:
@@ -145,6 +171,11 @@ class Recipe:
         if self.calib is not None:
             d["calib"] = {"text": str(self.calib), "samples": self.calib_samples,
                           "len": self.calib_len}
+        if self.calibrated:
+            d["calib"]["inputs"] = self.calib_inputs
+            d["calib"]["dtype"] = self.calib_dtype
+            if "gptq" in self.method:
+                d["gptq"] = {"damp": self.damp, "act_order": self.act_order}
         return d
 
 
@@ -194,11 +225,19 @@ def make_recipe(
     token_embedding_type: str | None = None,
     imatrix: str | Path | None = None,
     calib: str | Path | None = None,
-    calib_samples: int = 16,
+    calib_samples: int | None = None,
     calib_len: int = 512,
     max_shard_size: int = 5_000_000_000,
+    damp: float = 0.01,
+    act_order: str = "static",
+    calib_inputs: str = "quantized",
+    calib_dtype: str = "float32",
 ) -> Recipe:
     """Parse the user's choices into a :class:`Recipe` (the one place text is parsed).
+
+    A calibrated method (``gptq``...) without ``calib`` calibrates on the default text
+    (WikiText-2 validation); ``calib_samples`` defaults to 128 windows for calibrated methods
+    (the GPTQ/AWQ references' 128 x 512 tokens) and 16 for an importance matrix.
 
     Raises:
         UnsupportedQuantError: unknown format, scheme, preset, type or method.
@@ -236,6 +275,22 @@ def make_recipe(
             )
     if imatrix is not None and calib is not None:
         raise OptionError("give either --imatrix or --calib, not both")
+    calibrated = not METHODS[method].independent
+    if calibrated:
+        if imatrix is not None:
+            raise OptionError(f"--imatrix applies to --method rtn; {method} computes its own "
+                              "statistics from --calib (default: WikiText-2 validation text)")
+        if calib is None:
+            calib = calibration_text()
+    if calib_samples is None:
+        calib_samples = 128 if calibrated else 16
+    for opt, value, allowed in (("--act-order", act_order, ACT_ORDERS),
+                                ("--calib-inputs", calib_inputs, CALIB_INPUTS),
+                                ("--calib-dtype", calib_dtype, ("float32", "bfloat16"))):
+        if value not in allowed:
+            raise OptionError(f"{opt} {value!r} is not one of {', '.join(allowed)}")
+    if not 0 < damp < 10:
+        raise ConfigError(f"--damp must be in (0, 10), got {damp}")
     if calib_samples < 1 or calib_len < 16:
         raise ConfigError(
             f"calibration needs at least 1 sample of at least 16 tokens, got {calib_samples} x "
@@ -255,4 +310,6 @@ def make_recipe(
         imatrix=Path(imatrix) if imatrix is not None else None,
         calib=Path(calib) if calib is not None else None,
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
+        damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
+        calib_dtype=calib_dtype,
     )

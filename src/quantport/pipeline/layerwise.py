@@ -1,0 +1,365 @@
+"""The calibration engine: the source model run one decoder layer at a time on calibration text.
+
+Calibrated methods (GPTQ, AWQ, SmoothQuant) need statistics of every Linear layer's *input*:
+the Hessian ``H = 2 X Xᵀ / n`` (GPTQ), per-channel mean and max of ``|x|`` (AWQ, SmoothQuant),
+the mean of ``x²`` (llama.cpp's importance matrix). They are collected here, in one place, with
+torch forward pre-hooks, and handed to the pure algorithms in :mod:`quantport.quant` as numpy
+arrays.
+
+How it runs (the layer-by-layer loop of the GPTQ reference, ``llama.py``, and llm-compressor's
+sequential pipeline): the model is built from its config on the ``meta`` device, so it holds no
+weights; the calibration windows are embedded; then for each decoder layer in turn only that
+layer's weights are read from the source, the layer runs on all windows with hooks collecting
+the statistics, the caller quantizes the layer (and may write its rounded weights back into it),
+and the layer runs again to give the next layer its inputs -- the outputs of the already
+quantized layers (*true-sequential*), or, with ``float_inputs``, the outputs of the float layer
+from the first run (one run per layer). Peak memory is one layer plus two ``[windows, tokens,
+hidden]`` activation buffers, whatever the model's size.
+
+Inputs shared by several Linear layers (q/k/v read the same normed hidden states, gate/up
+another) get one set of statistics: a hook recognises the very tensor it has already seen in
+the same forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantport._fixtures import calibration_text, evaluation_text
+from quantport.errors import ConfigError, QuantportError, UnsupportedQuantError
+from quantport.readers.source import ModelSource
+
+__all__ = [
+    "DEFAULT_CALIBRATION_TEXT",
+    "InputStats",
+    "LayerStats",
+    "LayerwiseModel",
+    "calibration_windows",
+]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+#: WikiText-2 *validation* split (never calibrate on the test split used for evaluation).
+DEFAULT_CALIBRATION_TEXT = calibration_text()
+#: the evaluation text ``validate`` scores on: refused as calibration text
+EVALUATION_TEXT = evaluation_text()
+#: calibration windows run through a layer together (a batch of [windows, tokens, hidden])
+_BATCH_TOKENS = 4096
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise QuantportError(f"cannot read calibration text {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"calibration text {path} is not UTF-8 text; give a plain text file") from None
+    return text
+
+
+def _is_evaluation_text(path: Path, text: str) -> bool:
+    try:
+        if path.resolve() == EVALUATION_TEXT.resolve():
+            return True
+        if EVALUATION_TEXT.is_file() and path.stat().st_size == EVALUATION_TEXT.stat().st_size:
+            return text == EVALUATION_TEXT.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return False
+
+
+def calibration_windows(
+    source: ModelSource,
+    text_path: str | os.PathLike[str] = DEFAULT_CALIBRATION_TEXT,
+    samples: int = 128,
+    length: int = 512,
+) -> np.ndarray:
+    """Token windows of a calibration text: ``[samples, length]`` int64 (fewer windows if the
+    text is shorter, with a warning).
+
+    The text is tokenized as a whole and cut into consecutive windows, as ``llama-imatrix``'s
+    ``compute_imatrix`` cuts its chunks; the first token of each window becomes BOS when the
+    tokenizer adds one.
+
+    Raises:
+        ConfigError: an empty text, a text shorter than one window, the evaluation text
+            itself, a source without a tokenizer, or a window longer than the model's context.
+    """
+    from quantport.pipeline.calibration import _tokens
+    from quantport.readers.gguf_vocab import vocab_from_hf
+
+    path = Path(text_path)
+    text = _read_text(path)
+    if not text.strip():
+        raise ConfigError(f"calibration text {path} is empty; give a text of at least "
+                          f"{length} tokens (e.g. {DEFAULT_CALIBRATION_TEXT.name})")
+    if _is_evaluation_text(path, text):
+        raise ConfigError(
+            f"{path} is the evaluation text validate scores on; calibrate on other text "
+            f"(default: {DEFAULT_CALIBRATION_TEXT})"
+        )
+    if "tokenizer.json" not in source.tokenizer_files:
+        raise ConfigError(f"{source.path}: no tokenizer.json; the calibration text cannot be "
+                          "tokenized")
+    max_pos = int(source.config.get("max_position_embeddings") or length)
+    if length > max_pos:
+        raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
+                          "tokens; use a shorter window")
+    ids = _tokens(source.tokenizer_files["tokenizer.json"], text, samples * length)
+    n = min(samples, len(ids) // length)
+    if n < 1:
+        raise ConfigError(
+            f"calibration text {path} has {len(ids)} tokens, less than one window of {length}; "
+            "give a longer text or a smaller --calib-len"
+        )
+    if n < samples:
+        log.warning("calibration text %s gives only %d windows of %d tokens (asked for %d)",
+                    path.name, n, length, samples)
+    vocab = vocab_from_hf(source.tokenizer_files, source.config, arch=source.architecture.name,
+                          model_dir=source.path if source.path.is_dir() else None)
+    windows = np.asarray(ids[: n * length], dtype=np.int64).reshape(n, length).copy()
+    bos = vocab.special_ids.get("bos")
+    if vocab.add_special.get("bos", vocab.model == "bert") and bos is not None:
+        windows[:, 0] = int(bos)
+    return windows
+
+
+@dataclass
+class InputStats:
+    """Statistics of one distinct Linear input inside a layer (shared by the modules that read
+    the same tensor: q/k/v, gate/up).
+
+    Attributes:
+        modules: Hugging Face weight names of the Linear layers reading this input.
+        n: token rows seen.
+        hessian: ``2 X Xᵀ / n`` (float64 ``[in, in]``), the GPTQ Hessian; None when not
+            collected.
+        abs_mean: mean ``|x|`` per input channel (AWQ).
+        abs_max: max ``|x|`` per input channel (SmoothQuant).
+        sq_mean: mean ``x²`` per input channel (llama.cpp's importance matrix).
+    """
+
+    modules: list[str]
+    n: int = 0
+    hessian: np.ndarray | None = None
+    abs_mean: np.ndarray | None = None
+    abs_max: np.ndarray | None = None
+    sq_mean: np.ndarray | None = None
+
+
+@dataclass
+class LayerStats:
+    """The statistics of one decoder layer's Linear inputs, by group (see :class:`InputStats`).
+
+    Attributes:
+        index: layer number.
+        groups: one entry per distinct input, in the order the layer first reads them.
+    """
+
+    index: int
+    groups: list[InputStats] = field(default_factory=list)
+
+    def of(self, weight: str) -> InputStats:
+        """The statistics of the input of Linear weight ``weight`` (Hugging Face name)."""
+        for g in self.groups:
+            if weight in g.modules:
+                return g
+        raise KeyError(weight)
+
+
+class _Accumulator:
+    """Forward pre-hooks on a layer's Linear modules that sum their inputs' statistics."""
+
+    def __init__(self, layer: Any, prefix: str, hessian: bool) -> None:
+        import torch
+
+        self.torch = torch
+        self.hessian = hessian
+        self.sums: dict[str, dict[str, Any]] = {}  # group (first module) -> running sums
+        self.members: dict[str, list[str]] = {}
+        self.group_of: dict[str, str] = {}
+        self.seen: dict[tuple[int, tuple[int, ...]], tuple[Any, str]] = {}
+        self.handles = []
+        for name, mod in layer.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                full = f"{prefix}{name}.weight"
+                self.handles.append(mod.register_forward_pre_hook(self._hook(full)))
+
+    def _hook(self, weight: str) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape))
+            if key in self.seen:  # the same tensor another module already read: shared input
+                group = self.seen[key][1]
+                if weight not in self.group_of:
+                    self.group_of[weight] = group
+                    self.members[group].append(weight)
+                return
+            group = self.group_of.setdefault(weight, weight)
+            self.members.setdefault(group, [weight] if group == weight else [])
+            # keep x alive until the batch ends, so its memory (and data_ptr) is not reused
+            self.seen[key] = (x, group)
+            self._add(group, x)
+
+        return hook
+
+    def _add(self, group: str, x: Any) -> None:
+        torch = self.torch
+        x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        s = self.sums.get(group)
+        if s is None:
+            d = x2.shape[1]
+            s = self.sums[group] = {
+                "n": 0, "abs": torch.zeros(d, dtype=torch.float64),
+                "max": torch.zeros(d, dtype=torch.float32),
+                "sq": torch.zeros(d, dtype=torch.float64),
+                "H": torch.zeros(d, d, dtype=torch.float32) if self.hessian else None,
+            }
+        a = x2.abs()
+        s["n"] += x2.shape[0]
+        s["abs"] += a.sum(0, dtype=torch.float64)
+        s["max"] = torch.maximum(s["max"], a.amax(0))
+        s["sq"] += x2.square().sum(0, dtype=torch.float64)
+        if s["H"] is not None:
+            # the reference's add_batch: H += (sqrt(2/n) X)(sqrt(2/n) X)ᵀ; scaled at the end
+            s["H"].addmm_(x2.T, x2)
+
+    def end_batch(self) -> None:
+        self.seen.clear()
+
+    def close(self, index: int) -> LayerStats:
+        for h in self.handles:
+            h.remove()
+        out = LayerStats(index)
+        for group, s in self.sums.items():
+            n = max(int(s["n"]), 1)
+            out.groups.append(InputStats(
+                modules=list(self.members[group]), n=int(s["n"]),
+                hessian=None if s["H"] is None else (s["H"].double() * (2.0 / n)).numpy(),
+                abs_mean=(s["abs"] / n).float().numpy(), abs_max=s["max"].numpy().copy(),
+                sq_mean=(s["sq"] / n).float().numpy(),
+            ))
+        return out
+
+
+class LayerwiseModel:
+    """A decoder built on the ``meta`` device, run layer by layer with weights streamed from a
+    source (see the module docstring).
+
+    Attributes:
+        source: the model source.
+        n_layers: number of decoder layers.
+    """
+
+    def __init__(self, source: ModelSource, *, dtype: str = "float32") -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from quantport._quiet import quiet_loading
+
+        if not source.architecture.causal:
+            raise UnsupportedQuantError(
+                f"{source.path}: calibrated methods run on decoder models; "
+                f"{source.architecture.name} is an encoder (use --method rtn)"
+            )
+        self.source = source
+        self.torch = torch
+        self.dtype = getattr(torch, dtype)
+        cfg = dict(source.config)
+        model_type = cfg.pop("model_type", source.architecture.name)
+        cfg.pop("quantization_config", None)
+        with quiet_loading():
+            self.config = AutoConfig.for_model(model_type, **cfg)
+        self.config._attn_implementation = "sdpa"
+        with torch.device("meta"), quiet_loading():
+            model = AutoModelForCausalLM.from_config(self.config)
+        self.body = getattr(model, model.base_model_prefix)
+        self.prefix = f"{model.base_model_prefix}.layers."
+        self.n_layers = len(self.body.layers)
+        # buffers (rotary inverse frequencies) are computed, not stored: build them for real
+        self.rotary = type(self.body.rotary_emb)(config=self.config)
+
+    def _tensor(self, name: str) -> Any:
+        return self.torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
+
+    def embed(self, windows: np.ndarray) -> Any:
+        """Hidden states entering layer 0: ``[windows, tokens, hidden]``."""
+        torch = self.torch
+        w = self._tensor(f"{self.prefix.split('.layers.')[0]}.embed_tokens.weight")
+        with torch.inference_mode():
+            h = torch.nn.functional.embedding(torch.from_numpy(windows), w)
+            scale = getattr(self.body, "embed_scale", None)  # Gemma-style scaled embeddings
+            if scale is not None:
+                h = h * scale
+        self.source.release()
+        return h.to(self.dtype)
+
+    def load(self, i: int) -> Any:
+        """Layer ``i`` with its weights read from the source (float32, or ``dtype``)."""
+        torch = self.torch
+        layer = self.body.layers[i].to_empty(device="cpu")
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                p.copy_(self._tensor(f"{self.prefix}{i}.{name}"))
+        self.source.release()
+        return layer.to(self.dtype).eval()
+
+    def unload(self, i: int) -> None:
+        """Drop layer ``i``'s weights."""
+        self.body.layers[i].to("meta")
+
+    def weight_names(self, i: int, layer: Any) -> dict[str, Any]:
+        """Hugging Face weight name -> the Linear module of layer ``i``."""
+        torch = self.torch
+        return {f"{self.prefix}{i}.{n}.weight": m for n, m in layer.named_modules()
+                if isinstance(m, torch.nn.Linear)}
+
+    def _batches(self, h: Any) -> Iterator[slice]:
+        per = max(1, _BATCH_TOKENS // h.shape[1])
+        for s in range(0, h.shape[0], per):
+            yield slice(s, min(s + per, h.shape[0]))
+
+    def run(self, i: int, layer: Any, h: Any, *, collect: bool = False,
+            hessian: bool = True) -> tuple[Any, LayerStats | None]:
+        """Run ``layer`` (number ``i``) on hidden states ``h``; with ``collect``, also the
+        statistics of its Linear inputs. Returns the output hidden states and the stats."""
+        torch = self.torch
+        acc = _Accumulator(layer, f"{self.prefix}{i}.", hessian) if collect else None
+        out = torch.empty_like(h)
+        pos = torch.arange(h.shape[1]).unsqueeze(0)
+        try:
+            with torch.inference_mode():
+                cos, sin = self.rotary(h[:1].float(), position_ids=pos)
+                pe = (cos.to(self.dtype), sin.to(self.dtype))
+                for b in self._batches(h):
+                    # attention_mask None: sdpa applies the causal mask itself (is_causal), the
+                    # windows have no padding
+                    y = layer(h[b], attention_mask=None, position_ids=pos,
+                              position_embeddings=pe)
+                    out[b] = y[0] if isinstance(y, tuple) else y
+                    if acc is not None:
+                        acc.end_batch()
+        finally:
+            stats = acc.close(i) if acc is not None else None
+        return out, stats
+
+
+def cache_key(source: ModelSource, windows: np.ndarray, settings: dict[str, Any]) -> str:
+    """A key naming calibration statistics: the model (its provenance and config), the token
+    windows, and the settings that change the statistics."""
+    h = hashlib.sha256()
+    h.update(json.dumps(source.describe(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(source.config, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(windows).tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
