@@ -1,0 +1,488 @@
+"""GPTQ: error-feedback rounding that drives any :class:`~quantport.quant.grid.Grid`.
+
+GPTQ (Frantar et al., 2022; reference implementation IST-DASLab/gptq ``gptq.py``
+``GPTQ.fasterquant``) rounds a weight ``[out, in]`` one input column at a time and spreads each
+column's rounding error over the columns not yet rounded, weighted by the inverse of the layer's
+input Hessian ``H = 2 X Xᵀ / n``. Here the rounding of a column is the grid's own
+(:meth:`Grid.round` / :meth:`Grid.value` with ``cols=``), and a block's parameters are fitted
+by :meth:`Grid.fit` when the column loop reaches the block's first column, from the weights as
+the errors of the earlier columns left them. So the same loop runs on compressed-tensors'
+integer grids and on every llama.cpp type, k-quant super-blocks included: the result is
+exactly what ``grid.assemble`` makes, and every writer packs it unchanged.
+
+Pure numpy (float64 for the Hessian algebra and the error-updated weights; the grids see
+float32 values, as round-to-nearest does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantport.errors import ShapeError, UnsupportedQuantError
+from quantport.ir import QuantizedTensor, code_range, dequantize
+from quantport.quant.ggml import GGML_GRIDS
+from quantport.quant.grid import Grid, IntGrid, Params, concat_params
+from quantport.quant.rtn import quantize_rtn
+from quantport.quant.scheme import IntScheme
+
+__all__ = ["GptqResult", "gptq_quantize", "grid_for", "hessian_error", "run_gptq"]
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+#: Dampening retries: each failed Cholesky factorisation multiplies the fraction by this, as
+#: long as it stays at most :data:`_MAX_DAMP` (GPTQModel ``hessian_inverse`` retries with
+#: ``damp_auto_increment`` until damp >= 1; a factor keeps the number of tries small).
+_DAMP_STEP = 10.0
+_MAX_DAMP = 1.0
+#: Fraction tried after a failed ``damp=0``.
+_FIRST_DAMP = 0.01
+# below this size a triangular inverse goes to LAPACK directly (see _inv_upper)
+_TRI_LEAF = 128
+# columns of the inner lazy-update level (see _column_loop)
+_SUB = 16
+
+
+@dataclass(frozen=True)
+class GptqResult:
+    """What :func:`run_gptq` computed for one weight.
+
+    Attributes:
+        record: the quantized record (``grid.assemble``'s, with ``g_idx`` for act-order).
+        values: float32 ``[out, in]``, what ``record`` dequantizes to (original column order);
+            a true-sequential calibration puts these into the layer.
+        loss: the reference's reported loss, ``sum((w - q)**2 / d**2) / 2`` over the error-
+            updated weights (``gptq.py`` ``Losses``; GPTQModel logs it per module).
+        error: ``tr((W - Q) H (W - Q)ᵀ)`` with the given (undamped) ``H``: the layer-output
+            error the rounding causes on the calibration data (see :func:`hessian_error`).
+        damp: the dampening fraction the factorisation succeeded with; ``None`` when the
+            Hessian stayed indefinite and the weight was rounded to nearest instead.
+    """
+
+    record: QuantizedTensor
+    values: np.ndarray
+    loss: float
+    error: float
+    damp: float | None
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the Hessian could not be factorised and round-to-nearest was used."""
+        return self.damp is None
+
+
+def grid_for(target: Any, shape: tuple[int, int], *, name: str = "tensor") -> Grid:
+    """The grid that quantizes a weight of ``shape`` onto ``target``.
+
+    Args:
+        target: an :class:`IntScheme` (group or channel granularity) or a ggml type name
+            (``"Q4_K"``, one of :data:`~quantport.quant.ggml.GGML_GRIDS`).
+        shape: the weight's ``(out, in)``.
+        name: tensor name for error messages.
+
+    Returns:
+        The grid; ``quantize_rtn(w, grid_for(t, w.shape))`` gives the same record as the
+        round-to-nearest path of ``pipeline.execute.round_tensor``.
+
+    Raises:
+        UnsupportedQuantError: a dense type, an unknown type, or a per-tensor scheme (one
+            scale for the whole tensor is not a grid of input-column blocks).
+        ShapeError: the input width is not a multiple of the grid's block.
+    """
+    if len(shape) != 2:
+        raise ShapeError(f"{name}: only 2-D weights can be quantized, got shape {tuple(shape)}")
+    cols = int(shape[1])
+    if isinstance(target, IntScheme):
+        target.check(name, tuple(shape))
+        if target.granularity == "tensor":
+            raise UnsupportedQuantError(
+                f"{name}: scheme {target} has one scale per tensor, which is not a grid of "
+                "input-column blocks; use a group or channel scheme (e.g. w8-channel-sym)"
+            )
+        block = cols if target.granularity == "channel" else int(target.group_size)
+        return IntGrid(target.bits, target.symmetric, block)
+    if isinstance(target, str):
+        grid = GGML_GRIDS.get(target)
+        if grid is None:
+            raise UnsupportedQuantError(
+                f"{name}: {target!r} is not a quantized type a grid can round onto; "
+                f"supported: {', '.join(GGML_GRIDS)} or an integer scheme such as w4-g64-sym"
+            )
+        if cols % grid.block:
+            raise ShapeError(
+                f"{name}: input width {cols} is not a multiple of {target}'s block of "
+                f"{grid.block} columns"
+            )
+        return grid
+    raise UnsupportedQuantError(
+        f"{name}: cannot make a grid from {target!r}; pass an IntScheme or a ggml type name"
+    )
+
+
+def hessian_error(w: np.ndarray, q: np.ndarray, hessian: np.ndarray) -> float:
+    """``tr((W - Q) H (W - Q)ᵀ)``: with ``H = 2XXᵀ/n`` it is twice the mean squared error of
+    the layer's output on the calibration inputs ``X`` (GPTQ's objective).
+
+    Computed in float64 (``W`` and ``Q`` ``[out, in]``, ``H`` ``[in, in]``).
+    """
+    d = np.asarray(w, dtype=np.float64) - np.asarray(q, dtype=np.float64)
+    return float(np.einsum("ij,ij->", d @ np.asarray(hessian, dtype=np.float64), d))
+
+
+def gptq_quantize(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    grid: Grid,
+    *,
+    importance: np.ndarray | None = None,
+    damp: float = 0.01,
+    block_cols: int = 128,
+    act_order: bool = False,
+    static_groups: bool = False,
+    name: str = "tensor",
+) -> QuantizedTensor:
+    """Quantize ``w`` onto ``grid`` with GPTQ; see :func:`run_gptq` (which also returns the
+    dequantized values and the error figures) for the arguments."""
+    return run_gptq(
+        w,
+        hessian,
+        grid,
+        importance=importance,
+        damp=damp,
+        block_cols=block_cols,
+        act_order=act_order,
+        static_groups=static_groups,
+        name=name,
+    ).record
+
+
+def run_gptq(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    grid: Grid,
+    *,
+    importance: np.ndarray | None = None,
+    damp: float = 0.01,
+    block_cols: int = 128,
+    act_order: bool = False,
+    static_groups: bool = False,
+    name: str = "tensor",
+) -> GptqResult:
+    """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
+
+    Args:
+        w: the float weight ``[out, in]`` (rounded through float32, as round-to-nearest).
+        hessian: ``[in, in]`` symmetric positive semi-definite, ``H = 2XXᵀ/n`` (its scale
+            does not matter: dampening is relative and the updates use ratios of ``H⁻¹``).
+        grid: any grid: :class:`IntGrid`, ``GGML_GRIDS[...]`` (see :func:`grid_for`).
+        importance: per-input-column weights (length ``in``) for the grid's fit, e.g.
+            llama.cpp's importance matrix; default ``diag(H)`` (0 for dead columns). Integer
+            grids ignore it; ggml grids then fit with their importance-matrix search.
+        damp: fraction of ``mean(diag(H))`` added to the diagonal; multiplied by 10 while the
+            Cholesky factorisation fails, up to 1. If it still fails the weight is rounded to
+            nearest, with a warning naming ``name`` (never an error).
+        block_cols: width of the lazy batch updates.
+        act_order: process columns by decreasing ``diag(H)`` (GPTQModel ``desc_act``).
+            Without ``static_groups`` a group is made of consecutive columns of that order,
+            and the record gets ``g_idx``; only integer grids can carry it (llama.cpp blocks
+            sit at fixed columns: pass ``static_groups=True`` for ggml grids).
+        static_groups: fit every block's parameters before the column loop, on the original
+            weights in the original order (reference ``static_groups``; llm-compressor's
+            ``actorder="static"``); with ``act_order`` the record then needs no ``g_idx``.
+        name: tensor name for messages.
+
+    Returns:
+        The record, its dequantized values and the error figures (:class:`GptqResult`).
+
+    Raises:
+        ShapeError: ``w`` is not 2-D, its width is not a multiple of ``grid.block``, or
+            ``hessian`` / ``importance`` do not match its width.
+        UnsupportedQuantError: ``act_order`` without ``static_groups`` on a grid that has no
+            ``g_idx`` (any ggml grid).
+    """
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ShapeError(f"{name}: GPTQ expects a 2-D weight, got shape {w.shape}")
+    rows, cols = w.shape
+    gb = int(grid.block)
+    if cols % gb:
+        raise ShapeError(f"{name}: width {cols} is not a multiple of the block size {gb}")
+    h = np.array(hessian, dtype=np.float64)  # a copy: the dead columns are edited below
+    if h.shape != (cols, cols):
+        raise ShapeError(
+            f"{name}: Hessian of shape {h.shape} does not fit a weight of width {cols}; "
+            f"expected ({cols}, {cols})"
+        )
+    if block_cols < 1:
+        raise ValueError(f"{name}: block_cols must be positive, got {block_cols}")
+    if damp < 0:
+        raise ValueError(f"{name}: damp must be >= 0, got {damp}")
+    if act_order and not static_groups and not isinstance(grid, IntGrid):
+        raise UnsupportedQuantError(
+            f"{name}: act-order groups need g_idx, which {grid.name} cannot store (its blocks "
+            "sit at fixed columns); pass static_groups=True (act-order with static groups)"
+        )
+    w32 = np.asarray(w, dtype=F32)
+    diag = np.diag(h).copy()
+    finite = bool(np.isfinite(h).all())
+
+    if importance is None:
+        imp = np.where(np.isfinite(diag) & (diag > 0), diag, 0.0).astype(F32)
+    else:
+        imp = np.asarray(importance, dtype=F32).reshape(-1)
+        if imp.shape != (cols,):
+            raise ShapeError(
+                f"{name}: importance of shape {np.shape(importance)} does not fit a weight "
+                f"of width {cols}"
+            )
+
+    # gptq.py lines 77-79: a column that never sees input (H[i,i] == 0) is zeroed and its
+    # diagonal set to 1, so that the factorisation exists and the column rounds to zero
+    dead = diag == 0
+    if dead.any():
+        h[dead, dead] = 1.0
+        w32 = w32.copy()
+        w32[:, dead] = 0.0
+
+    if act_order:
+        # gptq.py lines 89-93 / GPTQModel desc_act: decreasing diag(H), taken after the dead
+        # columns' fix; a stable sort keeps equal diagonals in column order (deterministic)
+        perm = np.argsort(-np.diag(h), kind="stable")
+    else:
+        perm = np.arange(cols)
+
+    u, used = (None, damp)
+    if finite:
+        u, used = _inverse_cholesky(h[np.ix_(perm, perm)] if act_order else h, damp)
+    if u is None:
+        log.warning(
+            "%s: the Hessian is not positive definite even with dampening %g (or not finite); "
+            "rounding this weight to nearest instead of GPTQ",
+            name,
+            used,
+        )
+        # the importance GPTQ would have fitted with (diag(H) needs a finite H)
+        record = quantize_rtn(w32, grid, imp if finite or importance is not None else None,
+                              name=name)
+        values = dequantize(record)
+        err = hessian_error(w, values, hessian) if finite else float("nan")
+        return GptqResult(record, values, float("nan"), err, None)
+
+    stats = grid.row_stats(w32)
+    nb = cols // gb
+    x_all = w32.reshape(rows, nb, gb)
+    static_params: Params | None = None
+    if static_groups:
+        # gptq.py lines 81-87: every group fitted up front on the (dead-zeroed) original
+        # weights, in the original order; one fit of all blocks equals per-block fits
+        static_params = grid.fit(x_all, imp.reshape(1, nb, gb), row_stats=stats)
+
+    codes_p, values_p, loss, parts = _column_loop(
+        w32[:, perm].astype(np.float64),
+        u,
+        grid,
+        imp[perm],
+        stats,
+        perm,
+        static_params,
+        min(block_cols, cols),
+    )
+
+    inv = np.argsort(perm)
+    values = np.ascontiguousarray(values_p[:, inv])
+    if static_params is not None:
+        codes = codes_p[:, inv]
+        record = grid.assemble((rows, cols), codes.reshape(rows, nb, gb), static_params)
+    else:
+        record = grid.assemble((rows, cols), codes_p.reshape(rows, nb, gb),
+                               concat_params(parts))
+        if act_order:
+            # GPTQModel gptq.py (g_idx, desc_act without static groups): g_idx = i // gs in
+            # the activation order, then un-permuted: the group of each original column
+            g_idx = (np.arange(cols) // gb).astype(np.int32)[inv]
+            record = dataclasses.replace(
+                record, codes=np.ascontiguousarray(np.asarray(record.codes)[:, inv]),
+                g_idx=g_idx,
+            )
+    return GptqResult(record, values, loss, hessian_error(w, values, hessian), used)
+
+
+# ------------------------------------------------------------------------------ internals
+
+
+def _column_loop(
+    wp: np.ndarray,
+    u: np.ndarray,
+    grid: Grid,
+    imp_p: np.ndarray,
+    stats: Params,
+    perm: np.ndarray,
+    static_params: Params | None,
+    batch: int,
+) -> tuple[np.ndarray, np.ndarray, float, list[Params]]:
+    """The lazy-batch column loop of ``gptq.py`` lines 106-143 over the permuted weight ``wp``
+    (float64 ``[rows, cols]``) with ``u`` the upper Cholesky factor of the permuted, damped
+    ``H⁻¹``. Returns codes and values in the processing order, the loss and, for groups
+    fitted in the loop, the parameters of each group in that order."""
+    rows, cols = wp.shape
+    gb = grid.block
+    # transposed: column j of the weight is the contiguous row j
+    wt = np.ascontiguousarray(wp.T)
+    values = np.empty((cols, rows), dtype=F32)
+    codes: np.ndarray | None = None
+    parts: list[Params] = []
+    loss = 0.0
+    rounder: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+    static_rounders: dict[int, Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {}
+    for i1 in range(0, cols, batch):
+        i2 = min(i1 + batch, cols)
+        n = i2 - i1
+        w1 = wt[i1:i2].copy()  # wt[i1:i2] keeps the batch-start state (see the fit below)
+        err1 = np.empty((n, rows), dtype=np.float64)
+        # a second level of lazy updates inside the batch: a column's rank-1 update reaches
+        # only the rest of its sub-batch of _SUB columns, the sub-batch's errors reach the rest
+        # of the batch by one product (the same arithmetic as gptq.py's per-column update of
+        # all of W1[:, i:], regrouped; a column is read only after all earlier errors reached it)
+        for s1 in range(i1, i2, _SUB):
+            s2 = min(s1 + _SUB, i2)
+            for j in range(s1, s2):
+                i = j - i1
+                if static_params is None:
+                    if j % gb == 0:
+                        # a new group, fitted on its columns as the errors of every earlier
+                        # column left them: the batch-start state minus this batch's errors so
+                        # far (gptq.py lines 120-124 fit from W, which lacks this batch's
+                        # updates; GPTQModel alike)
+                        end = j + gb
+                        blk = wt[j:end]
+                        if i:
+                            blk = blk - u[i1:j, j:end].T @ err1[:i]
+                        p = grid.fit(
+                            np.ascontiguousarray(blk.T, dtype=F32)[:, None, :],
+                            imp_p[j:end].reshape(1, 1, gb),
+                            row_stats=stats,
+                        )
+                        parts.append(p)
+                        rounder = _rounder(grid, p)
+                    c = j % gb
+                else:
+                    # static groups: the column's own block in the original order (gptq.py
+                    # line 126: groups[perm[idx] // groupsize])
+                    b, c = divmod(int(perm[j]), gb)
+                    rounder = static_rounders.get(b)
+                    if rounder is None:
+                        bp = {k: v[:, b : b + 1] for k, v in static_params.items()}
+                        rounder = static_rounders[b] = _rounder(grid, bp)
+                x = w1[i]
+                q, v = rounder(x.astype(F32), c)
+                if codes is None:
+                    codes = np.empty((cols, rows), dtype=q.dtype)
+                codes[j] = q
+                values[j] = v
+                d = u[j, j]
+                e = (x - v) / d  # err1 = (w - q) / d
+                loss += float(np.dot(e, e)) / 2.0  # Losses1 = (w - q)**2 / d**2 / 2
+                err1[i] = e
+                if j + 1 < s2:  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:], within the sub-batch
+                    w1[i + 1 : s2 - i1] -= u[j, j + 1 : s2, None] * e
+            if s2 < i2:
+                w1[s2 - i1 :] -= u[s1:s2, s2:i2].T @ err1[s1 - i1 : s2 - i1]
+        if i2 < cols:
+            # the deferred update: W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            wt[i2:] -= u[i1:i2, i2:].T @ err1
+    assert codes is not None
+    return np.ascontiguousarray(codes.T), np.ascontiguousarray(values.T), loss, parts
+
+
+def _rounder(
+    grid: Grid, p: Params
+) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    """``(x, c) -> (codes, values)`` of one column ``x`` ``[rows]`` (float32) at column ``c``
+    of the block whose parameters are ``p``: ``grid.round`` / ``grid.value`` with
+    ``cols=slice(c, c + 1)``, or the same arithmetic inlined for an :class:`IntGrid`."""
+    if type(grid) is IntGrid:
+        # IntGrid.round / value with the per-call checks hoisted: the same float32 operations
+        qmin, qmax = code_range(grid.bits, True)
+        s = p["scale"][:, 0]
+        zp = p.get("zero_point")
+        z = None if zp is None else zp[:, 0]
+
+        def int_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+            q = np.round(x / s)
+            if z is not None:
+                q = q + z
+            q = np.clip(q, qmin, qmax).astype(np.int8)
+            cf = q.astype(F32)
+            if z is not None:
+                cf = cf - z
+            return q, cf * s
+
+        return int_col
+
+    rows = next(iter(p.values())).shape[0]
+
+    def any_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        cols = slice(c, c + 1)
+        q = grid.round(x.reshape(rows, 1, 1), p, cols=cols)
+        return q.reshape(rows), grid.value(q, p, cols=cols).reshape(rows)
+
+    return any_col
+
+
+def _inverse_cholesky(h: np.ndarray, damp: float) -> tuple[np.ndarray | None, float]:
+    """Upper Cholesky factor of ``(H + λI)⁻¹``, ``λ = damp * mean(diag(H))`` (gptq.py lines
+    98-104), retrying with ``damp`` times 10 while the factorisation fails (GPTQModel
+    ``hessian_inverse``), up to 1. ``(None, last damp)`` when every try failed."""
+    mean = float(np.mean(np.diag(h)))
+    n = h.shape[0]
+    idx = np.arange(n)
+    f = damp
+    while True:
+        hd = h.copy()
+        hd[idx, idx] += f * mean
+        u = None
+        if mean > 0:
+            try:
+                u = _upper_chol_of_inverse(hd)
+            except np.linalg.LinAlgError:
+                u = None
+        if u is not None and np.isfinite(u).all() and (np.diag(u) > 0).all():
+            return u, f
+        nxt = f * _DAMP_STEP if f > 0 else _FIRST_DAMP
+        if nxt > _MAX_DAMP * (1 + 1e-9) or mean <= 0:
+            return None, f
+        log.debug("Cholesky failed with damp %g, retrying with %g", f, nxt)
+        f = nxt
+
+
+def _upper_chol_of_inverse(h: np.ndarray) -> np.ndarray:
+    """Upper triangular ``U`` with ``Uᵀ U = H⁻¹`` (what gptq.py gets from cholesky,
+    cholesky_inverse, cholesky(upper=True)) from ONE factorisation: with ``J`` the reversal,
+    ``JHJ = L Lᵀ`` gives ``H = R Rᵀ``, ``R = JLJ`` upper, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and ``U = R⁻¹``
+    (upper, positive diagonal: the unique factor). Raises ``LinAlgError`` when ``H`` is not
+    positive definite."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    r = np.ascontiguousarray(lower[::-1, ::-1])
+    return _inv_upper(r)
+
+
+def _inv_upper(r: np.ndarray) -> np.ndarray:
+    """Inverse of an upper triangular matrix by blocks (the off-diagonal block by two
+    matrix products, ``-A⁻¹ B C⁻¹``), so that most of the work is BLAS matmul."""
+    n = r.shape[0]
+    if n <= _TRI_LEAF:
+        return np.triu(np.linalg.inv(r))
+    k = n // 2
+    a = _inv_upper(r[:k, :k])
+    c = _inv_upper(r[k:, k:])
+    out = np.zeros_like(r)
+    out[:k, :k] = a
+    out[k:, k:] = c
+    out[:k, k:] = -(a @ r[:k, k:]) @ c
+    return out
