@@ -44,7 +44,7 @@ __all__ = [
 DENSE_TYPES = {"f32": "F32", "fp32": "F32", "float32": "F32", "f16": "F16", "fp16": "F16",
                "float16": "F16", "bf16": "BF16", "bfloat16": "BF16"}
 #: output formats (the keys of :data:`quantport.writers.WRITERS`)
-FORMATS = ("safetensors", "gguf")
+FORMATS = ("safetensors", "gguf", "onnx")
 
 #: what one tensor becomes: a dense type name, an integer scheme, or a ggml type name
 Target = Union[str, IntScheme]
@@ -122,6 +122,11 @@ class Recipe:
         act_order: GPTQ column order, one of :data:`ACT_ORDERS`.
         calib_inputs: one of :data:`CALIB_INPUTS`.
         calib_dtype: dtype of the calibration forward passes (``float32`` or ``bfloat16``).
+        onnx_matmul: ONNX: quantized Linear weights as ``"qdq"`` (DequantizeLinear -> MatMul,
+            which ORT fuses into MatMulNBits) or ``"nbits"`` (MatMulNBits directly).
+        accuracy_level: ONNX ``nbits``: MatMulNBits ``accuracy_level`` (0..4; None: 4).
+        act_quant: ONNX: ``"w8a8"``, int8 weights with dynamically quantized int8
+            activations (``--quant w8a8``).
     """
 
     format: str
@@ -141,6 +146,9 @@ class Recipe:
     act_order: str = "static"
     calib_inputs: str = "quantized"
     calib_dtype: str = "float32"
+    onnx_matmul: str = "qdq"
+    accuracy_level: int | None = None
+    act_quant: str | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -152,6 +160,8 @@ class Recipe:
         """The scheme, preset or dense type as users write it (``w4-g64-sym``, ``Q4_K_M``)."""
         if isinstance(self.quant, Preset):
             return self.quant.name
+        if self.act_quant:
+            return self.act_quant
         return str(self.quant).lower() if isinstance(self.quant, str) else str(self.quant)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +186,12 @@ class Recipe:
             d["calib"]["dtype"] = self.calib_dtype
             if "gptq" in self.method:
                 d["gptq"] = {"damp": self.damp, "act_order": self.act_order}
+        if self.format == "onnx":
+            d["onnx_matmul"] = self.onnx_matmul
+            if self.accuracy_level is not None:
+                d["accuracy_level"] = self.accuracy_level
+            if self.act_quant:
+                d["act_quant"] = self.act_quant
         return d
 
 
@@ -232,6 +248,8 @@ def make_recipe(
     act_order: str = "static",
     calib_inputs: str = "quantized",
     calib_dtype: str = "float32",
+    onnx_matmul: str = "qdq",
+    accuracy_level: int | None = None,
 ) -> Recipe:
     """Parse the user's choices into a :class:`Recipe` (the one place text is parsed).
 
@@ -254,7 +272,26 @@ def make_recipe(
             f"unknown rounding method {method!r}; supported: {', '.join(METHODS)}"
         )
     q: Quant
-    if fmt == "gguf":
+    act_quant = None
+    if fmt != "onnx" and (onnx_matmul != "qdq" or accuracy_level is not None):
+        raise OptionError("--onnx-matmul and --accuracy-level apply to --to onnx only")
+    if fmt == "onnx":
+        if onnx_matmul not in ("qdq", "nbits"):
+            raise OptionError(f"--onnx-matmul must be qdq or nbits, got {onnx_matmul!r}")
+        if accuracy_level is not None and not 0 <= accuracy_level <= 4:
+            raise OptionError(f"--accuracy-level must be 0..4, got {accuracy_level}")
+        if accuracy_level is not None and onnx_matmul != "nbits":
+            raise OptionError(
+                "--accuracy-level applies to --onnx-matmul nbits; a QDQ graph's fused "
+                "MatMulNBits take ORT's session option session.qdq_matmulnbits_accuracy_level"
+            )
+    if fmt == "onnx" and str(quant).strip().lower() == "w8a8":
+        # int8 per-channel symmetric weights; activations quantized at run time
+        q, act_quant = parse_scheme("w8-channel-sym"), "w8a8"
+        if onnx_matmul != "qdq":
+            raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "
+                              "--onnx-matmul nbits")
+    elif fmt == "gguf":
         q = resolve_preset(quant)
     elif str(quant).strip().lower() in DENSE_TYPES:
         q = DENSE_TYPES[str(quant).strip().lower()]
@@ -311,5 +348,6 @@ def make_recipe(
         calib=Path(calib) if calib is not None else None,
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
         damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
-        calib_dtype=calib_dtype,
+        calib_dtype=calib_dtype, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
+        act_quant=act_quant,
     )
