@@ -11,6 +11,7 @@ import click
 
 from quantport.cli._common import Bars, common_options, handle_errors, setup_logging
 from quantport.errors import QuantportError
+from quantport.recipe import ACT_ORDERS, CALIB_INPUTS, METHODS
 
 __all__ = ["convert"]
 
@@ -38,8 +39,9 @@ def _parse_size(text: str) -> int:
               help="Output directory (safetensors) or file (gguf).")
 @click.option("--force", is_flag=True,
               help="Replace an existing quantport artifact (never files quantport did not write).")
-@click.option("--method", default="rtn", show_default=True,
-              help="Rounding method: rtn (round to nearest; llama.cpp's own search for GGUF).")
+@click.option("--method", type=click.Choice(list(METHODS)), default="rtn", show_default=True,
+              help="Rounding method: " + "; ".join(f"{m.name}: {m.description}"
+                                                   for m in METHODS.values()) + ".")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
               help="Per-tensor override, first match wins (repeatable). GGUF: a ggml type, "
                    "matched against GGUF names (blk.0.attn_v.weight=Q8_0). safetensors: a scheme "
@@ -59,12 +61,27 @@ def _parse_size(text: str) -> int:
 @click.option("--imatrix", "imatrix_path", type=click.Path(path_type=Path, exists=True,
               dir_okay=False), help="GGUF: importance matrix file (llama.cpp .dat or .gguf).")
 @click.option("--calib", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="GGUF: calibration text; computes an importance matrix from it. Never the "
-                   "evaluation text.")
+              help="Calibration text (never the evaluation text). With --method rtn to GGUF it "
+                   "gives an importance matrix; calibrated methods default to WikiText-2's "
+                   "validation text.")
 @click.option("--calib-samples", "--calib-chunks", "calib_samples", type=click.IntRange(min=1),
-              default=16, show_default=True, help="Calibration windows.")
+              default=None, help="Calibration windows [default: 128 for calibrated methods, "
+                                 "16 for an importance matrix].")
 @click.option("--calib-len", type=click.IntRange(min=16), default=512, show_default=True,
               help="Tokens per calibration window.")
+@click.option("--damp", type=float, default=0.01, show_default=True,
+              help="GPTQ: dampening, a fraction of the Hessian's mean diagonal (raised x10 "
+                   "while the Cholesky factorisation fails).")
+@click.option("--act-order", type=click.Choice(list(ACT_ORDERS)), default="static",
+              show_default=True,
+              help="GPTQ column order: static (by Hessian diagonal, groups fitted first, no "
+                   "g_idx), group (groups in that order, stored as g_idx), none.")
+@click.option("--calib-inputs", type=click.Choice(list(CALIB_INPUTS)), default="quantized",
+              show_default=True,
+              help="Each layer calibrates on the outputs of the quantized layers before it "
+                   "(true-sequential) or of the float ones (one forward pass a layer).")
+@click.option("--calib-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True, help="dtype of the calibration forward passes.")
 @click.option("--save-imatrix", type=click.Path(path_type=Path),
               help="GGUF: write the computed importance matrix here (llama.cpp GGUF format).")
 @click.option("--dry-run", is_flag=True,
@@ -77,7 +94,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
             tensor_types: tuple[str, ...], keep_unquantized: bool, max_shard_size: str,
             allow_pickle: bool, pure: bool, output_type: str | None,
             token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None,
-            calib_samples: int, calib_len: int, save_imatrix: Path | None, dry_run: bool,
+            calib_samples: int | None, calib_len: int, damp: float, act_order: str,
+            calib_inputs: str, calib_dtype: str, save_imatrix: Path | None, dry_run: bool,
             threads: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
     quantized artifact. Without SRC, the default model (SmolLM2-135M-Instruct) is used.
@@ -89,6 +107,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         quantport convert --to gguf --quant Q4_K_M -o smollm2-q4_k_m.gguf
         quantport convert --to gguf --quant Q4_K_M --dry-run -o x.gguf --json
         quantport convert --to gguf --quant Q4_K_M --calib valid.txt -o smollm2-imat.gguf
+        quantport convert --to safetensors --quant w4-g64-sym --method gptq -o smollm2-gptq
+        quantport convert --to gguf --quant Q4_K_M --method gptq -o smollm2-gptq.gguf
         quantport convert --to safetensors --quant w4-g128-sym \\
             --tensor-type 'down_proj=w8-channel-sym' -o smollm2-mixed
         quantport convert some.gguf --to safetensors --quant f32 -o some-hf
@@ -104,7 +124,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         fmt, quant, tensor_types=tensor_types, method=method, keep_unquantized=keep_unquantized,
         pure=pure, output_type=output_type, token_embedding_type=token_embedding_type,
         imatrix=imatrix_path, calib=calib, calib_samples=calib_samples, calib_len=calib_len,
-        max_shard_size=_parse_size(max_shard_size),
+        max_shard_size=_parse_size(max_shard_size), damp=damp, act_order=act_order,
+        calib_inputs=calib_inputs, calib_dtype=calib_dtype,
     )  # fmt: skip
     if save_imatrix and not calib:
         raise click.UsageError("--save-imatrix needs --calib")

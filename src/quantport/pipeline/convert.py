@@ -29,7 +29,7 @@ from quantport.formats._atomic import check_output
 from quantport.formats.imatrix import ImatrixData
 from quantport.pipeline.execute import execute
 from quantport.plan import Plan
-from quantport.recipe import METHODS, Recipe
+from quantport.recipe import Recipe
 from quantport.readers.source import ModelSource
 from quantport.writers import get_writer
 
@@ -49,6 +49,8 @@ class ConvertReport:
         seconds: wall time.
         dry_run: nothing was written.
         imatrix: the importance matrix used, if any.
+        calibration: what a calibrated method's stage did
+            (:class:`~quantport.pipeline.calibrated.CalibrationReport`), if one ran.
     """
 
     output: Path
@@ -56,6 +58,7 @@ class ConvertReport:
     seconds: float = 0.0
     dry_run: bool = False
     imatrix: ImatrixData | None = field(default=None, repr=False)
+    calibration: Any = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -78,6 +81,10 @@ class ConvertReport:
             # weight matrices left in float, and why (norms and biases are always float)
             "kept": {r.name: r.reason for r in p.rows if not r.quantized and len(r.shape) == 2},
         }
+        if self.calibration is not None:
+            c = self.calibration
+            d["calibration"] = {"windows": list(c.windows), "seconds": c.seconds,
+                                "notes": list(c.notes)}
         if self.dry_run:
             d.update(p.to_dict())  # tensors, dropped, files, size, recipe
         return d
@@ -135,10 +142,25 @@ def convert(
     t0 = time.perf_counter()
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}")
-    if not METHODS[recipe.method].independent:  # pragma: no cover - no such method yet
-        raise ConfigError(f"method {recipe.method} needs the calibration engine")
     writer = get_writer(recipe.format)
     out_path = Path(out)
+    if recipe.calibrated:
+        # GPTQ & co. collect their own statistics layer by layer (pipeline/calibrated.py);
+        # the recipe's calibration text is theirs, not an importance matrix's
+        plan = writer.plan(source, recipe, imatrix)
+        if dry_run:
+            return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
+        writer.check_output(out_path)
+        check_output(out_path, force)
+        from quantport.pipeline.calibrated import run_calibrated
+
+        with writer.open(out_path, source, plan) as sink:
+            calibration = run_calibrated(source, plan, sink,
+                                         importance=writer.importance(plan, imatrix),
+                                         workers=threads, on_progress=on_progress)
+        report = ConvertReport(out_path, plan, time.perf_counter() - t0, False, imatrix)
+        report.calibration = calibration
+        return report
     if dry_run:
         if imatrix is None and recipe.calib is not None:
             imatrix = _placeholder_imatrix(source, recipe)

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,11 +31,11 @@ from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.quant.ggml import quantize_ggml, set_num_threads
 from quantport.quant.scheme import IntScheme
-from quantport.readers.arch import llama_permute
+from quantport.readers.arch import llama_permute, llama_unpermute
 from quantport.readers.source import ModelSource
 
-__all__ = ["CHUNK_ELEMS", "Sink", "Task", "default_workers", "execute", "make_tasks",
-           "round_tensor"]
+__all__ = ["CHUNK_ELEMS", "Sink", "Task", "apply_edit", "default_workers", "execute",
+           "make_tasks", "round_tensor"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -82,12 +82,16 @@ class Task:
     elems: int
 
 
-def make_tasks(plan: Plan, sink: Sink, chunk_elems: int | None = None) -> list[Task]:
+def make_tasks(plan: Plan, sink: Sink, chunk_elems: int | None = None,
+               only: Collection[int] | None = None) -> list[Task]:
     """Split the plan into tasks: big tensors in row chunks (of at most ``chunk_elems``,
-    default :data:`CHUNK_ELEMS`, weights) where the sink allows it."""
+    default :data:`CHUNK_ELEMS`, weights) where the sink allows it; with ``only``, just those
+    plan rows."""
     chunk_elems = chunk_elems or CHUNK_ELEMS
     tasks = []
     for i, row in enumerate(plan.rows):
+        if only is not None and i not in only:
+            continue
         n = math.prod(row.shape)
         if len(row.shape) == 2 and n > chunk_elems and row.edit is None and sink.chunkable(i):
             rows, cols = row.shape
@@ -121,13 +125,20 @@ def _read(source: ModelSource, row: PlanRow, rows: tuple[int, int] | None,
             f"{source.path}: tensor {row.source} has shape {tuple(w.shape)}, its header says "
             f"{tuple(expect)}; the checkpoint is corrupt"
         )
-    if row.edit == "permute_q":
-        # LlamaModel.modify_tensors: undo HF's rotary permutation of q/k BEFORE quantization;
-        # it permutes output rows only, so importance columns are unchanged
-        w = llama_permute(w, n_head, n_head)
-    elif row.edit == "permute_k":
-        w = llama_permute(w, n_head, n_head_kv)
-    return w
+    return apply_edit(w, row.edit, n_head, n_head_kv)
+
+
+def apply_edit(w: np.ndarray, edit: str | None, n_head: int, n_head_kv: int,
+               *, undo: bool = False) -> np.ndarray:
+    """A plan row's layout edit on a Hugging Face weight (``undo``: back to HF layout)."""
+    if edit is None:
+        return w
+    # LlamaModel.modify_tensors: undo HF's rotary permutation of q/k BEFORE quantization;
+    # it permutes output rows only, so importance columns (and Hessians) are unchanged
+    kv = n_head if edit == "permute_q" else n_head_kv
+    if edit not in ("permute_q", "permute_k"):
+        raise QuantportError(f"unknown layout edit {edit!r}")
+    return (llama_unpermute if undo else llama_permute)(w, n_head, kv)
 
 
 @dataclass
@@ -161,6 +172,7 @@ def execute(
     importance: Mapping[int, np.ndarray] | None = None,
     workers: int | None = None,
     on_progress: Progress | None = None,
+    only: Collection[int] | None = None,
 ) -> None:
     """Compute every planned tensor by round-to-nearest and put it into ``sink``.
 
@@ -171,13 +183,14 @@ def execute(
         importance: per plan row index, the importance vector for its columns.
         workers: processes to use; default :func:`default_workers`. 1 runs in order here.
         on_progress: ``on_progress("write", bytes_done, bytes_total)``.
+        only: compute just these plan rows (a calibrated method computes the others).
     """
     cfg = source.config
     n_head = int(cfg.get("num_attention_heads") or 1)
-    tasks = make_tasks(plan, sink)
+    tasks = make_tasks(plan, sink, only=only)
     job = _Job(source, plan, sink, dict(importance or {}), tasks, n_head,
                int(cfg.get("num_key_value_heads") or n_head))
-    total = sum(r.nbytes for r in plan.rows)
+    total = sum(plan.rows[i].nbytes for i in {t.index for t in tasks})
     n = default_workers(tasks) if workers is None else workers
     big = sum(t.elems for t in tasks) >= _PARALLEL_MIN_ELEMS
     if n > 1 and big and len(tasks) > 1 and parallel_supported():

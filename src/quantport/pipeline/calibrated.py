@@ -1,0 +1,162 @@
+"""Calibrated methods: the calibration engine's statistics, layer by layer, into the rounding.
+
+For a calibrated recipe (``--method gptq``) the pipeline's compute stage is this loop instead of
+:func:`quantport.pipeline.execute.execute` alone:
+
+1. every planned tensor outside the decoder layers' Linear weights (embeddings, norms, the LM
+   head) is rounded to nearest by ``execute`` (in parallel workers where it pays);
+2. the calibration windows run through the model one decoder layer at a time
+   (:class:`~quantport.pipeline.layerwise.LayerwiseModel`); for each layer the statistics of its
+   Linear inputs are collected, each Linear weight is rounded by GPTQ onto its planned grid
+   (:func:`quantport.quant.gptq.gptq_quantize`: integer schemes, every ggml type) and put into
+   the writer's sink, and the rounded weights replace the float ones in the layer before it runs
+   again to feed the next layer (true-sequential; ``--calib-inputs float`` feeds the float
+   layer's outputs instead).
+
+Library code: progress through ``on_progress("calibrate", layer, n_layers)``; nothing printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from quantport.pipeline.execute import Sink, apply_edit, execute
+from quantport.pipeline.layerwise import LayerwiseModel, calibration_windows
+from quantport.plan import Plan, PlanRow
+from quantport.quant.scheme import IntScheme
+from quantport.readers.source import ModelSource
+from quantport.recipe import Recipe
+
+__all__ = ["CalibrationReport", "run_calibrated"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CalibrationReport:
+    """What the calibrated stage did.
+
+    Attributes:
+        windows: calibration windows used (``[n, tokens]``).
+        seconds: wall time of the layer loop.
+        notes: adjustments made to the recipe (act-order converted to static groups...).
+        errors: per weight, GPTQ's layer-output error on the calibration data,
+            ``tr((W - Q) H (W - Q)ᵀ)``.
+    """
+
+    windows: tuple[int, int]
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    errors: dict[str, float] = field(default_factory=dict)
+
+
+def stores_g_idx(fmt: str, target: Any) -> bool:
+    """Whether format ``fmt`` can store act-order group indices (``g_idx``) for ``target``:
+    compressed-tensors integer groups (``weight_g_idx``) only; GGUF's blocks sit at fixed
+    column positions."""
+    return fmt == "safetensors" and isinstance(target, IntScheme) and target.granularity == "group"
+
+
+def _act_order(recipe: Recipe, row: PlanRow, report: CalibrationReport) -> tuple[bool, bool]:
+    """(act_order, static_groups) for GPTQ on ``row``."""
+    if recipe.act_order == "none":
+        return False, False
+    if recipe.act_order == "group" and not stores_g_idx(recipe.format, row.target):
+        note = (f"--act-order group needs g_idx, which {recipe.format} cannot store for "
+                f"{row.type_name}: using static groups")
+        if note not in report.notes:
+            report.notes.append(note)
+            log.warning(note)
+        return True, True
+    return True, recipe.act_order == "static"
+
+
+def run_calibrated(
+    source: ModelSource,
+    plan: Plan,
+    sink: Sink,
+    *,
+    importance: Mapping[int, np.ndarray] | None = None,
+    workers: int | None = None,
+    on_progress: Progress | None = None,
+) -> CalibrationReport:
+    """Compute every planned tensor of a calibrated recipe and put it into ``sink``.
+
+    Raises:
+        ConfigError: unusable calibration text (see :func:`calibration_windows`).
+        UnsupportedQuantError: an architecture the engine cannot run (encoders).
+    """
+    import torch
+
+    from quantport.quant.gptq import grid_for, run_gptq
+
+    recipe = plan.recipe
+    t0 = time.perf_counter()
+    model = LayerwiseModel(source, dtype=recipe.calib_dtype)
+    assert recipe.calib is not None  # make_recipe gives calibrated methods a text
+    windows = calibration_windows(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
+    report = CalibrationReport(windows=tuple(windows.shape))  # type: ignore[arg-type]
+    by_source = {row.source: i for i, row in enumerate(plan.rows)}
+    in_layers: set[int] = set()
+    for li in range(model.n_layers):
+        for wname in model.weight_names(li, model.body.layers[li]):
+            if wname in by_source:
+                in_layers.add(by_source[wname])
+    cfg = source.config
+    n_head = int(cfg.get("num_attention_heads") or 1)
+    n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
+
+    # 1. everything outside the layers' Linear weights: round-to-nearest, as without calibration
+    others = [i for i in range(len(plan.rows)) if i not in in_layers]
+    execute(source, plan, sink, importance=importance, workers=workers, only=others)
+
+    # 2. the layers, in order
+    h = model.embed(windows)
+    for li in range(model.n_layers):
+        layer = model.load(li)
+        out, stats = model.run(li, layer, h, collect=True)
+        assert stats is not None
+        for wname, module in model.weight_names(li, layer).items():
+            idx = by_source.get(wname)
+            if idx is None:
+                continue
+            row = plan.rows[idx]
+            w = np.asarray(source.get(wname), dtype=np.float32)  # float32 whatever the run dtype
+            if not row.quantized:
+                sink.put(idx, w)
+                continue
+            hess = stats.of(wname).hessian
+            assert hess is not None
+            we = apply_edit(w, row.edit, n_head, n_head_kv)
+            grid = grid_for(row.target, row.shape)
+            act, static = _act_order(recipe, row, report)
+            res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
+                           static_groups=static, name=row.name)
+            sink.put(idx, res.record)
+            deq = apply_edit(res.values, row.edit, n_head, n_head_kv, undo=True)
+            report.errors[row.name] = res.error
+            if res.fell_back:
+                report.notes.append(f"{row.name}: Hessian not positive definite, rounded to "
+                                    "nearest")
+            log.info("%s: GPTQ layer-output error %.4g (damp %s)", row.name, res.error,
+                     res.damp)
+            with torch.no_grad():
+                module.weight.copy_(torch.from_numpy(deq))
+        source.release()
+        if recipe.calib_inputs == "quantized":
+            del out
+            h, _ = model.run(li, layer, h)
+        else:
+            h = out
+        model.unload(li)
+        if on_progress:
+            on_progress("calibrate", li + 1, model.n_layers)
+    report.seconds = time.perf_counter() - t0
+    return report
