@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from quantport.errors import UnsupportedQuantError
 from quantport.writers.gguf import GGUFWriter
+from quantport.writers.onnx import ONNXWriter
 from quantport.writers.safetensors import SafetensorsWriter
 
 __all__ = ["WRITERS", "get_writer"]
@@ -21,10 +22,11 @@ __all__ = ["WRITERS", "get_writer"]
 WRITERS = {
     "safetensors": SafetensorsWriter(),
     "gguf": GGUFWriter(),
+    "onnx": ONNXWriter(),
 }
 
 
-def get_writer(fmt: str) -> GGUFWriter | SafetensorsWriter:
+def get_writer(fmt: str) -> GGUFWriter | SafetensorsWriter | ONNXWriter:
     """The writer of format ``fmt``.
 
     Raises:

@@ -1,0 +1,423 @@
+"""ONNX graphs built from an architecture's hyper-parameters and the planned weight storage,
+as onnxruntime-genai's model builder builds them (``builders/base.py``: ``make_embedding``,
+``make_layernorm``, ``make_attention``, ``make_mlp``, ``make_lm_head``), with ``onnx_ir``.
+
+Decoders take ``input_ids`` ``[batch, seq]``, ``attention_mask`` ``[batch, total_seq]`` and
+``past_key_values.{i}.key|value`` ``[batch, kv_heads, past_seq, head_dim]`` and give ``logits``
+and ``present.{i}.key|value``: one graph for prefill and step-by-step decoding, the names
+onnxruntime-genai and optimum use. Attention is ``com.microsoft`` ``GroupQueryAttention`` with
+the rotary embedding inside it (``do_rotary=1``) and ``seqlens_k`` / ``total_sequence_length``
+computed from ``attention_mask`` (the builder's ``make_attention_mask_reformatting_for_gqa``);
+norms are ``SimplifiedLayerNormalization`` then ``SkipSimplifiedLayerNormalization`` carrying
+the residual sum. Encoders (BERT) use standard ONNX ops only.
+
+Weights are initializers whose data lies in the external file at offsets the writer's plan
+fixed (:class:`onnx_ir.ExternalTensor`), so the graph is complete before any weight is
+computed. This module imports numpy and onnx_ir only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir import tape as ir_tape
+
+from quantport.errors import ConfigError, UnsupportedArchitectureError
+from quantport.formats.onnx_pack import Storage
+
+__all__ = ["BUILDERS", "GraphOptions", "build_model", "rope_caches"]
+
+OPSET = 21  # DequantizeLinear with block_size (ONNX opset 21)
+_DTYPES = {"float32": ir.DataType.FLOAT, "float16": ir.DataType.FLOAT16,
+           "bfloat16": ir.DataType.BFLOAT16, "int8": ir.DataType.INT8,
+           "uint8": ir.DataType.UINT8, "int4": ir.DataType.INT4, "uint4": ir.DataType.UINT4}
+_MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """Choices that shape the graph but not the weights.
+
+    Attributes:
+        accuracy_level: ``MatMulNBits`` ``accuracy_level`` (0 unset, 1 fp32, 2 fp16, 3 bf16,
+            4 int8 activations; ORT's CPU kernel is fastest at 4).
+        data_file: the external data file's name, next to ``model.onnx``.
+        act_quant: ``"w8a8"``: quantized Linear weights run as int8 GEMMs on dynamically
+            quantized activations (``DynamicQuantizeLinear`` -> ``MatMulInteger``).
+    """
+
+    accuracy_level: int = 4
+    data_file: str = "model.onnx.data"
+    act_quant: str | None = None
+
+
+class _Builder:
+    """A tape of nodes plus the weights, by Hugging Face name."""
+
+    def __init__(self, storages: Mapping[str, Storage], offsets: Mapping[str, int],
+                 opts: GraphOptions) -> None:
+        self.tape = ir_tape.Tape()
+        self.storages = storages
+        self.offsets = offsets
+        self.opts = opts
+        self._inits: dict[str, ir.Value] = {}
+        self._consts: dict[str, ir.Value] = {}
+        self.n = 0
+
+    # -------------------------------------------------------------------- values and nodes
+    def op(self, op_type: str, inputs: list[ir.Value | None], attrs: dict[str, Any] | None = None,
+           *, domain: str = "", name: str = "", outputs: int = 1) -> Any:
+        self.n += 1
+        node_name = f"{name or op_type}_{self.n}"
+        if outputs == 1:
+            return self.tape.op(op_type, inputs, attrs, domain=domain, name=node_name)
+        return self.tape.op_multi_out(op_type, inputs, attrs, domain=domain, name=node_name,
+                                      num_outputs=outputs)
+
+    def init(self, name: str) -> ir.Value:
+        """The initializer ``name`` (one of the planned storages' inits), created once."""
+        if name not in self._inits:
+            spec = next(i for s in self.storages.values() for i in s.inits if i.name == name)
+            t = ir.ExternalTensor(self.opts.data_file, self.offsets[name], spec.nbytes,
+                                  _DTYPES[spec.dtype], shape=ir.Shape(spec.shape), name=name)
+            v = ir.Value(name=name, shape=ir.Shape(spec.shape), type=ir.TensorType(t.dtype),
+                         const_value=t)
+            self._inits[name] = v
+        return self._inits[name]
+
+    def const(self, value: np.ndarray, name: str | None = None) -> ir.Value:
+        """A small constant computed here (shapes, axes, rotary tables), stored inline."""
+        arr = np.asarray(value)
+        key = name or f"const/{arr.dtype}/{arr.shape}/{arr.tobytes().hex()[:64]}"
+        if key not in self._consts:
+            t = ir.tensor(arr, name=name or f"const_{len(self._consts)}")
+            v = ir.Value(name=t.name, shape=ir.Shape(arr.shape), type=ir.TensorType(t.dtype),
+                         const_value=t)
+            self._consts[key] = v
+        return self._consts[key]
+
+    def has(self, name: str) -> bool:
+        return name in self.storages
+
+    def as_float(self, v: ir.Value, dtype: str) -> ir.Value:
+        if dtype == "float32":
+            return v
+        return self.op("Cast", [v], {"to": ir.DataType.FLOAT})
+
+    def dense(self, name: str) -> ir.Value:
+        """A float weight as float32 (f16/bf16 storage cast on load; ORT folds the Cast)."""
+        st = self.storages[name]
+        return self.as_float(self.init(st.inits[0].name), st.inits[0].dtype)
+
+    # -------------------------------------------------------------------------- blocks
+    def linear(self, x: ir.Value, name: str, bias: str | None = None) -> ir.Value:
+        """``x @ W.T (+ b)`` for Hugging Face Linear weight ``name``, as its storage says."""
+        st = self.storages[name]
+        if st.kind == "dense":
+            y = self.op("MatMul", [x, self.dense(name)], name=name)
+        elif st.kind == "qdq" and self.opts.act_quant == "w8a8":
+            y = self._w8a8(x, st)
+        elif st.kind == "qdq":
+            q, s, z = (self.init(i.name) for i in st.inits)
+            attrs: dict[str, Any] = {}
+            if st.axis == 0:
+                attrs = {"axis": 0, "block_size": st.block_size}
+            elif st.axis == 1:
+                attrs = {"axis": 1}
+            w = self.op("DequantizeLinear", [q, s, z], attrs, name=name + "_dq")
+            y = self.op("MatMul", [x, w], name=name)
+        else:
+            y = self.op("MatMulNBits", [x, *(self.init(i.name) for i in st.inits)],
+                        {"K": st.shape[1], "N": st.shape[0], "bits": st.bits,
+                         "block_size": st.block_size,
+                         "accuracy_level": self.opts.accuracy_level},
+                        domain=_MS, name=name)
+        if bias is not None and self.has(bias):
+            y = self.op("Add", [y, self.dense(bias)])
+        return y
+
+    def _w8a8(self, x: ir.Value, st: Storage) -> ir.Value:
+        # quantize_dynamic's MatMul pattern (onnxruntime/quantization/operators/matmul.py):
+        # DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale), which ORT's
+        # MatMulIntegerToFloatFusion + DynamicQuantizeMatMulFusion turn into one
+        # com.microsoft DynamicQuantizeMatMul at the extended level
+        q, s, z = (self.init(i.name) for i in st.inits)
+        xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
+        acc = self.op("MatMulInteger", [xq, q, xz, z])
+        f = self.op("Cast", [acc], {"to": ir.DataType.FLOAT})
+        scale = self.op("Mul", [xs, s])
+        return self.op("Mul", [f, scale], name=st.name)
+
+    def embedding(self, ids: ir.Value, name: str) -> ir.Value:
+        """Rows of a token table: Gather, or GatherBlockQuantized of the packed table."""
+        st = self.storages[name]
+        if st.kind == "dense":
+            return self.as_float(self.op("Gather", [self.init(st.inits[0].name), ids]),
+                                 st.inits[0].dtype)
+        rows, cols = st.shape
+        q = self.op("Reshape", [self.init(st.inits[0].name),
+                                self.const(np.array([rows, cols * st.bits // 8], np.int64))])
+        inputs = [q, ids, self.init(st.inits[1].name)]
+        if len(st.inits) > 2:
+            inputs.append(self.init(st.inits[2].name))
+        return self.op("GatherBlockQuantized", inputs,
+                       {"bits": st.bits, "block_size": st.block_size, "gather_axis": 0,
+                        "quantize_axis": 1}, domain=_MS, name=name)
+
+    def head(self, x: ir.Value, name: str) -> ir.Value:
+        """Logits: ``x @ W.T`` for the LM head, or for the tied token table."""
+        st = self.storages[name]
+        if st.kind == "dense" and not st.transposed:  # the tied table, stored [vocab, hidden]
+            w = self.op("Transpose", [self.dense(name)], {"perm": [1, 0]})
+            return self.op("MatMul", [x, w], name="lm_head")
+        return self.linear(x, name)
+
+    def rms_norm(self, x: ir.Value, weight: str, eps: float) -> ir.Value:
+        return self.op("SimplifiedLayerNormalization", [x, self.dense(weight)],
+                       {"epsilon": eps, "axis": -1, "stash_type": 1}, name=weight)
+
+    def skip_rms_norm(self, x: ir.Value, skip: ir.Value, weight: str, eps: float) -> tuple[ir.Value, ir.Value]:
+        """(normalized ``x + skip``, ``x + skip``): the builder's SkipSimplifiedLayerNormalization."""
+        out = self.op("SkipSimplifiedLayerNormalization", [x, skip, self.dense(weight)],
+                      {"epsilon": eps}, domain=_MS, name=weight, outputs=4)
+        return out[0], out[3]
+
+    def layer_norm(self, x: ir.Value, prefix: str, eps: float) -> ir.Value:
+        return self.op("LayerNormalization",
+                       [x, self.dense(prefix + ".weight"), self.dense(prefix + ".bias")],
+                       {"epsilon": eps, "axis": -1}, name=prefix)
+
+
+# --------------------------------------------------------------------------------- rotary
+
+def rope_caches(cfg: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cos_cache`` and ``sin_cache`` ``[max_positions, head_dim // 2]`` as transformers'
+    ``LlamaRotaryEmbedding`` computes them (float32; ``rope_scaling`` types ``default``,
+    ``linear`` and ``llama3`` as ``modeling_rope_utils``).
+
+    Raises:
+        UnsupportedArchitectureError: another rope scaling type.
+    """
+    rp = cfg.get("rope_parameters") or {}
+    theta = float(cfg.get("rope_theta") or rp.get("rope_theta") or 10000.0)
+    scaling = cfg.get("rope_scaling") or ({k: v for k, v in rp.items() if k != "rope_theta"}
+                                          if rp else None)
+    dim = head_dim
+    inv = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+           ).astype(np.float32)
+    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    if kind == "linear":
+        inv = (inv / np.float32(scaling["factor"])).astype(np.float32)
+    elif kind == "llama3":
+        # modeling_rope_utils._compute_llama3_parameters
+        factor = float(scaling["factor"])
+        lo, hi = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old = float(scaling["original_max_position_embeddings"])
+        low_wl, high_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        scaled = np.where(wl > low_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wl < high_wl) & ~(wl > low_wl)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    elif kind != "default":
+        raise UnsupportedArchitectureError(
+            f"rope_scaling type {kind!r} is not supported by the ONNX writer; supported: "
+            "default, linear, llama3"
+        )
+    n = int(cfg.get("max_position_embeddings") or 4096)
+    freqs = np.arange(n, dtype=np.float32)[:, None] * inv[None, :]
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- architectures
+
+def _dims(cfg: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
+    try:
+        hidden = int(cfg["hidden_size"])
+        heads = int(cfg["num_attention_heads"])
+        layers = int(cfg["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"config.json: {exc} missing or invalid; the ONNX graph needs "
+                          "hidden_size, num_attention_heads, num_hidden_layers") from None
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or hidden // heads)
+    return hidden, heads, kv, hd, layers
+
+
+def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir.Value]]:
+    hidden, heads, kv, hd, n_layers = _dims(cfg)
+    eps = float(cfg.get("rms_norm_eps") or 1e-6)
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise UnsupportedArchitectureError(
+            f"llama with hidden_act {cfg.get('hidden_act')!r}: the ONNX writer builds silu MLPs"
+        )
+    f32, i64 = ir.TensorType(ir.DataType.FLOAT), ir.TensorType(ir.DataType.INT64)
+    ids = ir.Value(name="input_ids", type=i64, shape=ir.Shape(["batch_size", "sequence_length"]))
+    mask = ir.Value(name="attention_mask", type=i64,
+                    shape=ir.Shape(["batch_size", "total_sequence_length"]))
+    inputs, outputs = [ids, mask], []
+    past = []
+    for i in range(n_layers):
+        for kind in ("key", "value"):
+            v = ir.Value(name=f"past_key_values.{i}.{kind}", type=f32,
+                         shape=ir.Shape(["batch_size", kv, "past_sequence_length", hd]))
+            inputs.append(v)
+            past.append(v)
+    # seqlens_k = sum(mask) - 1, total_sequence_length = mask.shape[1], both int32
+    # (make_attention_mask_reformatting_for_gqa)
+    one = b.const(np.array([1], np.int64))
+    seqlens = b.op("Cast", [b.op("Sub", [b.op("ReduceSum", [mask, one], {"keepdims": 0}), one])],
+                   {"to": ir.DataType.INT32}, name="seqlens_k")
+    total = b.op("Cast", [b.op("Gather", [b.op("Shape", [mask]), b.const(np.array(1, np.int64))],
+                               {"axis": 0})], {"to": ir.DataType.INT32}, name="total_seq_len")
+    cos, sin = rope_caches(cfg, hd)
+    cos_v, sin_v = b.const(cos, "cos_cache"), b.const(sin, "sin_cache")
+    embed = "model.embed_tokens.weight"
+    x = b.embedding(ids, embed)
+    residual = x
+    normed = b.rms_norm(x, "model.layers.0.input_layernorm.weight", eps)
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        q = b.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
+        k = b.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
+        v = b.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
+        present_k = ir.Value(name=f"present.{i}.key", type=f32,
+                             shape=ir.Shape(["batch_size", kv, "total_sequence_length", hd]))
+        present_v = ir.Value(name=f"present.{i}.value", type=f32,
+                             shape=ir.Shape(["batch_size", kv, "total_sequence_length", hd]))
+        attn = ir.Value(name=f"{a}attn_output")
+        b.n += 1
+        b.tape.op_multi_out(
+            "GroupQueryAttention",
+            [q, k, v, past[2 * i], past[2 * i + 1], seqlens, total, cos_v, sin_v],
+            {"num_heads": heads, "kv_num_heads": kv, "scale": 1.0 / math.sqrt(hd),
+             "local_window_size": -1, "do_rotary": 1, "rotary_interleaved": 0},
+            domain=_MS, name=f"{a}GroupQueryAttention", outputs=[attn, present_k, present_v])
+        outputs += [present_k, present_v]
+        o = b.linear(attn, a + "o_proj.weight", a + "o_proj.bias")
+        normed, residual = b.skip_rms_norm(residual, o, p + "post_attention_layernorm.weight", eps)
+        m = p + "mlp."
+        gate = b.linear(normed, m + "gate_proj.weight")
+        up = b.linear(normed, m + "up_proj.weight")
+        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])], name=m + "act_fn")
+        down = b.linear(b.op("Mul", [act, up]), m + "down_proj.weight")
+        nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < n_layers else \
+            "model.norm.weight"
+        normed, residual = b.skip_rms_norm(residual, down, nxt, eps)
+    head = "lm_head.weight" if b.has("lm_head.weight") else embed
+    logits = b.head(normed, head)
+    logits.name = "logits"
+    logits.type = f32
+    logits.shape = ir.Shape(["batch_size", "sequence_length", int(cfg.get("vocab_size") or
+                                                                  b.storages[head].shape[0])])
+    return inputs, [logits, *outputs]
+
+
+def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir.Value]]:
+    hidden, heads, _, hd, n_layers = _dims(cfg)
+    eps = float(cfg.get("layer_norm_eps") or 1e-12)
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise UnsupportedArchitectureError(
+            f"bert with hidden_act {cfg.get('hidden_act')!r}: the ONNX writer builds gelu MLPs"
+        )
+    pre = "bert." if b.has("bert.embeddings.word_embeddings.weight") else ""
+    i64, f32 = ir.TensorType(ir.DataType.INT64), ir.TensorType(ir.DataType.FLOAT)
+    bs = ["batch_size", "sequence_length"]
+    ids = ir.Value(name="input_ids", type=i64, shape=ir.Shape(bs))
+    mask = ir.Value(name="attention_mask", type=i64, shape=ir.Shape(bs))
+    types = ir.Value(name="token_type_ids", type=i64, shape=ir.Shape(bs))
+    e = pre + "embeddings."
+    seq = b.op("Gather", [b.op("Shape", [ids]), b.const(np.array(1, np.int64))], {"axis": 0})
+    pos = b.op("Range", [b.const(np.array(0, np.int64)), seq, b.const(np.array(1, np.int64))])
+    x = b.op("Add", [b.embedding(ids, e + "word_embeddings.weight"),
+                     b.embedding(pos, e + "position_embeddings.weight")])
+    x = b.op("Add", [x, b.embedding(types, e + "token_type_embeddings.weight")])
+    x = b.layer_norm(x, e + "LayerNorm", eps)
+    # additive mask [batch, 1, 1, seq]: 0 where attended, float32 min elsewhere (transformers'
+    # _prepare_4d_attention_mask)
+    maskf = b.op("Cast", [mask], {"to": ir.DataType.FLOAT})
+    neg = b.op("Mul", [b.op("Sub", [b.const(np.array(1.0, np.float32)), maskf]),
+                       b.const(np.array(np.finfo(np.float32).min, np.float32))])
+    bias = b.op("Unsqueeze", [neg, b.const(np.array([1, 2], np.int64))])
+    split = b.const(np.array([0, 0, heads, hd], np.int64))
+    scale = b.const(np.array(1.0 / math.sqrt(hd), np.float32))
+    for i in range(n_layers):
+        p = f"{pre}encoder.layer.{i}."
+        s = p + "attention.self."
+
+        def heads_of(t: ir.Value) -> ir.Value:
+            return b.op("Transpose", [b.op("Reshape", [t, split])], {"perm": [0, 2, 1, 3]})
+
+        q = heads_of(b.linear(x, s + "query.weight", s + "query.bias"))
+        k = heads_of(b.linear(x, s + "key.weight", s + "key.bias"))
+        v = heads_of(b.linear(x, s + "value.weight", s + "value.bias"))
+        kt = b.op("Transpose", [k], {"perm": [0, 1, 3, 2]})
+        scores = b.op("Add", [b.op("Mul", [b.op("MatMul", [q, kt]), scale]), bias])
+        ctx = b.op("MatMul", [b.op("Softmax", [scores], {"axis": -1}), v])
+        ctx = b.op("Reshape", [b.op("Transpose", [ctx], {"perm": [0, 2, 1, 3]}),
+                               b.const(np.array([0, 0, hidden], np.int64))])
+        o = b.linear(ctx, p + "attention.output.dense.weight", p + "attention.output.dense.bias")
+        x = b.layer_norm(b.op("Add", [o, x]), p + "attention.output.LayerNorm", eps)
+        h = b.linear(x, p + "intermediate.dense.weight", p + "intermediate.dense.bias")
+        h = _gelu(b, h)
+        d = b.linear(h, p + "output.dense.weight", p + "output.dense.bias")
+        x = b.layer_norm(b.op("Add", [d, x]), p + "output.LayerNorm", eps)
+    x.name = "last_hidden_state"
+    x.type = f32
+    x.shape = ir.Shape([*bs, hidden])
+    # sentence-transformers' Pooling (mean over attended tokens) then Normalize (L2, eps 1e-12)
+    m3 = b.op("Unsqueeze", [maskf, b.const(np.array([-1], np.int64))])
+    summed = b.op("ReduceSum", [b.op("Mul", [x, m3]), b.const(np.array([1], np.int64))],
+                  {"keepdims": 0})
+    count = b.op("Max", [b.op("ReduceSum", [m3, b.const(np.array([1], np.int64))],
+                              {"keepdims": 0}), b.const(np.array(1e-9, np.float32))])
+    mean = b.op("Div", [summed, count])
+    norm = b.op("Max", [b.op("ReduceL2", [mean, b.const(np.array([-1], np.int64))],
+                             {"keepdims": 1}), b.const(np.array(1e-12, np.float32))])
+    emb = b.op("Div", [mean, norm])
+    emb.name = "sentence_embedding"
+    emb.type = f32
+    emb.shape = ir.Shape(["batch_size", hidden])
+    return [ids, mask, types], [x, emb]
+
+
+def _gelu(b: _Builder, x: ir.Value) -> ir.Value:
+    # exact (erf) GELU, transformers' "gelu": x * 0.5 * (1 + erf(x / sqrt(2)))
+    r = b.op("Erf", [b.op("Div", [x, b.const(np.array(math.sqrt(2.0), np.float32))])])
+    return b.op("Mul", [b.op("Mul", [x, b.const(np.array(0.5, np.float32))]),
+                        b.op("Add", [r, b.const(np.array(1.0, np.float32))])])
+
+
+Build = Callable[[_Builder, Mapping[str, Any]], tuple[list[ir.Value], list[ir.Value]]]
+#: quantport architecture name -> graph builder
+BUILDERS: dict[str, Build] = {"llama": _llama, "bert": _bert}
+
+
+def build_model(arch: str, cfg: Mapping[str, Any], storages: Mapping[str, Storage],
+                offsets: Mapping[str, int], opts: GraphOptions,
+                metadata: Mapping[str, str]) -> ir.Model:
+    """The whole model: graph, initializers (external, at ``offsets``), opsets, metadata.
+
+    Raises:
+        UnsupportedArchitectureError: an architecture with no builder, or hyper-parameters
+            the builder does not express.
+    """
+    if arch not in BUILDERS:
+        raise UnsupportedArchitectureError(
+            f"the ONNX writer has no graph for architecture {arch!r}; supported: "
+            f"{', '.join(BUILDERS)}"
+        )
+    b = _Builder(storages, offsets, opts)
+    inputs, outputs = BUILDERS[arch](b, cfg)
+    graph = ir.Graph(inputs, outputs, nodes=b.tape.nodes,
+                     initializers=[*b._inits.values(), *b._consts.values()],
+                     opset_imports={"": OPSET, _MS: 1}, name=f"quantport_{arch}")
+    return ir.Model(graph, ir_version=10, producer_name="quantport",
+                    metadata_props=dict(metadata))

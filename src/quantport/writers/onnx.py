@@ -1,0 +1,280 @@
+"""ONNX directories that ONNX Runtime and onnxruntime-genai load as they are: ``model.onnx``
+(the graph, built from the architecture's hyper-parameters by
+:mod:`quantport.formats.onnx_graph`), ``model.onnx.data`` (every weight, at offsets the plan
+fixes), ``config.json``, the tokenizer files and, for decoders, ``genai_config.json``.
+
+What each tensor becomes (:meth:`ONNXWriter.plan`): with a scheme, every Linear weight gets it,
+and so does a token embedding tied to the LM head (it *is* the head's weight: one packed table
+read by ``GatherBlockQuantized`` and ``MatMulNBits``); an untied embedding, norms and biases stay
+float32. With a dense type every tensor gets it. ``--tensor-type REGEX=SCHEME`` overrides by
+Hugging Face name, first match wins. Quantized Linear weights are written as
+``DequantizeLinear -> MatMul`` (``--onnx-matmul qdq``, the default: ORT fuses it into
+``MatMulNBits``) or as ``MatMulNBits`` directly (``nbits``, with ``--accuracy-level``);
+``--quant w8a8`` writes int8 per-channel weights that run as int8 GEMMs on dynamically
+quantized activations. See :mod:`quantport.formats.onnx_pack` for the layouts.
+
+The graph does not depend on the weights' values, so it is built and serialized at plan time:
+its size, and so every file's size, is exact before any tensor is computed, and worker
+processes write each weight straight to its offset in ``model.onnx.data``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import quantport
+from quantport.errors import ShapeError, UnsupportedArchitectureError, UnsupportedQuantError
+from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
+from quantport.formats._io import pwrite_all
+from quantport.formats.onnx_graph import BUILDERS, GraphOptions, build_model
+from quantport.formats.onnx_pack import Storage, pack, row_chunks, storage_for
+from quantport.ir import QuantizedTensor
+from quantport.plan import Plan, PlanRow
+from quantport.quant.scheme import IntScheme
+from quantport.readers.source import ModelSource
+from quantport.recipe import Recipe, Target
+
+__all__ = ["DATA_FILE", "GRAPH_FILE", "ONNXWriter", "genai_config"]
+
+GRAPH_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+_ALIGN = 64  # initializer offsets in the data file (ORT maps external data; aligned reads)
+_EMBED = ("model.embed_tokens.weight", "embeddings.word_embeddings.weight",
+          "bert.embeddings.word_embeddings.weight")
+
+
+def _tied(source: ModelSource) -> bool:
+    return source.architecture.causal and bool(source.config.get("tie_word_embeddings", True)) \
+        and "lm_head.weight" not in source.names()
+
+
+def _dropped(source: ModelSource, name: str) -> str | None:
+    if name in source.architecture.buffers:
+        return "buffer, computed in the graph"
+    if name == "lm_head.weight" and bool(source.config.get("tie_word_embeddings")):
+        return "tied to the token embedding"
+    if name.startswith(("pooler.", "bert.pooler.")):
+        return "pooler, not used by last_hidden_state or sentence_embedding"
+    if not source.architecture.causal and name.startswith(("cls.", "classifier.")):
+        return "task head, not part of the encoder graph"
+    return None
+
+
+def _role(source: ModelSource, name: str) -> str:
+    if name in _EMBED:
+        return "embed"
+    if name == "lm_head.weight" or source.architecture.is_linear(name):
+        return "linear"
+    return "other"
+
+
+def _default(source: ModelSource, recipe: Recipe, name: str, role: str,
+             tied: bool) -> tuple[Target, str]:
+    if isinstance(recipe.quant, str):
+        return recipe.quant, "default"
+    if role == "linear":
+        return recipe.quant, "default"
+    if role == "embed" and tied:
+        return recipe.quant, "tied to the LM head"
+    return "F32", "not a Linear weight"
+
+
+def genai_config(cfg: dict[str, Any], tokenizer_files: dict[str, str]) -> dict[str, Any]:
+    """onnxruntime-genai's ``genai_config.json`` for a decoder graph, with the builder's fields
+    (``builders/base.py`` ``make_genai_config``) and greedy search by default."""
+    hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    ctx = int(cfg.get("max_position_embeddings") or 4096)
+    gen: dict[str, Any] = {}
+    if "generation_config.json" in tokenizer_files:
+        with contextlib.suppress(ValueError):
+            gen = json.loads(tokenizer_files["generation_config.json"])
+    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+    pad = cfg.get("pad_token_id")
+    if pad is None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    return {
+        "model": {
+            "bos_token_id": gen.get("bos_token_id", cfg.get("bos_token_id")),
+            "context_length": ctx,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": GRAPH_FILE,
+                "head_size": int(cfg.get("head_dim") or hidden // heads),
+                "hidden_size": hidden,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": heads,
+                "num_hidden_layers": int(cfg["num_hidden_layers"]),
+                "num_key_value_heads": int(cfg.get("num_key_value_heads") or heads),
+            },
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "type": "llama",
+            "vocab_size": int(cfg["vocab_size"]),
+        },
+        "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True,
+                   "length_penalty": 1.0, "max_length": ctx, "min_length": 0,
+                   "no_repeat_ngram_size": 0, "num_beams": 1, "num_return_sequences": 1,
+                   "past_present_share_buffer": True, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
+
+
+class _Sink:
+    """Plan rows packed into their initializers and written at their offsets in the data file."""
+
+    def __init__(self, fd: int, plan: Plan) -> None:
+        self.fd = fd
+        self.plan = plan
+        self.storages: list[Storage] = plan.extra["storages"]
+        self.offsets: dict[str, int] = plan.extra["offsets"]
+
+    def chunkable(self, i: int) -> bool:
+        return row_chunks(self.storages[i], self.plan.rows[i].target)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def put(self, i: int, value: QuantizedTensor | np.ndarray,
+            rows: tuple[int, int] | None = None) -> int:
+        st = self.storages[i]
+        r0 = 0 if rows is None else rows[0]
+        packed = pack(st, value)
+        written = 0
+        for init in st.inits:
+            data = packed[init.name]
+            per_row = init.nbytes // st.shape[0] if r0 else 0
+            pwrite_all(self.fd, memoryview(np.ascontiguousarray(data)).cast("B"),
+                       self.offsets[init.name] + r0 * per_row)
+            written += data.nbytes
+        return written
+
+
+class ONNXWriter:
+    """Writer of ONNX Runtime directories (see the module docstring)."""
+
+    name = "onnx"
+    description = ("ONNX Runtime / onnxruntime-genai directory: QDQ or MatMulNBits int4/int8, "
+                   "w8a8, f16/f32")
+
+    def plan(self, source: ModelSource, recipe: Recipe, imatrix: Any = None) -> Plan:
+        """What every tensor becomes, the graph, and the exact size of every file.
+
+        Raises:
+            UnsupportedArchitectureError: an architecture with no ONNX graph builder.
+            UnsupportedQuantError: a scheme the graph cannot express (naming those it can),
+                or an override that matches no tensor.
+            ShapeError: a group size that does not divide a width (unless keep_unquantized).
+        """
+        arch = source.architecture.name
+        if arch not in BUILDERS:
+            raise UnsupportedArchitectureError(
+                f"the ONNX writer has no graph for architecture {arch!r}; supported: "
+                f"{', '.join(BUILDERS)}"
+            )
+        tied = _tied(source)
+        rows: list[PlanRow] = []
+        storages: list[Storage] = []
+        dropped: dict[str, str] = {}
+        used: set[int] = set()
+        for name in source.names():
+            why = _dropped(source, name)
+            if why is not None:
+                dropped[name] = why
+                continue
+            shape = tuple(int(d) for d in source.shape(name))
+            role = _role(source, name)
+            target, reason = _default(source, recipe, name, role, tied)
+            for k, o in enumerate(recipe.overrides):
+                if o.regex.search(name):
+                    target, reason = o.target, f"override '{o}'"
+                    used.add(k)
+                    break
+            if isinstance(target, IntScheme):
+                try:
+                    target.check(name, shape)
+                except ShapeError as exc:
+                    if not recipe.keep_unquantized:
+                        raise
+                    target, reason = "F32", str(exc).split(";")[0]
+            # a quantized token table is gathered by GatherBlockQuantized (and, tied, read
+            # by MatMulNBits as the head): always the nbits layout
+            mode = "nbits" if role == "embed" else recipe.onnx_matmul
+            st = storage_for(name, shape, target, role, mode)
+            storages.append(st)
+            rows.append(PlanRow(name, name, shape, target, reason, st.nbytes))
+        for k, o in enumerate(recipe.overrides):
+            if k not in used:
+                raise UnsupportedQuantError(
+                    f"tensor-type override '{o}' matches no tensor; fix the regex (it is "
+                    "re.search-ed against Hugging Face names such as "
+                    "'model.layers.0.self_attn.q_proj.weight'; a tied head is "
+                    "'model.embed_tokens.weight')"
+                )
+        offsets: dict[str, int] = {}
+        pos = 0
+        for st in storages:
+            for init in st.inits:
+                pos = -(-pos // _ALIGN) * _ALIGN
+                offsets[init.name] = pos
+                pos += init.nbytes
+        data_size = pos
+        metadata = {
+            "quantport_version": quantport.__version__,
+            "quantport_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+            "quantport_source": json.dumps(source.describe(), sort_keys=True),
+            "quantport_data_size": str(data_size),
+            "quantport_tensors": json.dumps({s.name: s.to_dict() for s in storages}),
+        }
+        opts = GraphOptions(accuracy_level=4 if recipe.accuracy_level is None
+                            else recipe.accuracy_level, data_file=DATA_FILE,
+                            act_quant=recipe.act_quant)
+        model = build_model(arch, source.config, {s.name: s for s in storages}, offsets, opts,
+                            metadata)
+        import onnx_ir as ir
+
+        graph = ir.to_proto(model).SerializeToString()
+        texts = {"config.json": json.dumps(source.config, indent=2)}
+        if source.architecture.causal:
+            texts["genai_config.json"] = json.dumps(
+                genai_config(source.config, source.tokenizer_files), indent=4)
+        for fname, text in source.tokenizer_files.items():
+            texts.setdefault(fname, text)
+        plan = Plan(recipe, rows, dropped, {GRAPH_FILE: len(graph), DATA_FILE: data_size})
+        plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
+        plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
+        plan.extra.update(graph=graph, texts=texts, storages=storages, offsets=offsets)
+        return plan
+
+    def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
+        """Round-to-nearest on integer grids uses no importance."""
+        return {}
+
+    def check_output(self, out: Path) -> None:
+        """Directories only (checked by the atomic writer)."""
+
+    @contextlib.contextmanager
+    def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:
+        """The directory under a temporary name: graph, config and tokenizer files written,
+        the data file at its final size; renamed into place on success."""
+        with atomic_dir(out) as tmp:
+            (tmp / GRAPH_FILE).write_bytes(plan.extra["graph"])
+            for fname, text in plan.extra["texts"].items():
+                (tmp / fname).write_text(text, encoding="utf-8")
+            fd = os.open(tmp / DATA_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, plan.files[DATA_FILE])
+                yield _Sink(fd, plan)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
