@@ -46,13 +46,15 @@ cli.add_command(validate)
 @handle_errors
 def inspect(path: Path, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Show the tensors (shape, type, size), metadata and quantization summary of a
-    safetensors file or checkpoint directory, a GGUF file or an ONNX model. Reads headers
-    only.
+    safetensors file or checkpoint directory, a GGUF file or an ONNX model or directory
+    (files, I/O, op counts with contrib ops, weight schemes per group of initializers). Reads
+    headers (the ONNX graph without its external data) only.
 
     \b
     Examples:
         quantport inspect smollm2-w4 --json
         quantport inspect smollm2-q4_k_m.gguf
+        quantport inspect smollm2-onnx-w4
     """
     setup_logging(verbose)
     from quantport.inspect import inspect_path
@@ -63,12 +65,40 @@ def inspect(path: Path, as_json: bool, quiet: bool, verbose: bool) -> None:
         return
     click.echo(f"{info['path']}: {info['format']}, {len(info['tensors'])} tensors, "
                f"{info['total_bytes']:,} bytes of tensor data")
+    if info["format"] == "onnx":
+        _print_onnx(info)
+        return
     for k, v in info.get("metadata", {}).items():
         s = str(v)
         click.echo(f"  {k} = {s if len(s) < 100 else s[:97] + '...'}")
     click.echo(f"  quantization: {json.dumps(info['quantization'])}")
     for t in info["tensors"]:
         click.echo(f"  {t['name']:<56} {str(tuple(t['shape'])):<18} {t['type']:<8} {t['bytes']:>12,}")
+
+
+def _print_onnx(info: dict) -> None:
+    """An ONNX artifact: files and sizes, I/O, op counts (contrib ops by domain), the weight
+    schemes per group of initializers, then every initializer."""
+    mib = 1024 * 1024
+    for k, v in info["metadata"].items():
+        s = str(v)
+        click.echo(f"  {k} = {s if len(s) < 100 else s[:97] + '...'}")
+    click.echo(f"  files ({info['file_bytes'] / mib:.1f} MiB):")
+    for f, n in info["files"].items():
+        click.echo(f"    {f:<32} {'missing' if n is None else f'{n:>14,}'}")
+    click.echo(f"  inputs:  {', '.join(info['io']['inputs'])}")
+    click.echo(f"  outputs: {', '.join(info['io']['outputs'])}")
+    click.echo(f"  ops ({sum(info['ops'].values())} nodes):")
+    for op, n in info["ops"].items():
+        click.echo(f"    {op:<48} {n:>6}")
+    q = info["quantization"]
+    click.echo(f"  weights (nominal {q['bits']} bits):")
+    for scheme, g in q["weights"].items():
+        click.echo(f"    {scheme:<72} {g['count']:>4} x  {g['bytes'] / mib:>8.2f} MiB")
+    click.echo("  initializers:")
+    for t in info["tensors"]:
+        click.echo(f"    {t['name']:<60} {str(tuple(t['shape'])):<18} {t['type']:<8} "
+                   f"{t['bytes']:>12,}")
 
 
 # ------------------------------------------------------------------------------------- list

@@ -11,8 +11,10 @@
   artifact against the float32 source (cosine of embeddings for encoders).
 
 Runtimes: safetensors checkpoints are loaded by transformers itself (with compressed-tensors for
-quantized ones); GGUF files by llama.cpp (llama-cpp-python, ``logits_all=True``). The source
-runs in transformers in float32. All models see the same token ids (the source tokenizer's).
+quantized ones); GGUF files by llama.cpp (llama-cpp-python, ``logits_all=True``); ONNX
+directories by ONNX Runtime on CPU (:class:`~quantport.validate.ort.OrtLM`), whose correctness
+gate also decodes greedily through the graph's KV cache. The source runs in transformers in
+float32. All models see the same token ids (the source tokenizer's).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -112,7 +115,13 @@ class CorrectnessLimits:
 
     @classmethod
     def for_runtime(cls, runtime: str) -> CorrectnessLimits:
-        """The limits for ``"transformers"`` or ``"llama.cpp"``."""
+        """The limits for ``"transformers"``, ``"llama.cpp"`` or ``"onnxruntime"``.
+
+        ONNX Runtime gets llama.cpp's: its CPU MatMulNBits at ``accuracy_level`` 4 (the level
+        onnxruntime-genai's builder writes for CPU) quantizes activations to int8 per block
+        (``SQNBIT_CompInt8`` in ``contrib_ops/cpu/quantization/matmul_nbits.cc``), and W8A8
+        graphs quantize them on purpose (DynamicQuantizeLinear).
+        """
         if runtime == "transformers":
             return cls(1e-3, 0.98, 0.9999)
         return cls()
@@ -159,9 +168,16 @@ _FTYPE_BITS = {0: 16, 1: 16, 32: 16, 7: 8, 18: 6, 8: 5, 9: 5, 16: 5, 17: 5, 2: 4
 def artifact_bits(path: str | os.PathLike[str]) -> int:
     """Nominal weight precision of an artifact: 16 when it is not quantized.
 
-    GGUF: from ``general.file_type``; safetensors: from ``quantization_config``.
+    GGUF: from ``general.file_type``; safetensors: from ``quantization_config``; ONNX: the
+    fewest bits among the graph's quantized weights (:func:`quantport.inspect.onnx_bits`).
     """
+    from quantport.validate.ort import is_onnx_artifact
+
     p = Path(path)
+    if is_onnx_artifact(p):
+        from quantport.inspect import onnx_bits
+
+        return onnx_bits(p)
     if p.suffix == ".gguf" and p.is_file():
         from quantport.formats.gguf_file import scan_gguf
 
@@ -367,6 +383,29 @@ class TransformersLM:
                              use_cache=False)
         return out.logits[0].float()
 
+    def generate(self, ids: np.ndarray, n: int) -> tuple[list[int], np.ndarray]:
+        """Greedy decoding of ``n`` tokens after ``ids`` through transformers' KV cache.
+
+        Returns:
+            The ``n`` tokens and the logits each was chosen from (``[n, vocab]``).
+        """
+        import torch
+
+        rows = []
+        tokens: list[int] = []
+        with torch.inference_mode():
+            out = self.model(torch.as_tensor(np.asarray(ids))[None], use_cache=True,
+                             logits_to_keep=1)
+            while True:
+                row = out.logits[0, -1].float()
+                rows.append(row.numpy())
+                tokens.append(int(row.argmax()))
+                if len(tokens) == n:
+                    break
+                out = self.model(torch.tensor([[tokens[-1]]]), use_cache=True,
+                                 past_key_values=out.past_key_values, logits_to_keep=1)
+        return tokens, np.stack(rows)
+
     def embed_texts(self, texts: list[str], tok: Any) -> np.ndarray:
         """Mean-pooled last hidden states (sentence-transformers pooling), ``[n, dim]``."""
         import torch
@@ -476,11 +515,16 @@ def artifact_weights(path: str | os.PathLike[str],
 
     A GGUF is read by :class:`~quantport.readers.GGUFSource`; a safetensors checkpoint by
     quantport's safetensors reader, with compressed-tensors ``pack-quantized`` weights unpacked
-    and dequantized by quantport's own code (not by compressed-tensors).
+    and dequantized by quantport's own code (not by compressed-tensors); an ONNX directory by
+    quantport's ONNX reader (``quantport.formats.onnx_read.onnx_weights``: the float32 weights
+    the graph holds, its packed codes dequantized by quantport, not by ORT).
     """
     from quantport.readers import GGUFSource, HFCheckpoint
+    from quantport.validate.ort import is_onnx_artifact
 
     p = Path(path)
+    if is_onnx_artifact(p):
+        return _onnx_weights(p, on_progress)
     src: Any = GGUFSource(p) if p.suffix == ".gguf" else HFCheckpoint(p)
     names = src.names()
     out: dict[str, np.ndarray] = {}
@@ -509,6 +553,19 @@ def artifact_weights(path: str | os.PathLike[str],
         if on_progress:
             on_progress("dequantize", len(dense) + i + 1, total)
     return out
+
+
+def _onnx_weights(p: Path, on_progress: Progress | None) -> dict[str, np.ndarray]:
+    try:
+        from quantport.formats.onnx_read import onnx_weights
+    except ImportError as exc:
+        raise QuantportError("this quantport has no ONNX weight reader "
+                             "(quantport.formats.onnx_read)") from exc
+    d = p if p.is_dir() else p.parent
+    weights = onnx_weights(d)
+    if on_progress:
+        on_progress("dequantize", len(weights), len(weights))
+    return weights
 
 
 # ------------------------------------------------------------------------------- validation
@@ -569,6 +626,13 @@ def _runtime_tokens(art: Any, art_path: Path, texts: list[str],
         for t in texts:
             ids.extend(art.tokenize(t, add_special=special))
         return ids, ""
+    if (art_path / "genai_config.json").is_file() and not special \
+            and importlib.util.find_spec("onnxruntime_genai") is not None:
+        # onnxruntime-genai serves the directory with its own tokenizer (onnxruntime-extensions
+        # reading tokenizer.json): that is the runtime's tokenizer to check
+        from quantport.validate.ort import genai_tokenize
+
+        return genai_tokenize(art_path, texts)
     try:
         tok = _tokenizer(art_path)
     except (OSError, ValueError) as exc:
@@ -579,17 +643,21 @@ def _runtime_tokens(art: Any, art_path: Path, texts: list[str],
     return ids, ""
 
 
-def _open_runtime(art_path: Path, causal: bool, ctx: int) -> tuple[str, Any]:
+def _open_runtime(art_path: Path, causal: bool, ctx: int,
+                  threads: int | None = None) -> tuple[str, Any]:
+    from quantport.validate.ort import OrtLM, is_onnx_artifact
+
+    if is_onnx_artifact(art_path):
+        return "onnxruntime", OrtLM(art_path, threads=threads)
     if art_path.is_dir():
         return "transformers", TransformersLM(art_path, causal=causal)
     if art_path.suffix == ".gguf":
         if causal:
             return "llama.cpp", LlamaCppLM(art_path, n_ctx=ctx)
         return "llama.cpp", LlamaCppLM(art_path, n_ctx=512, embedding=True)
-    if art_path.suffix == ".onnx":
-        raise QuantportError(f"{art_path}: ONNX validation is not available yet")
     raise QuantportError(
-        f"{art_path}: unknown artifact type (expected a checkpoint directory or .gguf)"
+        f"{art_path}: unknown artifact type (expected a checkpoint directory, an ONNX "
+        "directory or .onnx, or .gguf)"
     )
 
 
@@ -615,12 +683,15 @@ def validate(
     correctness: CorrectnessLimits | None = None,
     on_progress: Progress | None = None,
     raise_on_fail: bool = False,
+    threads: int | None = None,
+    n_generate: int = 32,
 ) -> ValidationReport:
     """Check that an artifact's runtime computes what its weights mean (correctness), and
     measure how far it is from its source model on real text (quality).
 
     Args:
-        artifact: a safetensors checkpoint directory or a ``.gguf`` file.
+        artifact: a safetensors checkpoint directory, an ONNX directory (``model.onnx``) or a
+            ``.gguf`` file.
         against: the source (checkpoint directory, GGUF, alias); ``None`` = default model.
         text: evaluation text file (default: WikiText-2 test split).
         ctx: tokens per window.
@@ -629,6 +700,9 @@ def validate(
         correctness: kernel-noise limits (default: :meth:`CorrectnessLimits.for_runtime`).
         on_progress: progress callback (phases ``dequantize`` and ``validate``).
         raise_on_fail: raise :class:`ValidationFailed` instead of returning a failed report.
+        threads: ONNX Runtime's intra-op threads (default: the cores available, at most 8).
+        n_generate: ONNX decoders: tokens of greedy decoding through the graph's KV cache
+            compared with quantport's torch forward of the graph's weights (0: no check).
 
     Returns:
         The report; ``correct`` says whether the correctness gate held, ``quality_passed``
@@ -647,7 +721,7 @@ def validate(
             causal = ref_src.architecture.causal
             tok = _tokenizer(ref_dir)
             text_path = Path(text) if text else default_text()
-            runtime, art = _open_runtime(art_path, causal, ctx)
+            runtime, art = _open_runtime(art_path, causal, ctx, threads)
             ref = TransformersLM(ref_dir, causal=causal)
         cl = correctness or CorrectnessLimits.for_runtime(runtime)
         with timer("load_weights"):
@@ -655,6 +729,10 @@ def validate(
         if causal:
             report = _causal(art, ref, ir, ir_reason, tok, text_path, ctx, n_windows, cl,
                              runtime, art_path, timer, on_progress)
+            if runtime == "onnxruntime" and n_generate > 0:
+                with timer("generate"):
+                    report.checks.append(asdict(_generate_check(
+                        art, ir, ir_reason, report, windows_prompt(tok, text_path), n_generate)))
         else:
             report = _encoder(art, ref, ir, ir_reason, tok, text_path, cl, runtime, art_path,
                               timer, on_progress)
@@ -722,6 +800,51 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
     return report
 
 
+def windows_prompt(tok: Any, text_path: Path, n: int = 32) -> np.ndarray:
+    """The prompt of the generation check: the first ``n`` tokens of the evaluation text."""
+    _, ids = _tokenize_prefix(tok, _read_text(text_path), n)
+    return np.asarray(ids[:n], dtype=np.int64)
+
+
+def _generate_check(art: Any, ir: TransformersLM | None, ir_reason: str,
+                    report: ValidationReport, prompt: np.ndarray, n: int) -> Check:
+    """Greedy decoding of ``n`` tokens by the runtime through its KV cache against greedy
+    decoding of quantport's torch forward of the same weights.
+
+    The tokens must be equal. A divergence passes only on a near tie: where torch's logits
+    of the two tokens differ by at most twice the largest logit difference the runtime showed
+    against the same forward on the evaluation windows (its kernel noise, e.g. MatMulNBits'
+    int8 activations at accuracy_level 4), either token is what the weights mean.
+    """
+    name = "generate_greedy_match"
+    if ir is None:
+        return Check(name, CORRECTNESS, None, 1.0, ">=", None, ir_reason)
+    got, got_rows = art.generate(prompt, n)
+    want, want_rows = ir.generate(prompt, n)
+    same = np.asarray(got) == np.asarray(want)
+    k = n if same.all() else int(np.argmin(same))
+    # the rows up to the first divergence had the same prefix on both sides
+    upto = min(k + 1, n)
+    diff = float(np.abs(got_rows[:upto] - want_rows[:upto]).max())
+    report.extra["generate_tokens"] = got
+    report.extra["ir_generate_tokens"] = want
+    report.extra["ir_generate_max_abs_logit_diff"] = diff
+    if k == n:
+        return Check(name, CORRECTNESS, 1.0, 1.0, ">=", True,
+                     f"{n} tokens after a {len(prompt)}-token prompt, through the KV cache")
+    noise = 2 * float(report.extra.get("ir_max_abs_logit_diff") or 0.0)
+    gap = float(want_rows[k][want[k]] - want_rows[k][got[k]])
+    if gap <= noise:
+        return Check(name, CORRECTNESS, k / n, 1.0, ">=", True,
+                     f"{k} of {n} tokens equal, then a near tie: torch's logits of its token "
+                     f"{want[k]} and the runtime's {got[k]} differ by {gap:.3g} <= {noise:.3g} "
+                     "(twice the runtime's largest logit difference on the windows)")
+    return Check(name, CORRECTNESS, k / n, 1.0, ">=", False,
+                 f"diverged at token {k} of {n}: runtime {got[k]}, torch {want[k]} (torch's "
+                 f"logit gap {gap:.3g} > {noise:.3g}, twice the runtime's kernel noise on the "
+                 "windows)")
+
+
 def _sentences(text_path: Path, n: int) -> list[str]:
     lines = [ln.strip() for ln in _read_text(text_path).splitlines()]
     return [ln for ln in lines if len(ln.split()) >= 8 and not ln.startswith("=")][:n]
@@ -736,6 +859,8 @@ def _encoder(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason
             # reference's 128-token window, so both sides see exactly the same tokens
             sents = [t for t in _sentences(text_path, 256)
                      if len(tok(t)["input_ids"]) <= 128][:32]
+        elif runtime == "onnxruntime":
+            sents = _sentences(text_path, 256)
         else:
             sents = _sentences(text_path, 64)
         source_ids: list[int] = []
@@ -756,6 +881,11 @@ def _encoder(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason
             a = art.embed_texts(batch, tok)
         with timer("forward_reference"):
             r = ref.embed_texts(batch, tok)
+        if runtime == "onnxruntime":
+            # the graph's sentence_embedding is normalised (sentence-transformers' Normalize
+            # module); the reference's mean pooling is not: compare directions
+            a = a / np.linalg.norm(a, axis=1, keepdims=True)
+            r = r / np.linalg.norm(r, axis=1, keepdims=True)
         max_abs = max(max_abs, float(np.abs(a - r).max()))
         cos.extend(cosine(a, r))
         if ir is not None:
