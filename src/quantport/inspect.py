@@ -100,7 +100,7 @@ def _zero_points(init: Any, base: Path | None) -> np.ndarray | None:
     try:
         return np.asarray(numpy_helper.to_array(init, str(base) if base else "")).astype(
             np.int64)
-    except (OSError, ValueError, TypeError):
+    except Exception:  # onnx's checker raises its own ValidationError for a missing file
         return None
 
 
@@ -148,11 +148,14 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
         owned = [x for x in (present(1), present(2), present(3), present(4)) if x]
         return (f"MatMulNBits int{a.get('bits', 4)} block {a.get('block_size')} {zp}, "
                 f"accuracy_level {acc}", owned)
-    if op == "GatherBlockQuantized" and ins and ins[0] not in inits:
-        # onnxruntime-genai's builder feeds the tied LM head's packed weight through a Reshape
-        src = producers.get(ins[0])
-        if src is not None and src.op_type == "Reshape" and src.input[0] in inits:
-            ins[0] = src.input[0]
+    # a weight may reach its consumer through a Reshape or Transpose (onnxruntime-genai's
+    # tied LM head table feeds GatherBlockQuantized through a Reshape; a float tied head is
+    # the embedding transposed)
+    for i, name in enumerate(ins[:2]):
+        src = producers.get(name)
+        if name and name not in inits and src is not None \
+                and src.op_type in ("Reshape", "Transpose") and src.input[0] in inits:
+            ins[i] = src.input[0]
     if op == "GatherBlockQuantized" and present(0):
         owned = [x for x in (present(0), present(2), present(3)) if x]
         bits = a.get("bits", 4)
@@ -182,7 +185,7 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
                "per-tensor")
         zpi = 3 if op == "MatMulInteger" else 4
         owned = [x for x in (present(1), scale, present(zpi)) if x]
-        return f"{op} {t} weights {per}, int8 activations (dynamic)", owned
+        return f"{op} {t} weights {per}, 8-bit activations quantized at run time", owned
     if op == "QLinearMatMul" and present(3):
         t = onnx.TensorProto.DataType.Name(inits[ins[3]].data_type).lower()
         return f"QLinearMatMul {t}", [x for x in (present(3), present(4), present(5)) if x]
@@ -190,6 +193,7 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
         w = ins[0] if op == "Gather" else ins[1]
         if w in inits and len(inits[w].dims) == 2:
             t = onnx.TensorProto.DataType.Name(inits[w].data_type).lower()
+            t = {"float": "float32", "double": "float64"}.get(t, t)
             return f"{t} → {op}", [w]
     return None
 

@@ -120,8 +120,8 @@ def check_external_data(model_path: str | os.PathLike[str], model: Any = None) -
         name, offset, length = max(ranges, key=lambda r: r[1] + r[2])
         end = offset + length
         if size < end:
-            raise FormatError(f"{f}: truncated: {size:,} bytes, the graph's tensors need "
-                              f"{end:,} (tensor {name}); {fix}")
+            raise FormatError(f"{f}: truncated (or not this graph's): {size:,} bytes, the "
+                              f"graph's tensors need {end:,} (tensor {name}); {fix}")
         if size > end:
             raise FormatError(f"{f}: does not match {mp.name}: {size:,} bytes, the graph's "
                               f"tensors end at byte {end:,}; {fix}")

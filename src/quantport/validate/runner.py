@@ -711,6 +711,10 @@ def validate(
     art_path = Path(artifact)
     if not art_path.exists():
         raise QuantportError(f"{art_path}: artifact not found")
+    from quantport.validate.ort import check_external_data, is_onnx_artifact, onnx_model_path
+
+    if is_onnx_artifact(art_path):  # before anything slow: a missing or short model.onnx.data
+        check_external_data(onnx_model_path(art_path))
     th = thresholds or Thresholds.for_bits(artifact_bits(art_path))
     timer = _Timer()
     start = time.perf_counter()
