@@ -124,7 +124,10 @@ class Recipe:
         calib_dtype: dtype of the calibration forward passes (``float32`` or ``bfloat16``).
         onnx_matmul: ONNX: quantized Linear weights as ``"qdq"`` (DequantizeLinear -> MatMul,
             which ORT fuses into MatMulNBits) or ``"nbits"`` (MatMulNBits directly).
-        accuracy_level: ONNX ``nbits``: MatMulNBits ``accuracy_level`` (0..4; None: 4).
+        accuracy_level: ONNX: ``accuracy_level`` of the MatMulNBits nodes the graph holds
+            (0..4; None: 4): every quantized Linear with ``nbits``, the quantized tied head
+            with ``qdq`` (the MatMulNBits ORT fuses from QDQ take its session option
+            ``session.qdq_matmulnbits_accuracy_level``, default 4).
         act_quant: ONNX: ``"w8a8"``, int8 weights with dynamically quantized int8
             activations (``--quant w8a8``).
     """
@@ -280,11 +283,6 @@ def make_recipe(
             raise OptionError(f"--onnx-matmul must be qdq or nbits, got {onnx_matmul!r}")
         if accuracy_level is not None and not 0 <= accuracy_level <= 4:
             raise OptionError(f"--accuracy-level must be 0..4, got {accuracy_level}")
-        if accuracy_level is not None and onnx_matmul != "nbits":
-            raise OptionError(
-                "--accuracy-level applies to --onnx-matmul nbits; a QDQ graph's fused "
-                "MatMulNBits take ORT's session option session.qdq_matmulnbits_accuracy_level"
-            )
     if fmt == "onnx" and str(quant).strip().lower() == "w8a8":
         # int8 per-channel symmetric weights; activations quantized at run time
         q, act_quant = parse_scheme("w8-channel-sym"), "w8a8"

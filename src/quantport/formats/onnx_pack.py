@@ -172,10 +172,9 @@ def storage_for(name: str, shape: tuple[int, ...], target: Any, role: str,
                  Init(f"{name}_zp", dt, ps))
         return Storage(name, shape, "qdq", inits, bits=s.bits, block_size=block, axis=axis,
                        symmetric=s.symmetric)
-    bits_ok = (4, 8) if role == "embed" else (2, 4, 8)
-    if s.bits not in bits_ok:
+    if s.bits not in (2, 4, 8):  # MatMulNBits' and GatherBlockQuantized's CPU kernels
         op = "GatherBlockQuantized" if role == "embed" else "MatMulNBits"
-        raise _refuse(name, s, f"{op} takes {'/'.join(map(str, bits_ok))}-bit codes")
+        raise _refuse(name, s, f"{op} takes 2/4/8-bit codes")
     block = nbits_block(s, k)
     if block is None:
         raise _refuse(name, s, f"MatMulNBits needs a power-of-two block >= 16 dividing the "

@@ -1,0 +1,297 @@
+"""The ONNX writer on the tiny llama: ONNX Runtime's logits against transformers, the weights
+the graph holds against quantport's own rounding, ORT's fusion of every QDQ weight MatMul,
+onnxruntime-genai's greedy generation, plan sizes, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantport.errors import (
+    FormatError,
+    OptionError,
+    OutputExistsError,
+    UnsupportedQuantError,
+)
+from quantport.formats.onnx_read import onnx_records, onnx_weights
+from quantport.ir import dequantize
+from quantport.pipeline import convert
+from quantport.readers import open_path
+from quantport.recipe import make_recipe
+
+ort = pytest.importorskip("onnxruntime")
+
+# (quant, --onnx-matmul) variants written once per module
+VARIANTS = [
+    ("f32", "qdq"),
+    ("f16", "qdq"),
+    ("w4-g32-sym", "qdq"),
+    ("w4-g64-asym", "qdq"),
+    ("w8-channel-sym", "qdq"),
+    ("w8-g32-asym", "qdq"),
+    ("w4-g32-sym", "nbits"),
+    ("w4-g64-asym", "nbits"),
+    ("w8-channel-asym", "nbits"),
+    ("w2-g32-asym", "nbits"),
+    ("w8a8", "qdq"),
+]
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    src = open_path(tiny_llama)
+    out = {}
+    for quant, mode in VARIANTS:
+        # accuracy level 0: fp32 arithmetic, to compare tightly
+        r = make_recipe("onnx", quant, onnx_matmul=mode, accuracy_level=0,
+                        tensor_types=["embed_tokens=f32"] if quant == "w8a8" else ())
+        d = root / f"{quant}-{mode}"
+        convert(src, r, d, threads=1)
+        out[(quant, mode)] = d
+    return out
+
+
+def _session(d: Path, level: int = 0, optimized: Path | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    # fused QDQ MatMulNBits at accuracy level 0: fp32 arithmetic, comparable tightly
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(level))
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+
+def _run_decoder(sess: ort.InferenceSession, cfg: dict, ids: np.ndarray, prefill: int) -> np.ndarray:
+    """Logits of ``ids``: ``prefill`` tokens at once, then one token at a time through the
+    KV cache."""
+    n_layers, kv = cfg["num_hidden_layers"], cfg["num_key_value_heads"]
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    names = [o.name for o in sess.get_outputs()]
+    past = {f"past_key_values.{i}.{k}": np.zeros((ids.shape[0], kv, 0, hd), np.float32)
+            for i in range(n_layers) for k in ("key", "value")}
+    steps = [(0, prefill)] + [(t, t + 1) for t in range(prefill, ids.shape[1])]
+    logits = []
+    for a, b in steps:
+        feed = {"input_ids": ids[:, a:b], "attention_mask": np.ones((ids.shape[0], b), np.int64),
+                **past}
+        out = dict(zip(names, sess.run(None, feed), strict=True))
+        logits.append(out["logits"])
+        past = {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"]
+                for i in range(n_layers) for k in ("key", "value")}
+    return np.concatenate(logits, axis=1)
+
+
+def _torch_logits(hf_dir: Path, ids: np.ndarray, weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if weights is not None:
+        sd = m.state_dict()
+        assert set(weights) == set(sd) - {"lm_head.weight"}
+        m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
+                          strict=False)
+        m.tie_weights()
+    with torch.no_grad():
+        return m(torch.tensor(ids)).logits.numpy()
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+IDS = np.random.default_rng(0).integers(3, 49000, (2, 10))
+
+
+def test_f32_logits_match_transformers_prefill_and_decode(exports, tiny_llama: Path) -> None:
+    d = exports[("f32", "qdq")]
+    cfg = json.loads((d / "config.json").read_text())
+    got = _run_decoder(_session(d), cfg, IDS, prefill=6)
+    ref = _torch_logits(tiny_llama, IDS)
+    assert _rel(got, ref) < 1e-4
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] not in ("f32", "w8a8")],
+                         ids="-".join)
+def test_ort_computes_the_weights_the_graph_holds(exports, tiny_llama: Path, variant) -> None:
+    d = exports[variant]
+    cfg = json.loads((d / "config.json").read_text())
+    got = _run_decoder(_session(d), cfg, IDS, prefill=6)
+    ref = _torch_logits(tiny_llama, IDS, onnx_weights(d))
+    assert _rel(got, ref) < 1e-4
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] not in ("f32", "f16", "w8a8")],
+                         ids="-".join)
+def test_graph_holds_exactly_quantports_rounding(exports, tiny_llama: Path, variant) -> None:
+    from quantport.quant.scheme import parse_scheme
+
+    scheme = parse_scheme(variant[0])
+    src = open_path(tiny_llama)
+    held = onnx_weights(exports[variant])
+    for name in ("model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight",
+                 "model.embed_tokens.weight"):
+        want = dequantize(scheme.quantize(src.get(name), name=name))
+        np.testing.assert_array_equal(held[name], want)
+    np.testing.assert_array_equal(held["model.norm.weight"], src.get("model.norm.weight"))
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[1] == "qdq" and v[0].startswith("w")
+                                     and v[0] != "w8a8"], ids="-".join)
+def test_ort_fuses_every_qdq_weight_matmul(exports, variant, tmp_path: Path) -> None:
+    import onnx
+
+    opt = tmp_path / "optimized.onnx"
+    _session(exports[variant], level=4, optimized=opt)
+    g = onnx.load(str(opt), load_external_data=False).graph
+    ops = [n.op_type for n in g.node]
+    producers = {o: n.op_type for n in g.node for o in n.output}
+    weights = set(g.initializer[i].name for i in range(len(g.initializer)))
+    unfused = [n.name for n in g.node if n.op_type in ("MatMul", "Gemm")
+               and (producers.get(n.input[1]) == "DequantizeLinear" or n.input[1] in weights)]
+    assert unfused == [], f"weight MatMuls left unfused: {unfused}"
+    assert "DequantizeLinear" not in ops
+    # 7 Linear weights per layer, 2 layers, and the tied head
+    assert ops.count("MatMulNBits") == 7 * 2 + 1
+
+
+def test_w8a8_runs_int8_gemms(exports, tiny_llama: Path, tmp_path: Path) -> None:
+    import onnx
+
+    d = exports[("w8a8", "qdq")]
+    opt = tmp_path / "optimized.onnx"
+    sess = _session(d, optimized=opt)
+    ops = [n.op_type for n in onnx.load(str(opt), load_external_data=False).graph.node]
+    # one quantization of x shared by q/k/v (and gate/up) leaves MatMulIntegerToFloat there
+    # (ORT merges the identical DynamicQuantizeLinear nodes); the others fuse entirely
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 7 * 2
+    assert ops.count("DynamicQuantizeMatMul") >= 2
+    assert "MatMulInteger" not in ops
+    cfg = json.loads((d / "config.json").read_text())
+    got = _run_decoder(sess, cfg, IDS, prefill=10)
+    ref = _torch_logits(tiny_llama, IDS, onnx_weights(d))
+    # activations are rounded to 8 bits at run time: close, not exact
+    assert _rel(got, ref) < 0.05
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_genai_greedy_generation_equals_transformers(exports, tiny_llama: Path) -> None:
+    og = pytest.importorskip("onnxruntime_genai")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt = [1, 504, 3458, 314, 253, 1345]
+    model = og.Model(str(exports[("f32", "qdq")]))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 16, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    while not gen.is_done():
+        gen.generate_next_token()
+    got = [int(t) for t in gen.get_sequence(0)]
+    m = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ref = m.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16,
+                     do_sample=False)[0].tolist()
+    assert got == ref
+
+
+def test_files_and_sizes_follow_the_plan(exports, tiny_llama: Path, tmp_path: Path) -> None:
+    src = open_path(tiny_llama)
+    for (quant, mode), d in exports.items():
+        r = make_recipe("onnx", quant, onnx_matmul=mode, accuracy_level=0,
+                        tensor_types=["embed_tokens=f32"] if quant == "w8a8" else ())
+        plan = convert(src, r, tmp_path / "x", dry_run=True).plan
+        on_disk = {p.name: p.stat().st_size for p in d.iterdir()}
+        assert on_disk == plan.files, (quant, mode)
+    meta = {p.key: p.value for p in __import__("onnx").load(
+        str(exports[("w4-g32-sym", "qdq")] / "model.onnx"), load_external_data=False).metadata_props}
+    assert json.loads(meta["quantport_recipe"])["quant"] == "w4-g32-sym"
+    assert {"quantport_source", "quantport_version"} <= set(meta)
+
+
+def test_records_are_named_after_hugging_face_tensors(exports) -> None:
+    import onnx
+
+    g = onnx.load(str(exports[("w4-g32-sym", "qdq")] / "model.onnx"),
+                  load_external_data=False).graph
+    names = {i.name for i in g.initializer}
+    p = "model.layers.0.self_attn.q_proj.weight"
+    assert {p + "_q", p + "_scale", p + "_zp"} <= names
+    recs = onnx_records(exports[("w4-g32-sym", "qdq")])
+    assert recs[p].bits == 4 and recs[p].block_size == (1, 32)
+
+
+@pytest.mark.parametrize(("quant", "mode", "match"), [
+    ("w3-g32-sym", "qdq", "cannot be written to ONNX"),
+    ("w4-g8-sym", "qdq", "power.of.two"),
+    ("w4-g8-sym", "nbits", "power-of-two block"),
+    ("w6-g32-sym", "nbits", "2/4/8-bit"),
+])
+def test_schemes_onnx_cannot_express_are_refused(tiny_llama: Path, tmp_path: Path, quant, mode,
+                                                 match) -> None:
+    r = make_recipe("onnx", quant, onnx_matmul=mode)
+    with pytest.raises(UnsupportedQuantError, match=match) as e:
+        convert(open_path(tiny_llama), r, tmp_path / "o", dry_run=True)
+    assert "schemes that export: w4-g32" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_options_that_do_not_apply_are_usage_errors() -> None:
+    with pytest.raises(OptionError, match="apply to --to onnx only"):
+        make_recipe("safetensors", "w4-g32-sym", onnx_matmul="nbits")
+    with pytest.raises(OptionError, match="0..4"):
+        make_recipe("onnx", "w4-g32-sym", accuracy_level=5)
+    with pytest.raises(OptionError, match="w8a8"):
+        make_recipe("onnx", "w8a8", onnx_matmul="nbits")
+
+
+def test_override_on_a_tied_embedding_and_unknown_names(tiny_llama: Path, tmp_path: Path) -> None:
+    src = open_path(tiny_llama)
+    r = make_recipe("onnx", "w4-g32-sym", tensor_types=["model.embed_tokens.weight=w8-channel-sym"])
+    plan = convert(src, r, tmp_path / "o", dry_run=True).plan
+    row = next(x for x in plan.rows if x.name == "model.embed_tokens.weight")
+    assert str(row.target) == "w8-channel-sym" and row.reason.startswith("override")
+    with pytest.raises(UnsupportedQuantError, match="matches no tensor"):
+        convert(src, make_recipe("onnx", "w4-g32-sym", tensor_types=["lm_head=f32"]),
+                tmp_path / "o", dry_run=True)
+
+
+def test_reader_refuses_missing_truncated_and_foreign_data(exports, tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(exports[("w4-g32-sym", "qdq")], d)
+    data = d / "model.onnx.data"
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.truncate(size - 100)
+    with pytest.raises(FormatError, match="truncated"):
+        onnx_weights(d)
+    shutil.copy(exports[("w8-channel-sym", "qdq")] / "model.onnx.data", data)
+    with pytest.raises(FormatError, match="does not belong to this graph"):
+        onnx_weights(d)
+    data.unlink()
+    with pytest.raises(FormatError, match="missing") as e:
+        onnx_weights(d)
+    assert "\n" not in str(e.value)
+
+
+def test_existing_output_follows_force_rules(exports, tiny_llama: Path, tmp_path: Path) -> None:
+    src = open_path(tiny_llama)
+    r = make_recipe("onnx", "f32")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a quantport artifact"):
+        convert(src, r, foreign, force=True)
+    d = tmp_path / "ours"
+    convert(src, r, d, threads=1)
+    with pytest.raises(OutputExistsError, match="--force"):
+        convert(src, r, d)
+    convert(src, r, d, force=True, threads=1)
+    assert (d / "model.onnx.data").is_file()
