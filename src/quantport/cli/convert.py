@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from quantport.cli._common import Bars, common_options, handle_errors, setup_logging
-from quantport.errors import QuantportError
 from quantport.recipe import ACT_ORDERS, CALIB_INPUTS, METHODS
 
 __all__ = ["convert"]
@@ -88,6 +87,13 @@ def _parse_size(text: str) -> int:
               help="Print the plan (what every tensor becomes) and the exact output size only.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="Worker processes (default: one per available core, within memory).")
+@click.option("--onnx-matmul", type=click.Choice(["qdq", "nbits"]), default="qdq",
+              show_default=True,
+              help="ONNX: quantized Linear weights as DequantizeLinear -> MatMul (ORT fuses it "
+                   "into MatMulNBits) or as com.microsoft MatMulNBits directly.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
+              help="ONNX: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 "
+                   "activations; default 4, the fastest on CPU).")
 @common_options
 @handle_errors
 def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, method: str,
@@ -96,7 +102,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
             token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None,
             calib_samples: int | None, calib_len: int, damp: float, act_order: str,
             calib_inputs: str, calib_dtype: str, save_imatrix: Path | None, dry_run: bool,
-            threads: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
+            threads: int | None, onnx_matmul: str, accuracy_level: int | None, as_json: bool,
+            quiet: bool, verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
     quantized artifact. Without SRC, the default model (SmolLM2-135M-Instruct) is used.
 
@@ -112,10 +119,12 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         quantport convert --to safetensors --quant w4-g128-sym \\
             --tensor-type 'down_proj=w8-channel-sym' -o smollm2-mixed
         quantport convert some.gguf --to safetensors --quant f32 -o some-hf
+        quantport convert --to onnx --quant w4-g32-sym -o smollm2-onnx-int4
+        quantport convert --to onnx --quant w4-g32-sym --onnx-matmul nbits \
+            --tensor-type 'model.embed_tokens.weight=w8-channel-sym' -o smollm2-onnx-mixed
+        quantport convert minilm --to onnx --quant w8a8 -o minilm-onnx-w8a8
     """
     setup_logging(verbose)
-    if fmt == "onnx":
-        raise QuantportError("ONNX export is not available yet; use --to safetensors or --to gguf")
     from quantport.pipeline import convert as run
     from quantport.pipeline import make_recipe
 
@@ -126,6 +135,7 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         imatrix=imatrix_path, calib=calib, calib_samples=calib_samples, calib_len=calib_len,
         max_shard_size=_parse_size(max_shard_size), damp=damp, act_order=act_order,
         calib_inputs=calib_inputs, calib_dtype=calib_dtype,
+        onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
     )  # fmt: skip
     if save_imatrix and not calib:
         raise click.UsageError("--save-imatrix needs --calib")
