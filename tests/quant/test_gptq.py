@@ -20,7 +20,13 @@ from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.formats.gguf_blocks import pack
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.quant.ggml import GGML_GRIDS, quantize_ggml
-from quantport.quant.gptq import gptq_quantize, grid_for, hessian_error, run_gptq
+from quantport.quant.gptq import (
+    TensorIntGrid,
+    gptq_quantize,
+    grid_for,
+    hessian_error,
+    run_gptq,
+)
 from quantport.quant.grid import Grid, IntGrid
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import parse_scheme
@@ -371,8 +377,27 @@ def test_grid_for() -> None:
         grid_for("Q4_K", (8, 576), name="blk.0.attn_q.weight")
     with pytest.raises(ShapeError, match="group size"):
         grid_for(parse_scheme("w4-g128-sym"), (8, 576))
-    with pytest.raises(UnsupportedQuantError, match="one scale per tensor"):
-        grid_for(parse_scheme("w8-tensor-sym"), w.shape)
     with pytest.raises(UnsupportedQuantError, match="F16"):
         grid_for("F16", w.shape)
 
+
+
+@pytest.mark.parametrize("text", ["w8-tensor-sym", "w4-tensor-asym"])
+def test_per_tensor_schemes(text: str) -> None:
+    """One scale for the whole tensor: H = I gives IntScheme.quantize's record, a correlated
+    H a lower error with the same scale; act-order needs no g_idx (one group)."""
+    scheme = parse_scheme(text)
+    w, h = _weight(16), _hessian(16)
+    grid = grid_for(scheme, w.shape)
+    assert isinstance(grid, TensorIntGrid)
+    ref = scheme.quantize(w)
+    _assert_records_equal(quantize_rtn(w, grid), ref)
+    _assert_records_equal(gptq_quantize(w, np.eye(COLS), grid), ref)
+    for act_order in (False, True):
+        r = run_gptq(w, h, grid, act_order=act_order)
+        assert r.record.g_idx is None and r.record.block_size == w.shape
+        assert np.array_equal(r.record.scale, ref.scale)
+        assert np.array_equal(dequantize(r.record), r.values)
+        assert r.error < 0.8 * hessian_error(w, dequantize(ref), h)
+    codes, values, _ = _reference(w, h, grid)
+    assert np.array_equal(np.asarray(gptq_quantize(w, h, grid).codes, np.int64), codes)

@@ -32,7 +32,7 @@ from quantport.quant.grid import Grid, IntGrid, Params, concat_params
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import IntScheme
 
-__all__ = ["GptqResult", "gptq_quantize", "grid_for", "hessian_error", "run_gptq"]
+__all__ = ["GptqResult", "TensorIntGrid", "gptq_quantize", "grid_for", "hessian_error", "run_gptq"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ def grid_for(target: Any, shape: tuple[int, int], *, name: str = "tensor") -> Gr
 
     Returns:
         The grid; ``quantize_rtn(w, grid_for(t, w.shape))`` gives the same record as the
-        round-to-nearest path of ``pipeline.execute.round_tensor``.
+        round-to-nearest path of ``pipeline.execute.round_tensor`` (``IntScheme.quantize``,
+        ``quantize_ggml``). A per-tensor scheme gives a :class:`TensorIntGrid`.
 
     Raises:
-        UnsupportedQuantError: a dense type, an unknown type, or a per-tensor scheme (one
-            scale for the whole tensor is not a grid of input-column blocks).
+        UnsupportedQuantError: a dense type or an unknown type.
         ShapeError: the input width is not a multiple of the grid's block.
     """
     if len(shape) != 2:
@@ -102,10 +102,7 @@ def grid_for(target: Any, shape: tuple[int, int], *, name: str = "tensor") -> Gr
     if isinstance(target, IntScheme):
         target.check(name, tuple(shape))
         if target.granularity == "tensor":
-            raise UnsupportedQuantError(
-                f"{name}: scheme {target} has one scale per tensor, which is not a grid of "
-                "input-column blocks; use a group or channel scheme (e.g. w8-channel-sym)"
-            )
+            return TensorIntGrid(target.bits, target.symmetric, cols)
         block = cols if target.granularity == "channel" else int(target.group_size)
         return IntGrid(target.bits, target.symmetric, block)
     if isinstance(target, str):
@@ -224,6 +221,10 @@ def run_gptq(
         raise ValueError(f"{name}: block_cols must be positive, got {block_cols}")
     if damp < 0:
         raise ValueError(f"{name}: damp must be >= 0, got {damp}")
+    if act_order and not static_groups and gb == cols and not isinstance(grid, IntGrid):
+        # one block per row: every column is in the same group whatever the order, so static
+        # groups are the same thing and the record needs no g_idx (a per-tensor scale)
+        static_groups = True
     if act_order and not static_groups and not isinstance(grid, IntGrid):
         raise UnsupportedQuantError(
             f"{name}: act-order groups need g_idx, which {grid.name} cannot store (its blocks "
@@ -312,6 +313,88 @@ def run_gptq(
                 g_idx=g_idx,
             )
     return GptqResult(record, values, loss, hessian_error(w, values, hessian), used)
+
+
+@dataclass(frozen=True)
+class TensorIntGrid:
+    """An integer grid with one scale (and zero-point) for the whole tensor.
+
+    What ``IntScheme("...-tensor-...").quantize`` computes, as a :class:`Grid`: the scale is
+    fitted from the extremes of the whole tensor (:meth:`row_stats` of all its rows), so a
+    block (one row's columns) fitted alone gets the tensor's scale; rounding and values are
+    :class:`IntGrid`'s. :meth:`assemble` gives the per-tensor record (``block_size`` the
+    whole shape, a ``[1, 1]`` scale).
+
+    Attributes:
+        bits: code width, 2..8.
+        symmetric: symmetric (no zero-point) or asymmetric.
+        block: the tensor's input width (one block per row).
+    """
+
+    bits: int
+    symmetric: bool
+    block: int
+
+    @property
+    def name(self) -> str:
+        """Encoding name recorded in the IR."""
+        return "int"
+
+    def _rows(self) -> IntGrid:
+        return IntGrid(self.bits, self.symmetric, self.block)
+
+    def row_stats(self, x: np.ndarray) -> Params:
+        """The tensor's extremes (``x`` must hold every row): ``min``, ``max`` as ``[1]``."""
+        x = np.asarray(x, dtype=F32)
+        return {"min": x.min().reshape(1), "max": x.max().reshape(1)}
+
+    def fit(
+        self,
+        x: np.ndarray,
+        importance: np.ndarray | None = None,
+        *,
+        row_stats: Params | None = None,
+    ) -> Params:
+        """The tensor's scale (and zero-point) for every block of ``x``, from ``row_stats``
+        (or from ``x`` itself, exact when it holds the whole tensor); ``importance`` unused.
+
+        The same float32 operations as :meth:`IntGrid.fit` of the flattened tensor (one
+        block of ``rows * cols``), which ``IntScheme.quantize`` runs.
+        """
+        x = np.asarray(x, dtype=F32)
+        stats = self.row_stats(x) if row_stats is None else row_stats
+        ext = np.array([[[stats["min"][0], stats["max"][0]]]], dtype=F32)  # [1, 1, 2]
+        one = self._rows().fit(ext)  # min/max (and |x| max) are all the fit reads
+        return {k: np.broadcast_to(v, x.shape[:2]).copy() for k, v in one.items()}
+
+    def round(
+        self, x: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """:meth:`IntGrid.round`."""
+        return self._rows().round(x, params, cols=cols)
+
+    def value(
+        self, codes: np.ndarray, params: Params, *, cols: slice | None = None
+    ) -> np.ndarray:
+        """:meth:`IntGrid.value`."""
+        return self._rows().value(codes, params, cols=cols)
+
+    def assemble(
+        self, shape: tuple[int, int], codes: np.ndarray, params: Params
+    ) -> QuantizedTensor:
+        """The per-tensor record, as ``IntScheme.quantize`` builds it."""
+        rows, cols = shape
+        zp = params.get("zero_point")
+        return QuantizedTensor(
+            shape=(rows, cols),
+            codes=np.asarray(codes).reshape(rows, cols),
+            scale=np.asarray(params["scale"], dtype=F32).reshape(-1)[:1].reshape(1, 1),
+            block_size=(rows, cols),
+            bits=self.bits,
+            signed=True,
+            zero_point=None if zp is None else np.asarray(zp).reshape(-1)[:1].reshape(1, 1),
+            encoding=self.name,
+        )
 
 
 # ------------------------------------------------------------------------------ internals
@@ -407,7 +490,7 @@ def _rounder(
     """``(x, c) -> (codes, values)`` of one column ``x`` ``[rows]`` (float32) at column ``c``
     of the block whose parameters are ``p``: ``grid.round`` / ``grid.value`` with
     ``cols=slice(c, c + 1)``, or the same arithmetic inlined for an :class:`IntGrid`."""
-    if type(grid) is IntGrid:
+    if type(grid) in (IntGrid, TensorIntGrid):
         # IntGrid.round / value with the per-call checks hoisted: the same float32 operations
         qmin, qmax = code_range(grid.bits, True)
         s = p["scale"][:, 0]
