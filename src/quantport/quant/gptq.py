@@ -59,9 +59,11 @@ class GptqResult:
         values: float32 ``[out, in]``, what ``record`` dequantizes to (original column order);
             a true-sequential calibration puts these into the layer.
         loss: the reference's reported loss, ``sum((w - q)**2 / d**2) / 2`` over the error-
-            updated weights (``gptq.py`` ``Losses``; GPTQModel logs it per module).
+            updated weights (``gptq.py`` ``Losses``; GPTQModel logs it per module); NaN when
+            the weight was rounded to nearest.
         error: ``tr((W - Q) H (W - Q)ᵀ)`` with the given (undamped) ``H``: the layer-output
-            error the rounding causes on the calibration data (see :func:`hessian_error`).
+            error the rounding causes on the calibration data (see :func:`hessian_error`);
+            NaN when ``H`` is not finite.
         damp: the dampening fraction the factorisation succeeded with; ``None`` when the
             Hessian stayed indefinite and the weight was rounded to nearest instead.
     """
@@ -263,12 +265,10 @@ def run_gptq(
     if finite:
         u, used = _inverse_cholesky(h[np.ix_(perm, perm)] if act_order else h, damp)
     if u is None:
-        log.warning(
-            "%s: the Hessian is not positive definite even with dampening %g (or not finite); "
-            "rounding this weight to nearest instead of GPTQ",
-            name,
-            used,
-        )
+        why = (f"is not positive definite even with dampening {used:g}" if finite
+               else "has NaN or infinite entries")
+        log.warning("%s: the Hessian %s; rounding this weight to nearest instead of GPTQ "
+                    "(check the calibration inputs of this layer)", name, why)
         # the importance GPTQ would have fitted with (diag(H) needs a finite H)
         record = quantize_rtn(w32, grid, imp if finite or importance is not None else None,
                               name=name)
