@@ -42,6 +42,8 @@ demo: setup
 	$(BIN)/quantport validate $(OUT)/smollm2-w4-g64-sym
 	$(BIN)/quantport convert --to gguf --quant Q4_K_M -o $(OUT)/smollm2-Q4_K_M.gguf --force
 	$(BIN)/quantport validate $(OUT)/smollm2-Q4_K_M.gguf
+	$(BIN)/quantport convert --to onnx --quant w4-g32-sym -o $(OUT)/smollm2-onnx-w4-g32-sym --force
+	$(BIN)/quantport validate $(OUT)/smollm2-onnx-w4-g32-sym
 
 bench: setup
 	$(BIN)/python benchmarks/gguf_vs_llamacpp.py --out BENCHMARKS.md
