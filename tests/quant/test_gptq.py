@@ -401,3 +401,20 @@ def test_per_tensor_schemes(text: str) -> None:
         assert r.error < 0.8 * hessian_error(w, dequantize(ref), h)
     codes, values, _ = _reference(w, h, grid)
     assert np.array_equal(np.asarray(gptq_quantize(w, h, grid).codes, np.int64), codes)
+
+
+@pytest.mark.parametrize("n", [7, 300, 577])
+def test_upper_cholesky_of_the_inverse(n: int) -> None:
+    """The blocked factorisation gives the factor the reference computes with cholesky,
+    cholesky_inverse, cholesky(upper=True): upper, positive diagonal, Uᵀ U = H⁻¹."""
+    from quantport.quant.gptq import _upper_chol_of_inverse
+
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 2 * n))
+    h = a @ a.T / n + 0.01 * np.eye(n)
+    u = _upper_chol_of_inverse(h)
+    ref = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H⁻¹
+    assert np.array_equal(u, np.triu(u)) and np.all(np.diag(u) > 0)
+    assert np.allclose(u, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+    with pytest.raises(np.linalg.LinAlgError):
+        _upper_chol_of_inverse(h - 2 * np.linalg.eigvalsh(h).max() * np.eye(n))

@@ -263,7 +263,10 @@ def run_gptq(
 
     u, used = (None, damp)
     if finite:
-        u, used = _inverse_cholesky(h[np.ix_(perm, perm)] if act_order else h, damp)
+        if act_order:
+            h = h[np.ix_(perm, perm)]  # (the unpermuted copy is freed)
+        u, used = _inverse_cholesky(h, damp)
+    del h
     if u is None:
         why = (f"is not positive definite even with dampening {used:g}" if finite
                else "has NaN or infinite entries")
@@ -564,14 +567,16 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> tuple[np.ndarray | None, fl
     idx = np.arange(n)
     f = damp
     while True:
-        hd = h.copy()
-        hd[idx, idx] += f * mean
         u = None
         if mean > 0:
+            # reversed (see _upper_chol_of_inverse): the one copy of H a try makes
+            hd = h[::-1, ::-1].copy()
+            hd[idx, idx] += f * mean
             try:
-                u = _upper_chol_of_inverse(hd)
+                u = _upper_chol_of_inverse_reversed(hd)
             except np.linalg.LinAlgError:
                 u = None
+            del hd
         if u is not None and np.isfinite(u).all() and (np.diag(u) > 0).all():
             return u, f
         nxt = f * _DAMP_STEP if f > 0 else _FIRST_DAMP
@@ -587,7 +592,12 @@ def _upper_chol_of_inverse(h: np.ndarray) -> np.ndarray:
     ``JHJ = L Lᵀ`` gives ``H = R Rᵀ``, ``R = JLJ`` upper, so ``H⁻¹ = R⁻ᵀ R⁻¹`` and
     ``U = R⁻¹ = J L⁻¹ J`` (upper, positive diagonal: the unique factor). Raises
     ``LinAlgError`` when ``H`` is not positive definite."""
-    li = _chol_inv(np.ascontiguousarray(h[::-1, ::-1]))
+    return _upper_chol_of_inverse_reversed(np.ascontiguousarray(h[::-1, ::-1]))
+
+
+def _upper_chol_of_inverse_reversed(hr: np.ndarray) -> np.ndarray:
+    """:func:`_upper_chol_of_inverse` of ``H`` given ``JHJ`` (contiguous)."""
+    li = _chol_inv(hr)
     return np.ascontiguousarray(li[::-1, ::-1])
 
 
