@@ -252,6 +252,23 @@ def test_lower_hessian_error_than_rtn(grid_name: str) -> None:
     assert ra.error < 0.8 * e_rtn, (ra.error, e_rtn)
 
 
+@pytest.mark.parametrize("type_name", list(GGML_GRIDS))
+def test_ggml_records_pack_to_what_gguf_py_dequantizes(type_name: str) -> None:
+    """GPTQ onto every llama.cpp type gives an ordinary block layout: the GGUF bytes, read
+    back by gguf-py's own dequantizer (llama.cpp's Python package, an implementation
+    independent of quantport's), are exactly the values GPTQ spread its errors against."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    w, h = _weight(17), _hessian(17)
+    static = type_name in ("Q4_K", "Q3_K")  # act-order with static groups for two of them
+    r = run_gptq(w, h, grid_for(type_name, w.shape), act_order=static, static_groups=static)
+    data = np.asarray(pack(r.record)).reshape(ROWS, -1)
+    back = gguf_dequantize(data, GGMLQuantizationType[type_name])
+    assert np.array_equal(back, r.values)
+    assert data.nbytes == np.asarray(pack(quantize_ggml(w, type_name))).nbytes
+
+
 # --------------------------------------------------------------------------- act-order
 
 
