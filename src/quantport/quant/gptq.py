@@ -32,7 +32,14 @@ from quantport.quant.grid import Grid, IntGrid, Params, concat_params
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import IntScheme
 
-__all__ = ["GptqResult", "TensorIntGrid", "gptq_quantize", "grid_for", "hessian_error", "run_gptq"]
+__all__ = [
+    "GptqResult",
+    "TensorIntGrid",
+    "gptq_quantize",
+    "grid_for",
+    "hessian_error",
+    "run_gptq",
+]
 
 log = logging.getLogger(__name__)
 
@@ -444,8 +451,8 @@ def _column_loop(
                     if j % gb == 0:
                         # a new group, fitted on its columns as the errors of every earlier
                         # column left them: the batch-start state minus this batch's errors so
-                        # far (gptq.py lines 120-124 fit from W, which lacks this batch's
-                        # updates; GPTQModel alike)
+                        # far (gptq.py lines 120-124 fit from W, which has the earlier
+                        # batches' updates but not this batch's)
                         end = j + gb
                         blk = wt[j:end]
                         if i:
