@@ -286,6 +286,12 @@ def run_gptq(
         err = hessian_error(w, values, hessian) if finite else float("nan")
         return GptqResult(record, values, float("nan"), err, None)
 
+    # Whole-row statistics from the ORIGINAL rows, once. Only llama.cpp's legacy types with an
+    # importance matrix use them (sigma2, the row's mean square, a regulariser in the weights
+    # qw*sqrt(sigma2 + x^2) of quantize_row_q4_0_impl): the error updates change a row's mean
+    # square only slightly, the original rows make every block's fit independent of the
+    # processing order (static groups and act-order see the same statistic), and H = I gives
+    # exactly llama.cpp's quantizer. (A per-tensor integer grid takes its scale from them.)
     stats = grid.row_stats(w32)
     nb = cols // gb
     x_all = w32.reshape(rows, nb, gb)
