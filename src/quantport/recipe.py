@@ -74,6 +74,11 @@ METHODS: dict[str, Method] = {
     "rtn": Method("rtn", True, "round to nearest (llama.cpp's own search for ggml types)"),
     "gptq": Method("gptq", False, "GPTQ: error-feedback rounding driven by calibration "
                    "Hessians, on any grid (k-quants included)"),
+    "awq": Method("awq", False, "AWQ: activation-aware scales searched per layer and folded "
+                  "into the previous op, then round to nearest"),
+    "awq+gptq": Method("awq+gptq", False, "AWQ's scales, then GPTQ rounding"),
+    "smoothquant": Method("smoothquant", False, "SmoothQuant: activation outliers migrated "
+                          "into the weights (--smooth-alpha), for int8 activations (w8a8)"),
 }
 #: ``--act-order``: GPTQ's column order. ``static``: columns by decreasing Hessian diagonal,
 #: every group's parameters fitted before the loop (no ``g_idx``; llm-compressor's default
@@ -122,6 +127,7 @@ class Recipe:
         act_order: GPTQ column order, one of :data:`ACT_ORDERS`.
         calib_inputs: one of :data:`CALIB_INPUTS`.
         calib_dtype: dtype of the calibration forward passes (``float32`` or ``bfloat16``).
+        smooth_alpha: SmoothQuant's migration strength α.
         onnx_matmul: ONNX: quantized Linear weights as ``"qdq"`` (DequantizeLinear -> MatMul,
             which ORT fuses into MatMulNBits) or ``"nbits"`` (MatMulNBits directly).
         accuracy_level: ONNX: ``accuracy_level`` of the MatMulNBits nodes the graph holds
@@ -149,6 +155,7 @@ class Recipe:
     act_order: str = "static"
     calib_inputs: str = "quantized"
     calib_dtype: str = "float32"
+    smooth_alpha: float = 0.5
     onnx_matmul: str = "qdq"
     accuracy_level: int | None = None
     act_quant: str | None = None
@@ -189,6 +196,8 @@ class Recipe:
             d["calib"]["dtype"] = self.calib_dtype
             if "gptq" in self.method:
                 d["gptq"] = {"damp": self.damp, "act_order": self.act_order}
+            if self.method == "smoothquant":
+                d["smoothquant"] = {"alpha": self.smooth_alpha}
         if self.format == "onnx":
             d["onnx_matmul"] = self.onnx_matmul
             if self.accuracy_level is not None:
@@ -251,6 +260,7 @@ def make_recipe(
     act_order: str = "static",
     calib_inputs: str = "quantized",
     calib_dtype: str = "float32",
+    smooth_alpha: float = 0.5,
     onnx_matmul: str = "qdq",
     accuracy_level: int | None = None,
 ) -> Recipe:
@@ -289,6 +299,8 @@ def make_recipe(
         if onnx_matmul != "qdq":
             raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "
                               "--onnx-matmul nbits")
+    elif fmt == "onnx" and str(quant).strip().lower() == "keep":
+        q = "KEEP"  # a GGUF source's own codes, copied (the ONNX writer checks the source)
     elif fmt == "gguf":
         q = resolve_preset(quant)
     elif str(quant).strip().lower() in DENSE_TYPES:
@@ -324,6 +336,8 @@ def make_recipe(
                                 ("--calib-dtype", calib_dtype, ("float32", "bfloat16"))):
         if value not in allowed:
             raise OptionError(f"{opt} {value!r} is not one of {', '.join(allowed)}")
+    if not 0 < smooth_alpha < 1:
+        raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
     if not 0 < damp < 10:
         raise ConfigError(f"--damp must be in (0, 10), got {damp}")
     if calib_samples < 1 or calib_len < 16:
@@ -347,5 +361,5 @@ def make_recipe(
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
         damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
         calib_dtype=calib_dtype, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
-        act_quant=act_quant,
+        act_quant=act_quant, smooth_alpha=float(smooth_alpha),
     )

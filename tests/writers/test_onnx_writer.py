@@ -295,3 +295,42 @@ def test_existing_output_follows_force_rules(exports, tiny_llama: Path, tmp_path
         convert(src, r, d)
     convert(src, r, d, force=True, threads=1)
     assert (d / "model.onnx.data").is_file()
+
+
+@pytest.mark.parametrize("ggml", ["Q4_0", "Q8_0", "Q4_1"])
+def test_gguf_codes_are_copied_not_rerounded(tiny_llama: Path, tmp_path: Path, ggml: str) -> None:
+    """GGUF -> ONNX with --quant keep: the graph holds exactly the GGUF's values (its codes,
+    scales and minimums), and ORT computes them within float noise."""
+    gg = tmp_path / "tiny.gguf"
+    convert(open_path(tiny_llama), make_recipe("gguf", ggml, pure=True,
+                                                token_embedding_type="Q8_0"), gg, threads=1)
+    src = open_path(gg)
+    d = tmp_path / "onnx"
+    plan = convert(src, make_recipe("onnx", "keep", accuracy_level=0), d, threads=1).plan
+    kinds = {str(r.target) for r in plan.rows}
+    assert ggml in kinds and "Q8_0" in kinds
+    held = onnx_weights(d)
+    assert set(held) == set(src.names())
+    for name in held:
+        np.testing.assert_array_equal(held[name], src.get(name), err_msg=name)
+    cfg = json.loads((d / "config.json").read_text())
+    got = _run_decoder(_session(d), cfg, IDS, prefill=7)
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in held.items()}, strict=False)
+    m.tie_weights()
+    with torch.no_grad():
+        ref = m(torch.tensor(IDS)).logits.numpy()
+    assert _rel(got, ref) < 1e-4
+
+
+def test_gguf_types_onnx_cannot_hold_are_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    gg = tmp_path / "tiny.gguf"
+    convert(open_path(tiny_llama), make_recipe("gguf", "Q4_1", pure=True), gg, threads=1)
+    with pytest.raises(UnsupportedQuantError, match="Linear weights only") as e:
+        convert(open_path(gg), make_recipe("onnx", "keep"), tmp_path / "o", dry_run=True)
+    assert "w4-g32-asym" in str(e.value)
+    with pytest.raises(UnsupportedQuantError, match="is not a GGUF"):
+        convert(open_path(tiny_llama), make_recipe("onnx", "keep"), tmp_path / "o", dry_run=True)

@@ -131,6 +131,19 @@ class _Builder:
                 attrs = {"axis": 1}
             w = self.op("DequantizeLinear", [q, s, z], attrs, name=name + "_dq")
             y = self.op("MatMul", [x, w], name=name)
+        elif st.extra.get("fmin"):
+            # float-domain minimums: y = x @ ((q - 0) * s).T - blocksum(x) @ z (onnx_pack)
+            q, s, z, mins = (self.init(i.name) for i in st.inits)
+            y = self.op("MatMulNBits", [x, q, s, z],
+                        {"K": st.shape[1], "N": st.shape[0], "bits": st.bits,
+                         "block_size": st.block_size,
+                         "accuracy_level": self.opts.accuracy_level},
+                        domain=_MS, name=name)
+            kb = st.shape[1] // st.block_size
+            xb = self.op("Reshape", [x, self.const(np.array([0, 0, kb, st.block_size], np.int64))])
+            sums = self.op("ReduceSum", [xb, self.const(np.array([-1], np.int64))],
+                           {"keepdims": 0})
+            y = self.op("Sub", [y, self.op("MatMul", [sums, mins])], name=name + "_min")
         else:
             y = self.op("MatMulNBits", [x, *(self.init(i.name) for i in st.inits)],
                         {"K": st.shape[1], "N": st.shape[0], "bits": st.bits,

@@ -19,6 +19,16 @@ Three storage kinds, chosen per tensor by the ONNX writer (:mod:`quantport.write
   divides K and its scale repeated per block: the same values, in the block shape the kernels
   take.
 
+GGUF records are copied, not re-rounded (:data:`GGML_COPY`): Q4_0 and Q8_0 are symmetric
+blocks of 32 (int4 / int8 codes, one scale), written as the scheme ``w4-g32-sym`` /
+``w8-g32-sym`` is. Q4_1's float-domain minimum (``x = d*q + m``, IR ``q*s - z``) is written as
+``MatMulNBits`` with zero points 0 plus a block-sum correction, ``y = MatMulNBits(x) -
+blocksum(x) @ NAME_min`` with ``NAME_min`` = z ``[k_blocks, N]``: exact arithmetic on ORT's
+prepacked integer kernel. (MatMulNBits' own float zero points would also express it, but
+``(q - zp) * d`` needs ``zp = -m/d``, which float rounding makes inexact, and ORT's CPU kernel
+falls back to dequantizing all of B for float zero points: ``matmul_nbits.cc``, "Falling back
+to using unpacked compute mode"; ORT issue #28162.)
+
 4-bit ONNX packing (``docs/docsgen/source/technical/int4.md`` in onnx/onnx): two elements per
 byte, the first in the low nibble. This module imports only numpy.
 """
@@ -35,13 +45,17 @@ from quantport.errors import UnsupportedQuantError
 from quantport.ir import QuantizedTensor, ZeroPointDomain, code_range
 from quantport.quant.scheme import IntScheme
 
-__all__ = ["Init", "Storage", "element_bytes", "nbits_block", "pack", "pack_bits",
+__all__ = ["GGML_COPY", "Init", "Storage", "element_bytes", "nbits_block", "pack", "pack_bits",
            "row_chunks", "storage_for", "unpack_bits"]
 
 #: ONNX element types quantport writes, and their bits per element
 _BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8, "int4": 4,
          "uint4": 4, "int32": 32, "int64": 64}
 _DENSE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+#: ggml types whose records a GGUF source hands over as they are: type -> (bits, symmetric)
+GGML_COPY = {"Q4_0": (4, True), "Q8_0": (8, True), "Q4_1": (4, False)}
 
 
 def element_bytes(dtype: str, n: int) -> int:
@@ -99,7 +113,8 @@ class Storage:
         """JSON-ready description (recorded in the graph's metadata for readers)."""
         return {"kind": self.kind, "shape": list(self.shape), "transposed": self.transposed,
                 "bits": self.bits, "block_size": self.block_size, "axis": self.axis,
-                "symmetric": self.symmetric, "inits": [i.name for i in self.inits]}
+                "symmetric": self.symmetric, "inits": [i.name for i in self.inits],
+                "fmin": bool(self.extra.get("fmin"))}
 
 
 def nbits_block(scheme: IntScheme, k: int) -> int | None:
@@ -140,6 +155,8 @@ def storage_for(name: str, shape: tuple[int, ...], target: Any, role: str,
         UnsupportedQuantError: a scheme the graph cannot express for this tensor, naming the
             schemes that export.
     """
+    if isinstance(target, str) and target in GGML_COPY:
+        return _ggml_storage(name, shape, target, role, mode)
     if isinstance(target, str):
         dtype = _DENSE[target]
         if role == "linear":
@@ -194,7 +211,26 @@ def row_chunks(st: Storage, target: Any) -> bool:
     parameters are per row (not one per tensor)."""
     if st.kind == "dense":
         return not st.transposed
-    return st.kind == "nbits" and getattr(target, "granularity", "") != "tensor"
+    return st.kind == "nbits" and not st.extra.get("fmin") and isinstance(target, IntScheme) and getattr(target, "granularity", "") != "tensor"
+
+
+def _ggml_storage(name: str, shape: tuple[int, ...], ggml: str, role: str,
+                  mode: str) -> Storage:
+    bits, sym = GGML_COPY[ggml]
+    if sym:  # the same values as the 32-block symmetric scheme
+        return storage_for(name, shape, IntScheme(bits, "group", 32, True), role, mode)
+    if role != "linear" or len(shape) != 2:
+        raise UnsupportedQuantError(
+            f"tensor {name}: {ggml} (float-domain minimums) is exported for Linear weights only; "
+            f"re-quantize with --quant w4-g32-asym or --tensor-type '{name}=w8-channel-sym'"
+        )
+    n, k = shape
+    kb = k // 32
+    inits = (Init(f"{name}_q", "uint8", (n, kb, 16)), Init(f"{name}_scale", "float32", (n, kb)),
+             Init(f"{name}_zp", "uint8", (n, (kb + 1) // 2)),
+             Init(f"{name}_min", "float32", (kb, n)))
+    return Storage(name, shape, "nbits", inits, bits=4, block_size=32, symmetric=False,
+                   extra={"fmin": True})
 
 
 # ----------------------------------------------------------------------------------- packing
@@ -330,6 +366,8 @@ def pack(st: Storage, value: QuantizedTensor | np.ndarray) -> dict[str, np.ndarr
                 st.inits[1].name: np.ascontiguousarray(sc_o, "<f4").reshape(-1).view(np.uint8),
                 st.inits[2].name: zb}
     kb = k // st.block_size
+    if st.extra.get("fmin"):
+        return _pack_fmin(st, value, kb)
     sc, zp = _params(st, value, kb)
     half = 1 << (st.bits - 1)
     u = (codes + half).astype(np.uint8).reshape(n, kb, st.block_size)
@@ -344,3 +382,21 @@ def pack(st: Storage, value: QuantizedTensor | np.ndarray) -> dict[str, np.ndarr
             f"tensor {st.name}: planned symmetric but the record has zero points"
         )
     return out
+
+
+def _pack_fmin(st: Storage, qt: QuantizedTensor, kb: int) -> dict[str, np.ndarray]:
+    """Q4_1-style records (unsigned codes, float-domain ``z``: ``x = q*s - z``)."""
+    if (qt.zero_point_domain is not ZeroPointDomain.FLOAT or qt.signed
+            or not isinstance(qt.scale, np.ndarray) or not isinstance(qt.zero_point, np.ndarray)
+            or qt.block_size != (1, st.block_size)):
+        raise UnsupportedQuantError(
+            f"tensor {st.name}: planned as a copy of {st.bits}-bit blocks with float minimums "
+            f"but given a {qt.encoding} record"
+        )
+    n = qt.shape[0]
+    u = qt.codes.astype(np.uint8).reshape(n, kb, st.block_size)
+    return {st.inits[0].name: pack_bits(u, st.bits).reshape(-1),
+            st.inits[1].name: np.ascontiguousarray(qt.scale, "<f4").reshape(-1).view(np.uint8),
+            st.inits[2].name: np.zeros(st.inits[2].nbytes, np.uint8),
+            st.inits[3].name: np.ascontiguousarray(np.asarray(qt.zero_point).T, "<f4")
+            .reshape(-1).view(np.uint8)}

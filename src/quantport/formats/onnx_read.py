@@ -17,7 +17,7 @@ import numpy as np
 
 from quantport.errors import FormatError
 from quantport.formats.onnx_pack import element_bytes, unpack_bits
-from quantport.ir import QuantizedTensor, dequantize
+from quantport.ir import QuantizedTensor, ZeroPointDomain, dequantize
 
 __all__ = ["onnx_records", "onnx_weights"]
 
@@ -123,6 +123,11 @@ def _record(st: dict[str, Any], arrs: list[np.ndarray]) -> QuantizedTensor | np.
     bs = int(st["block_size"])
     kb = k // bs
     codes = unpack_bits(arrs[0].reshape(n, kb, -1), bits, bs).reshape(n, k).astype(np.int16)
+    if st.get("fmin"):
+        return QuantizedTensor((n, k), codes, arrs[1].reshape(n, kb).astype(np.float32),
+                               (1, bs), bits, False, zero_point=np.ascontiguousarray(
+                                   arrs[3].reshape(kb, n).T.astype(np.float32)),
+                               zero_point_domain=ZeroPointDomain.FLOAT, encoding="onnx-nbits-min")
     half = 1 << (bits - 1)
     if len(arrs) > 2:
         zp = unpack_bits(arrs[2], bits, kb).astype(np.float32)

@@ -21,8 +21,10 @@ processes write each weight straight to its offset in ``model.onnx.data``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from quantport.errors import ShapeError, UnsupportedArchitectureError, Unsupport
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats._io import pwrite_all
 from quantport.formats.onnx_graph import BUILDERS, GraphOptions, build_model
-from quantport.formats.onnx_pack import Storage, pack, row_chunks, storage_for
+from quantport.formats.onnx_pack import GGML_COPY, Storage, pack, row_chunks, storage_for
 from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
@@ -75,8 +77,30 @@ def _role(source: ModelSource, name: str) -> str:
     return "other"
 
 
+def _kept(source: ModelSource, name: str) -> tuple[Target, str]:
+    """``--quant keep``: the GGUF's own type of ``name``, when ONNX holds it exactly."""
+    types = getattr(source, "gguf_types", None)
+    if types is None:
+        raise UnsupportedQuantError(
+            f"--quant keep copies a GGUF source's own codes, and {source.path} is not a GGUF; "
+            "choose a scheme (w4-g32-sym, w8-channel-sym, f16...)"
+        )
+    ty = types.get(source.architecture.gguf_name(name) or "", "F32")
+    if ty in ("F32", "F16", "BF16"):
+        return ty, "kept from the GGUF"
+    if ty in GGML_COPY:
+        return ty, f"{ty} codes copied from the GGUF"
+    raise UnsupportedQuantError(
+        f"tensor {name} is {ty} in the GGUF, which ONNX cannot hold exactly (it copies "
+        f"{', '.join(GGML_COPY)}, F32, F16, BF16); re-quantize it, e.g. --tensor-type "
+        f"'{re.escape(name)}=w4-g32-sym', or the whole model with --quant w4-g32-sym"
+    )
+
+
 def _default(source: ModelSource, recipe: Recipe, name: str, role: str,
              tied: bool) -> tuple[Target, str]:
+    if recipe.quant == "KEEP":
+        return _kept(source, name)
     if isinstance(recipe.quant, str):
         return recipe.quant, "default"
     if role == "linear":
@@ -133,14 +157,45 @@ def genai_config(cfg: dict[str, Any], tokenizer_files: dict[str, str]) -> dict[s
 class _Sink:
     """Plan rows packed into their initializers and written at their offsets in the data file."""
 
-    def __init__(self, fd: int, plan: Plan) -> None:
+    def __init__(self, fd: int, plan: Plan, source: ModelSource) -> None:
         self.fd = fd
         self.plan = plan
+        self.source = source
         self.storages: list[Storage] = plan.extra["storages"]
         self.offsets: dict[str, int] = plan.extra["offsets"]
+        self._gguf: dict[str, Any] | None = None
+
+    def _copied(self, i: int) -> bool:
+        return str(self.plan.rows[i].target) in GGML_COPY
+
+    def _gguf_record(self, name: str) -> QuantizedTensor:
+        """The GGUF source's own record of ``name``, in Hugging Face row order: its codes are
+        written as they are, whatever the pipeline computed."""
+        from quantport.formats.gguf_file import read_tensor, scan_gguf
+        from quantport.readers.arch import llama_unpermute
+
+        if self._gguf is None:
+            self._gguf = {t.name: t for t in scan_gguf(self.source.path).tensors}
+        gname = self.source.architecture.gguf_name(name)
+        rec = read_tensor(self.source.path, self._gguf[gname])
+        if gname.endswith(("attn_q.weight", "attn_k.weight")):
+            # llama.cpp's rotary row order back to Hugging Face's (GGUFSource.get does the same
+            # to the dequantized rows); block parameters are per row, so rows move with them
+            cfg = self.source.config
+            heads = int(cfg["num_attention_heads"])
+            kv = heads if gname.endswith("attn_q.weight") else \
+                int(cfg.get("num_key_value_heads") or heads)
+
+            def rows(a: Any) -> Any:
+                return llama_unpermute(np.asarray(a), heads, kv)
+
+            rec = dataclasses.replace(
+                rec, codes=rows(rec.codes), scale=rows(rec.scale),
+                zero_point=None if rec.zero_point is None else rows(rec.zero_point))
+        return rec
 
     def chunkable(self, i: int) -> bool:
-        return row_chunks(self.storages[i], self.plan.rows[i].target)
+        return not self._copied(i) and row_chunks(self.storages[i], self.plan.rows[i].target)
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -149,6 +204,8 @@ class _Sink:
             rows: tuple[int, int] | None = None) -> int:
         st = self.storages[i]
         r0 = 0 if rows is None else rows[0]
+        if self._copied(i):
+            value = self._gguf_record(st.name)
         packed = pack(st, value)
         written = 0
         for init in st.inits:
@@ -274,7 +331,7 @@ class ONNXWriter:
             fd = os.open(tmp / DATA_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.ftruncate(fd, plan.files[DATA_FILE])
-                yield _Sink(fd, plan)
+                yield _Sink(fd, plan, source)
                 os.fsync(fd)
             finally:
                 os.close(fd)
