@@ -40,11 +40,11 @@ def test_to_dict_is_what_the_artifact_records() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"fmt": "onnx", "quant": "w4-g64-sym"}, UnsupportedQuantError, "supported: safetensors"),
+    ({"fmt": "tflite", "quant": "w4-g64-sym"}, UnsupportedQuantError, "supported: safetensors"),
     ({"fmt": "gguf", "quant": "Q9_K"}, UnsupportedQuantError, "unknown llama-quantize preset"),
     ({"fmt": "safetensors", "quant": "int4"}, UnsupportedQuantError, "unknown quantization"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "optq"}, UnsupportedQuantError,
-     "supported: rtn, gptq"),
+     "supported: rtn, gptq, awq"),
     ({"fmt": "gguf", "quant": "Q4_K_M", "method": "gptq", "imatrix": "x.dat"}, OptionError,
      "--imatrix applies to --method rtn"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq", "act_order": "desc"},

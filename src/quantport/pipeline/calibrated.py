@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from quantport.ir import dequantize
 from quantport.pipeline.execute import Sink, apply_edit, execute
 from quantport.pipeline.layerwise import LayerwiseModel, calibration_windows
+from quantport.pipeline.transforms import awq_layer, llama_groups, smooth_layer
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
@@ -37,6 +39,11 @@ __all__ = ["CalibrationReport", "run_calibrated"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
+
+#: calibration tokens AWQ's scale search runs on (whole windows from the start of the
+#: calibration set): the search runs each group's module 20 times, so it uses a sample, where
+#: the Hessians and statistics use every window
+AWQ_SAMPLE_TOKENS = 4096
 
 
 @dataclass
@@ -96,6 +103,7 @@ def run_calibrated(
     import torch
 
     from quantport.quant.gptq import grid_for, run_gptq
+    from quantport.quant.rtn import quantize_rtn
 
     recipe = plan.recipe
     t0 = time.perf_counter()
@@ -104,16 +112,15 @@ def run_calibrated(
     windows = calibration_windows(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
     report = CalibrationReport(windows=tuple(windows.shape))  # type: ignore[arg-type]
     by_source = {row.source: i for i, row in enumerate(plan.rows)}
-    in_layers: set[int] = set()
-    for li in range(model.n_layers):
-        for wname in model.weight_names(li, model.body.layers[li]):
-            if wname in by_source:
-                in_layers.add(by_source[wname])
+    # every planned tensor of a decoder layer goes through the layer loop: a transform (AWQ,
+    # SmoothQuant) changes norms as well as Linear weights
+    in_layers = {by_source[n] for li in range(model.n_layers) for n in model.param_names(li)
+                 if n in by_source}
     cfg = source.config
     n_head = int(cfg.get("num_attention_heads") or 1)
     n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
 
-    # 1. everything outside the layers' Linear weights: round-to-nearest, as without calibration
+    # 1. everything outside the decoder layers: round-to-nearest, as without calibration
     others = [i for i in range(len(plan.rows)) if i not in in_layers]
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
@@ -121,36 +128,63 @@ def run_calibrated(
     h = model.embed(windows)
     for li in range(model.n_layers):
         layer = model.load(li)
-        out, stats = model.run(li, layer, h, collect=True)
-        assert stats is not None
-        for wname, module in model.weight_names(li, layer).items():
-            idx = by_source.get(wname)
+        linears = model.weight_names(li, layer)
+        rows = {name: plan.rows[by_source[name]] for name in linears if name in by_source}
+        local = len(f"{model.prefix}{li}.")
+        grids = {name[local:].removesuffix(".weight"): grid_for(r.target, r.shape)
+                 for name, r in rows.items() if r.quantized}
+        if "awq" in recipe.method:
+            sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
+            inputs = model.capture(li, layer, sample,
+                                   [g.linears[0] for g in llama_groups(layer)])
+            alphas = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+            del inputs
+            log.info("layer %d: AWQ exponents %s", li, alphas)
+        if recipe.method == "smoothquant":
+            _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)
+            assert st is not None
+            smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
+                                 for n in linears}, alpha=recipe.smooth_alpha)
+        out = stats = None
+        if "gptq" in recipe.method:
+            # statistics of the (transformed) layer's inputs, then rounding onto the grids
+            out, stats = model.run(li, layer, h, collect=True)
+        elif recipe.calib_inputs == "float":
+            out, _ = model.run(li, layer, h)
+        for lname, param in layer.named_parameters():
+            name = f"{model.prefix}{li}.{lname}"
+            idx = by_source.get(name)
             if idx is None:
                 continue
             row = plan.rows[idx]
-            w = np.asarray(source.get(wname), dtype=np.float32)  # float32 whatever the run dtype
-            if not row.quantized:
+            w = param.detach().numpy().copy()  # float32: the layer's weights stay float32
+            if name not in linears or not row.quantized:
                 sink.put(idx, w)
                 continue
-            hess = stats.of(wname).hessian
-            assert hess is not None
             we = apply_edit(w, row.edit, n_head, n_head_kv)
             grid = grid_for(row.target, row.shape)
-            act, static = _act_order(recipe, row, report)
-            res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
-                           static_groups=static, name=row.name)
-            sink.put(idx, res.record)
-            deq = apply_edit(res.values, row.edit, n_head, n_head_kv, undo=True)
-            report.errors[row.name] = res.error
-            if res.fell_back:
-                report.notes.append(f"{row.name}: Hessian not positive definite, rounded to "
-                                    "nearest")
-            log.info("%s: GPTQ layer-output error %.4g (damp %s)", row.name, res.error,
-                     res.damp)
+            if stats is None:
+                record = quantize_rtn(we, grid, name=row.name)
+                values = dequantize(record)
+            else:
+                hess = stats.of(name).hessian
+                assert hess is not None
+                act, static = _act_order(recipe, row, report)
+                res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
+                               static_groups=static, name=row.name)
+                record, values = res.record, res.values
+                report.errors[row.name] = res.error
+                if res.fell_back:
+                    report.notes.append(f"{row.name}: Hessian not positive definite, rounded "
+                                        "to nearest")
+                log.info("%s: GPTQ layer-output error %.4g (damp %s)", row.name, res.error,
+                         res.damp)
+            sink.put(idx, record)
             with torch.no_grad():
-                module.weight.copy_(torch.from_numpy(deq))
+                param.copy_(torch.from_numpy(
+                    apply_edit(values, row.edit, n_head, n_head_kv, undo=True)))
         source.release()
-        if recipe.calib_inputs == "quantized":
+        if recipe.calib_inputs == "quantized" or out is None:
             del out
             h, _ = model.run(li, layer, h)
         else:

@@ -180,11 +180,12 @@ class LayerStats:
 class _Accumulator:
     """Forward pre-hooks on a layer's Linear modules that sum their inputs' statistics."""
 
-    def __init__(self, layer: Any, prefix: str, hessian: bool) -> None:
+    def __init__(self, layer: Any, prefix: str, hessian: bool, activations: bool) -> None:
         import torch
 
         self.torch = torch
         self.hessian = hessian
+        self.activations = activations
         self.sums: dict[str, dict[str, Any]] = {}  # group (first module) -> running sums
         self.members: dict[str, list[str]] = {}
         self.group_of: dict[str, str] = {}
@@ -215,24 +216,27 @@ class _Accumulator:
 
     def _add(self, group: str, x: Any) -> None:
         torch = self.torch
-        x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        x2 = x.detach().reshape(-1, x.shape[-1])
         s = self.sums.get(group)
         if s is None:
             d = x2.shape[1]
             s = self.sums[group] = {
                 "n": 0, "abs": torch.zeros(d, dtype=torch.float64),
                 "max": torch.zeros(d, dtype=torch.float32),
-                "sq": torch.zeros(d, dtype=torch.float64),
                 "H": torch.zeros(d, d, dtype=torch.float32) if self.hessian else None,
+                "sq": None if self.hessian else torch.zeros(d, dtype=torch.float64),
             }
-        a = x2.abs()
         s["n"] += x2.shape[0]
-        s["abs"] += a.sum(0, dtype=torch.float64)
-        s["max"] = torch.maximum(s["max"], a.amax(0))
-        s["sq"] += x2.square().sum(0, dtype=torch.float64)
         if s["H"] is not None:
-            # the reference's add_batch: H += (sqrt(2/n) X)(sqrt(2/n) X)ᵀ; scaled at the end
-            s["H"].addmm_(x2.T, x2)
+            # the reference's add_batch: H += X Xᵀ (scaled by 2/n at the end). A bfloat16 run
+            # multiplies in bfloat16 (AMX) and adds each batch's product in float32.
+            s["H"] += (x2.T @ x2).to(torch.float32)
+        else:  # mean x² is diag(H)/2 when H is collected
+            s["sq"] += x2.float().square().sum(0, dtype=torch.float64)
+        if self.activations:
+            a = x2.abs()
+            s["abs"] += a.sum(0, dtype=torch.float32).double()
+            s["max"] = torch.maximum(s["max"], a.amax(0).float())
 
     def end_batch(self) -> None:
         self.seen.clear()
@@ -243,11 +247,13 @@ class _Accumulator:
         out = LayerStats(index)
         for group, s in self.sums.items():
             n = max(int(s["n"]), 1)
+            hess = None if s["H"] is None else (s["H"].double() * (2.0 / n)).numpy()
+            sq = np.diagonal(hess) / 2 if hess is not None else (s["sq"] / n).numpy()
             out.groups.append(InputStats(
-                modules=list(self.members[group]), n=int(s["n"]),
-                hessian=None if s["H"] is None else (s["H"].double() * (2.0 / n)).numpy(),
-                abs_mean=(s["abs"] / n).float().numpy(), abs_max=s["max"].numpy().copy(),
-                sq_mean=(s["sq"] / n).float().numpy(),
+                modules=list(self.members[group]), n=int(s["n"]), hessian=hess,
+                abs_mean=(s["abs"] / n).float().numpy() if self.activations else None,
+                abs_max=s["max"].numpy().copy() if self.activations else None,
+                sq_mean=np.asarray(sq, dtype=np.float32),
             ))
         return out
 
@@ -274,6 +280,9 @@ class LayerwiseModel:
             )
         self.source = source
         self.torch = torch
+        # weights stay float32 (they are what gets rounded and written); a bfloat16 run casts
+        # them per matmul under autocast, where the CPU's bf16 units (AMX) are several times
+        # faster than float32
         self.dtype = getattr(torch, dtype)
         cfg = dict(source.config)
         model_type = cfg.pop("model_type", source.architecture.name)
@@ -302,7 +311,7 @@ class LayerwiseModel:
             if scale is not None:
                 h = h * scale
         self.source.release()
-        return h.to(self.dtype)
+        return h.to(self.dtype)  # the activation buffers: half the memory in bfloat16
 
     def load(self, i: int) -> Any:
         """Layer ``i`` with its weights read from the source (float32, or ``dtype``)."""
@@ -312,11 +321,15 @@ class LayerwiseModel:
             for name, p in layer.named_parameters():
                 p.copy_(self._tensor(f"{self.prefix}{i}.{name}"))
         self.source.release()
-        return layer.to(self.dtype).eval()
+        return layer.eval()
 
     def unload(self, i: int) -> None:
         """Drop layer ``i``'s weights."""
         self.body.layers[i].to("meta")
+
+    def param_names(self, i: int) -> list[str]:
+        """Hugging Face names of every parameter of layer ``i`` (from the meta skeleton)."""
+        return [f"{self.prefix}{i}.{n}" for n, _ in self.body.layers[i].named_parameters()]
 
     def weight_names(self, i: int, layer: Any) -> dict[str, Any]:
         """Hugging Face weight name -> the Linear module of layer ``i``."""
@@ -324,21 +337,31 @@ class LayerwiseModel:
         return {f"{self.prefix}{i}.{n}.weight": m for n, m in layer.named_modules()
                 if isinstance(m, torch.nn.Linear)}
 
+    def autocast(self) -> Any:
+        """The context the forward passes run in (bfloat16 autocast, or nothing)."""
+        import contextlib
+
+        if self.dtype == self.torch.float32:
+            return contextlib.nullcontext()
+        return self.torch.autocast("cpu", dtype=self.dtype)
+
     def _batches(self, h: Any) -> Iterator[slice]:
         per = max(1, _BATCH_TOKENS // h.shape[1])
         for s in range(0, h.shape[0], per):
             yield slice(s, min(s + per, h.shape[0]))
 
     def run(self, i: int, layer: Any, h: Any, *, collect: bool = False,
-            hessian: bool = True) -> tuple[Any, LayerStats | None]:
+            hessian: bool = True, activations: bool = False) -> tuple[Any, LayerStats | None]:
         """Run ``layer`` (number ``i``) on hidden states ``h``; with ``collect``, also the
-        statistics of its Linear inputs. Returns the output hidden states and the stats."""
+        statistics of its Linear inputs (the Hessian if ``hessian``, mean and max ``|x|`` if
+        ``activations``; mean ``x²`` always). Returns the output hidden states and the stats."""
         torch = self.torch
-        acc = _Accumulator(layer, f"{self.prefix}{i}.", hessian) if collect else None
+        acc = (_Accumulator(layer, f"{self.prefix}{i}.", hessian, activations) if collect
+               else None)
         out = torch.empty_like(h)
         pos = torch.arange(h.shape[1]).unsqueeze(0)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast():
                 cos, sin = self.rotary(h[:1].float(), position_ids=pos)
                 pe = (cos.to(self.dtype), sin.to(self.dtype))
                 for b in self._batches(h):
@@ -352,6 +375,40 @@ class LayerwiseModel:
         finally:
             stats = acc.close(i) if acc is not None else None
         return out, stats
+
+
+    def caller(self, tokens: int) -> Callable[[Any, Any], Any]:
+        """``call(module, x)``: run a submodule of a layer on its input ``x`` (the attention
+        with its rotary embeddings and the causal mask, anything else directly), under the
+        run's autocast."""
+        torch = self.torch
+        pos = torch.arange(tokens).unsqueeze(0)
+        cos, sin = self.rotary(torch.zeros(1, tokens, 1), position_ids=pos)
+        attention = type(self.body.layers[0].self_attn)
+
+        def call(module: Any, x: Any) -> Any:
+            with torch.inference_mode(), self.autocast():
+                if isinstance(module, attention):
+                    return module(hidden_states=x, position_embeddings=(cos, sin),
+                                  attention_mask=None)[0]
+                return module(x)
+
+        return call
+
+    def capture(self, i: int, layer: Any, h: Any, modules: list[str]) -> dict[str, Any]:
+        """Run layer ``i`` on ``h`` and return the inputs of its submodules ``modules`` (local
+        names), ``[windows, tokens, in]`` each (for AWQ's search on a sample)."""
+        torch = self.torch
+        got: dict[str, list[Any]] = {m: [] for m in modules}
+        handles = [layer.get_submodule(m).register_forward_pre_hook(
+            lambda _m, args, _n=m: got[_n].append(args[0].detach().float().clone()))
+            for m in modules]
+        try:
+            self.run(i, layer, h)
+        finally:
+            for hd in handles:
+                hd.remove()
+        return {m: torch.cat(v, 0) for m, v in got.items() if v}
 
 
 def cache_key(source: ModelSource, windows: np.ndarray, settings: dict[str, Any]) -> str:

@@ -1,0 +1,181 @@
+"""Transforms folded into the model before rounding: AWQ's activation-aware scales and
+SmoothQuant's activation-range migration.
+
+Both multiply the input channels of a group of Linear layers that read the same tensor by a
+per-channel scale ``s`` and divide the operation that produced that tensor by ``s`` (an RMSNorm's
+weight, or the output rows of the previous Linear), so the float model computes exactly what it
+computed before (``x/s · (W*s)ᵀ = x·Wᵀ``) and the result is an ordinary model any writer and
+rounding method takes. They differ in how ``s`` is chosen:
+
+* AWQ (AutoAWQ ``_search_best_scale``, llm-compressor ``AWQModifier``): a grid search over
+  ``s = mean|x|^α / mean|W|^(1-α)`` for α in ``{0, 1/20, ..., 19/20}`` minimising the squared
+  error of the group's output after rounding ``W*s`` onto its planned grid;
+* SmoothQuant (``smoothquant/smooth.py`` ``smooth_ln_fcs_llama_like``):
+  ``s = max|x|^α / max|W|^(1-α)`` (α = 0.5), which moves activation outliers into the weights
+  so int8 activations lose less.
+
+The groups are the Llama mapping shared by llm-awq, AutoAWQ and llm-compressor
+(../shared/reference/algorithms.md §2.2): ``input_layernorm → q,k,v`` (loss on the attention
+output), ``v → o`` only when their shapes match (not with grouped-query attention),
+``post_attention_layernorm → gate,up`` (loss on the MLP output), ``up → down``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantport.ir import dequantize
+from quantport.quant.grid import Grid
+from quantport.quant.rtn import quantize_rtn
+
+__all__ = ["AWQ_GRID", "ScaleGroup", "awq_layer", "llama_groups", "smooth_layer"]
+
+log = logging.getLogger(__name__)
+
+#: AWQ's grid of exponents (AutoAWQ / llm-awq ``n_grid = 20``: α = 0, 0.05, ..., 0.95)
+AWQ_GRID = 20
+
+
+@dataclass
+class ScaleGroup:
+    """Linear layers that read one tensor, and the operation that produced it.
+
+    Attributes:
+        prev: the producing module (an RMSNorm, or a Linear whose output rows are scaled).
+        linears: local names (``self_attn.q_proj``...) of the Linear layers reading the tensor.
+        inspect: local name of the module whose output the AWQ loss compares
+            (``self_attn``, ``mlp`` or the single Linear).
+        smooth: whether SmoothQuant balances this group (norm-fed groups only, as the
+            reference: o_proj and down_proj are not smoothed).
+    """
+
+    prev: str
+    linears: list[str]
+    inspect: str
+    smooth: bool
+
+
+def llama_groups(layer: Any) -> list[ScaleGroup]:
+    """The scale groups of a Llama-style decoder layer (AutoAWQ ``get_layers_for_scaling``)."""
+    groups = [ScaleGroup("input_layernorm",
+                         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                         "self_attn", True)]
+    v, o = layer.self_attn.v_proj.weight, layer.self_attn.o_proj.weight
+    if tuple(v.shape) == tuple(o.shape):  # llm-awq PR #67: skipped for grouped-query attention
+        groups.append(ScaleGroup("self_attn.v_proj", ["self_attn.o_proj"], "self_attn.o_proj",
+                                 False))
+    groups.append(ScaleGroup("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"],
+                             "mlp", True))
+    groups.append(ScaleGroup("mlp.up_proj", ["mlp.down_proj"], "mlp.down_proj", False))
+    return groups
+
+
+def _fold(layer: Any, group: ScaleGroup, s: Any) -> None:
+    """``prev /= s`` on its output channels, each Linear ``*= s`` on its input channels
+    (AutoAWQ ``scale_ln_fcs`` / ``scale_fc_fc``)."""
+    prev = layer.get_submodule(group.prev)
+    w = prev.weight
+    if w.ndim == 1:  # a norm's weight
+        w.div_(s)
+    else:  # the previous Linear's output rows (the last len(s) rows, as scale_fc_fc)
+        w[-s.numel():].div_(s.view(-1, 1))
+    if getattr(prev, "bias", None) is not None:
+        prev.bias[-s.numel():].div_(s)
+    for name in group.linears:
+        layer.get_submodule(name).weight.mul_(s.view(1, -1))
+
+
+def _fake_quant(w: np.ndarray, grid: Grid) -> np.ndarray:
+    return dequantize(quantize_rtn(w, grid))
+
+
+def awq_layer(
+    layer: Any,
+    inputs: dict[str, Any],
+    grids: dict[str, Grid],
+    call: Callable[[Any, Any], Any],
+    *,
+    n_grid: int = AWQ_GRID,
+) -> dict[str, float]:
+    """Search and fold AWQ scales into ``layer``, group by group (in place).
+
+    Args:
+        layer: the decoder layer (float32 weights).
+        inputs: per group's first Linear (local name), its input activations
+            ``[windows, tokens, in]`` on the calibration sample.
+        grids: local Linear name -> the grid it will be rounded onto (layers without one,
+            kept in float, are scaled but not fake-quantized).
+        call: ``call(module, x)`` runs a module on an input (the attention needs its rotary
+            embeddings; the caller knows them).
+        n_grid: exponents tried.
+
+    Returns:
+        The chosen α per group (``prev`` name).
+    """
+    import torch
+
+    chosen: dict[str, float] = {}
+    for group in llama_groups(layer):
+        x = inputs.get(group.linears[0])
+        if x is None:
+            continue
+        mods = [layer.get_submodule(n) for n in group.linears]
+        module = layer.get_submodule(group.inspect)
+        c = x.shape[-1]
+        x_mean = x.reshape(-1, c).abs().float().mean(0)
+        weights = torch.cat([m.weight for m in mods], 0)
+        # AutoAWQ duo scaling: per-channel mean of |W| normalised by its group's absmax
+        gs = next((g.block for n in group.linears if (g := grids.get(n)) is not None), c)
+        wg = weights.abs().view(-1, c // gs, gs)
+        w_mean = (wg / (wg.amax(dim=2, keepdim=True) + 1e-6)).view(-1, c).mean(0)
+        originals = [m.weight.detach().clone() for m in mods]
+        with torch.no_grad():
+            ref = call(module, x)
+            best, best_alpha, best_s = float("inf"), 0.0, torch.ones(c)
+            for k in range(n_grid):
+                alpha = k / n_grid
+                s = (x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
+                s = s / (s.max() * s.min()).sqrt()
+                for m, w0, name in zip(mods, originals, group.linears, strict=True):
+                    ws = (w0 * s.view(1, -1)).numpy()
+                    g = grids.get(name)
+                    q = _fake_quant(ws, g) if g is not None else ws
+                    m.weight.copy_(torch.from_numpy(q) / s.view(1, -1))
+                loss = float((call(module, x) - ref).float().pow(2).mean())
+                if loss < best:
+                    best, best_alpha, best_s = loss, alpha, s.clone()
+            for m, w0 in zip(mods, originals, strict=True):
+                m.weight.copy_(w0)
+            _fold(layer, group, best_s)
+        chosen[group.prev] = best_alpha
+        # the later groups' cached inputs are unchanged: each group's input comes from a
+        # different producer, and folding keeps the float function identical
+    return chosen
+
+
+def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *, alpha: float = 0.5) -> None:
+    """Fold SmoothQuant scales into ``layer`` (in place).
+
+    Args:
+        layer: the decoder layer (float32 weights).
+        abs_max: per group's first Linear (local name), max ``|x|`` per input channel.
+        alpha: migration strength (the reference's default 0.5).
+    """
+    import torch
+
+    with torch.no_grad():
+        for group in llama_groups(layer):
+            if not group.smooth or group.linears[0] not in abs_max:
+                continue
+            mods = [layer.get_submodule(n) for n in group.linears]
+            act = torch.from_numpy(np.asarray(abs_max[group.linears[0]], np.float32))
+            w_max = torch.cat([m.weight.abs() for m in mods], 0).amax(0)
+            # smooth_ln_fcs: s = max|X|^α / max|W|^(1-α), clamped at 1e-5
+            s = (act.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+                 ).clamp(min=1e-5)
+            _fold(layer, group, s)
