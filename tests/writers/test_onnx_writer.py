@@ -334,3 +334,35 @@ def test_gguf_types_onnx_cannot_hold_are_refused(tiny_llama: Path, tmp_path: Pat
     assert "w4-g32-asym" in str(e.value)
     with pytest.raises(UnsupportedQuantError, match="is not a GGUF"):
         convert(open_path(tiny_llama), make_recipe("onnx", "keep"), tmp_path / "o", dry_run=True)
+
+
+@pytest.mark.slow
+def test_default_model_f32_logits_and_genai_generation(default_model_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """SmolLM2 in f32: ORT's logits (prefill, then decoding through the KV cache) against
+    transformers, and onnxruntime-genai's greedy generation from the directory against
+    transformers' greedy generation."""
+    og = pytest.importorskip("onnxruntime_genai")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = tmp_path / "smollm2"
+    convert(open_path(default_model_dir), make_recipe("onnx", "f32"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    ids = np.asarray([tok("The capital of France is Paris. The capital of Germany is").input_ids])
+    got = _run_decoder(_session(d), cfg, ids, prefill=ids.shape[1] - 4)
+    m = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = m(torch.tensor(ids)).logits.numpy()
+    assert _rel(got, ref) < 1e-4
+    model = og.Model(str(d))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + 32, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids[0].tolist())
+    while not gen.is_done():
+        gen.generate_next_token()
+    out = [int(t) for t in gen.get_sequence(0)]
+    want = m.generate(torch.tensor(ids), max_new_tokens=32, do_sample=False)[0].tolist()
+    assert out[:len(want)] == want
