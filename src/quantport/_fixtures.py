@@ -4,9 +4,10 @@ calibration."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["calibration_text", "evaluation_text", "wikitext_dir"]
+__all__ = ["cache_dir", "calibration_text", "evaluation_text", "wikitext_dir"]
 
 
 def wikitext_dir() -> Path:
@@ -28,3 +29,8 @@ def calibration_text() -> Path:
 def evaluation_text() -> Path:
     """WikiText-2's test split: what ``validate`` scores on, so never calibration text."""
     return wikitext_dir() / "wiki.test.raw"
+
+
+def cache_dir() -> Path:
+    """quantport's cache: ``$QUANTPORT_CACHE`` or ``~/.cache/quantport``."""
+    return Path(os.environ.get("QUANTPORT_CACHE") or Path.home() / ".cache" / "quantport")

@@ -9,17 +9,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from quantport._fixtures import cache_dir
 from quantport.errors import QuantportError
 from quantport.readers import GGUFSource, HFCheckpoint, ModelSource, open_path
 
 __all__ = ["ALIASES", "cache_dir", "default_model", "open_source"]
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """quantport's cache: ``$QUANTPORT_CACHE`` or ``~/.cache/quantport``."""
-    return Path(os.environ.get("QUANTPORT_CACHE") or Path.home() / ".cache" / "quantport")
 
 
 def _package_dir(package: str, hint: str) -> Path:

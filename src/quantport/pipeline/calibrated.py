@@ -28,8 +28,15 @@ import numpy as np
 
 from quantport.ir import dequantize
 from quantport.pipeline.execute import Sink, apply_edit, execute
-from quantport.pipeline.layerwise import LayerwiseModel, calibration_windows
-from quantport.pipeline.transforms import awq_layer, llama_groups, smooth_layer
+from quantport.errors import QuantportError
+from quantport.pipeline.layerwise import (
+    LayerStats,
+    LayerwiseModel,
+    StatsCache,
+    cache_key,
+    calibration_windows,
+)
+from quantport.pipeline.transforms import apply_scales, awq_layer, llama_groups, smooth_layer
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
@@ -56,12 +63,14 @@ class CalibrationReport:
         notes: adjustments made to the recipe (act-order converted to static groups...).
         errors: per weight, GPTQ's layer-output error on the calibration data,
             ``tr((W - Q) H (W - Q)ᵀ)``.
+        cached: the statistics came from the calibration cache (no forward pass ran).
     """
 
     windows: tuple[int, int]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     errors: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
 
 
 def stores_g_idx(fmt: str, target: Any) -> bool:
@@ -124,8 +133,18 @@ def run_calibrated(
     others = [i for i in range(len(plan.rows)) if i not in in_layers]
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
-    # 2. the layers, in order
-    h = model.embed(windows)
+    # 2. the layers, in order (from the cache when this very calibration ran before)
+    settings = {"method": recipe.method, "dtype": recipe.calib_dtype,
+                "inputs": recipe.calib_inputs, "damp": recipe.damp,
+                "act_order": recipe.act_order, "alpha": recipe.smooth_alpha,
+                "awq_tokens": AWQ_SAMPLE_TOKENS,
+                "targets": [[r.source, str(r.target), r.edit] for r in plan.rows]}
+    cache = StatsCache(cache_key(source, windows, settings))
+    cached = cache.complete(model.n_layers)
+    report.cached = cached
+    if cached:
+        log.info("calibration statistics from the cache %s: no forward passes", cache.dir)
+    h = None if cached else model.embed(windows)
     for li in range(model.n_layers):
         layer = model.load(li)
         linears = model.weight_names(li, layer)
@@ -133,24 +152,34 @@ def run_calibrated(
         local = len(f"{model.prefix}{li}.")
         grids = {name[local:].removesuffix(".weight"): grid_for(r.target, r.shape)
                  for name, r in rows.items() if r.quantized}
-        if "awq" in recipe.method:
+        hit = cache.load(li) if cached else None
+        if cached and hit is None:
+            raise QuantportError(f"calibration cache {cache.dir} lost layer {li} during the "
+                                 "run; run the conversion again")
+        scales: dict[str, np.ndarray] = {}
+        if hit is not None:
+            apply_scales(layer, hit[1])
+        elif "awq" in recipe.method:
             sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
             inputs = model.capture(li, layer, sample,
                                    [g.linears[0] for g in llama_groups(layer)])
-            alphas = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+            scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
             del inputs
-            log.info("layer %d: AWQ exponents %s", li, alphas)
-        if recipe.method == "smoothquant":
+        elif recipe.method == "smoothquant":
             _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)
             assert st is not None
-            smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
-                                 for n in linears}, alpha=recipe.smooth_alpha)
+            scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
+                                          for n in linears}, alpha=recipe.smooth_alpha)
         out = stats = None
-        if "gptq" in recipe.method:
+        if hit is not None:
+            stats = hit[0] if "gptq" in recipe.method else None
+        elif "gptq" in recipe.method:
             # statistics of the (transformed) layer's inputs, then rounding onto the grids
             out, stats = model.run(li, layer, h, collect=True)
         elif recipe.calib_inputs == "float":
             out, _ = model.run(li, layer, h)
+        if hit is None:
+            cache.save(stats or LayerStats(li), scales, model.n_layers)
         for lname, param in layer.named_parameters():
             name = f"{model.prefix}{li}.{lname}"
             idx = by_source.get(name)
@@ -184,7 +213,9 @@ def run_calibrated(
                 param.copy_(torch.from_numpy(
                     apply_edit(values, row.edit, n_head, n_head_kv, undo=True)))
         source.release()
-        if recipe.calib_inputs == "quantized" or out is None:
+        if cached:
+            pass  # no activations to carry: every layer's statistics come from the cache
+        elif recipe.calib_inputs == "quantized" or out is None:
             del out
             h, _ = model.run(li, layer, h)
         else:

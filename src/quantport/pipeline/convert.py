@@ -84,7 +84,7 @@ class ConvertReport:
         if self.calibration is not None:
             c = self.calibration
             d["calibration"] = {"windows": list(c.windows), "seconds": c.seconds,
-                                "notes": list(c.notes)}
+                                "notes": list(c.notes), "cached": c.cached}
         if self.dry_run:
             d.update(p.to_dict())  # tensors, dropped, files, size, recipe
         return d

@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from quantport._fixtures import calibration_text, evaluation_text
+from quantport._fixtures import cache_dir, calibration_text, evaluation_text
 from quantport.errors import ConfigError, QuantportError, UnsupportedQuantError
 from quantport.readers.source import ModelSource
 
 __all__ = [
     "DEFAULT_CALIBRATION_TEXT",
+    "StatsCache",
+    "cache_key",
     "InputStats",
     "LayerStats",
     "LayerwiseModel",
@@ -247,7 +249,9 @@ class _Accumulator:
         out = LayerStats(index)
         for group, s in self.sums.items():
             n = max(int(s["n"]), 1)
-            hess = None if s["H"] is None else (s["H"].double() * (2.0 / n)).numpy()
+            # float32, the precision the cache stores: a cached run rounds exactly as this one
+            hess = (None if s["H"] is None
+                    else (s["H"] * (2.0 / n)).numpy().astype(np.float64))
             sq = np.diagonal(hess) / 2 if hess is not None else (s["sq"] / n).numpy()
             out.groups.append(InputStats(
                 modules=list(self.members[group]), n=int(s["n"]), hessian=hess,
@@ -420,3 +424,73 @@ def cache_key(source: ModelSource, windows: np.ndarray, settings: dict[str, Any]
     h.update(np.ascontiguousarray(windows).tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
+
+
+class StatsCache:
+    """Per-layer calibration results on disk (``$QUANTPORT_CACHE/calib/KEY/layer-N.npz``):
+    the Hessians of each distinct input and the transform scales folded into the layer.
+
+    Keyed by :func:`cache_key` over the model, the calibration windows and every setting that
+    changes the results (with true-sequential inputs that includes the planned targets, since
+    each layer calibrates on the rounded layers before it), so a second conversion of the same
+    recipe -- to another format, say -- skips every forward pass, and any change of model,
+    text or settings misses. Files are written under a temporary name and renamed; a cache
+    that would exceed ``max_bytes`` is not written (the log says so).
+    """
+
+    def __init__(self, key: str, root: Path | None = None, max_bytes: int = 4 << 30) -> None:
+        self.dir = (root or cache_dir() / "calib") / key
+        self.max_bytes = max_bytes
+        self.enabled = True
+
+    def _path(self, i: int) -> Path:
+        return self.dir / f"layer-{i}.npz"
+
+    def complete(self, n_layers: int) -> bool:
+        """Whether every layer's results are cached (then no forward pass is needed)."""
+        return all(self._path(i).is_file() for i in range(n_layers))
+
+    def load(self, i: int) -> tuple[LayerStats, dict[str, np.ndarray]] | None:
+        """Layer ``i``'s statistics and transform scales, or None if not cached."""
+        path = self._path(i)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                stats = LayerStats(i, [InputStats(modules=g["modules"], n=g["n"],
+                                                  hessian=z[f"H{k}"].astype(np.float64))
+                                       for k, g in enumerate(meta["groups"])])
+                scales = {p: z[f"S{k}"] for k, p in enumerate(meta["scales"])}
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable calibration cache %s: %s", path, exc)
+            return None
+        return stats, scales
+
+    def save(self, stats: LayerStats, scales: dict[str, np.ndarray], n_layers: int) -> None:
+        """Store layer ``stats.index``'s results (float32 Hessians)."""
+        if not self.enabled:
+            return
+        arrays: dict[str, np.ndarray] = {}
+        groups = [g for g in stats.groups if g.hessian is not None]
+        for k, g in enumerate(groups):
+            arrays[f"H{k}"] = np.asarray(g.hessian, dtype=np.float32)
+        for k, p in enumerate(scales):
+            arrays[f"S{k}"] = np.asarray(scales[p], dtype=np.float32)
+        size = sum(a.nbytes for a in arrays.values())
+        if size * n_layers > self.max_bytes:
+            log.info("calibration statistics (~%d MiB) exceed the cache limit; not cached",
+                     size * n_layers >> 20)
+            self.enabled = False
+            return
+        meta = {"groups": [{"modules": g.modules, "n": g.n} for g in groups],
+                "scales": list(scales)}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".layer-{stats.index}.{os.getpid()}.npz"
+        try:
+            np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+            os.replace(tmp, self._path(stats.index))
+        except OSError as exc:
+            log.warning("cannot write the calibration cache %s: %s", self.dir, exc)
+            tmp.unlink(missing_ok=True)
+            self.enabled = False

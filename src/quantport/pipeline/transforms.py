@@ -33,7 +33,8 @@ from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
 
-__all__ = ["AWQ_GRID", "ScaleGroup", "awq_layer", "llama_groups", "smooth_layer"]
+__all__ = ["AWQ_GRID", "ScaleGroup", "apply_scales", "awq_layer", "llama_groups",
+           "smooth_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,17 @@ def _fold(layer: Any, group: ScaleGroup, s: Any) -> None:
         layer.get_submodule(name).weight.mul_(s.view(1, -1))
 
 
+def apply_scales(layer: Any, scales: dict[str, np.ndarray]) -> None:
+    """Fold scales chosen earlier (by :func:`awq_layer` or :func:`smooth_layer`, e.g. read
+    from the calibration cache) into ``layer``: ``prev`` name -> ``s``."""
+    import torch
+
+    with torch.no_grad():
+        for group in llama_groups(layer):
+            if group.prev in scales:
+                _fold(layer, group, torch.from_numpy(np.asarray(scales[group.prev], np.float32)))
+
+
 def _fake_quant(w: np.ndarray, grid: Grid) -> np.ndarray:
     return dequantize(quantize_rtn(w, grid))
 
@@ -101,7 +113,7 @@ def awq_layer(
     call: Callable[[Any, Any], Any],
     *,
     n_grid: int = AWQ_GRID,
-) -> dict[str, float]:
+) -> dict[str, np.ndarray]:
     """Search and fold AWQ scales into ``layer``, group by group (in place).
 
     Args:
@@ -115,11 +127,11 @@ def awq_layer(
         n_grid: exponents tried.
 
     Returns:
-        The chosen α per group (``prev`` name).
+        The folded scales by group (``prev`` name); the chosen α is logged.
     """
     import torch
 
-    chosen: dict[str, float] = {}
+    chosen: dict[str, np.ndarray] = {}
     for group in llama_groups(layer):
         x = inputs.get(group.linears[0])
         if x is None:
@@ -152,22 +164,28 @@ def awq_layer(
             for m, w0 in zip(mods, originals, strict=True):
                 m.weight.copy_(w0)
             _fold(layer, group, best_s)
-        chosen[group.prev] = best_alpha
+        chosen[group.prev] = best_s.numpy()
+        log.debug("AWQ %s: alpha %.2f, loss %.4g", group.prev, best_alpha, best)
         # the later groups' cached inputs are unchanged: each group's input comes from a
         # different producer, and folding keeps the float function identical
     return chosen
 
 
-def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *, alpha: float = 0.5) -> None:
+def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *,
+                 alpha: float = 0.5) -> dict[str, np.ndarray]:
     """Fold SmoothQuant scales into ``layer`` (in place).
 
     Args:
         layer: the decoder layer (float32 weights).
         abs_max: per group's first Linear (local name), max ``|x|`` per input channel.
         alpha: migration strength (the reference's default 0.5).
+
+    Returns:
+        The folded scales by group (``prev`` name).
     """
     import torch
 
+    chosen: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for group in llama_groups(layer):
             if not group.smooth or group.linears[0] not in abs_max:
@@ -179,3 +197,5 @@ def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *, alpha: float = 0
             s = (act.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
                  ).clamp(min=1e-5)
             _fold(layer, group, s)
+            chosen[group.prev] = s.numpy()
+    return chosen
