@@ -60,5 +60,13 @@ SCALE_ARGS ?=
 bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --install-missing --out BENCHMARKS.md $(SCALE_ARGS)
 
+# quantport's calibrated methods beside llm-compressor's GPTQ, llama.cpp's importance matrix and
+# auto-round (their venvs are created under .cache/bench-venvs/ on first use), 128 x 512
+# calibration tokens. Smoke test: make bench-calibrated CALIB_ARGS="--samples 8 --len 128 --quick"
+.PHONY: bench-calibrated
+CALIB_ARGS ?=
+bench-calibrated: setup
+	$(BIN)/python benchmarks/calibrated.py --out BENCHMARKS.md $(CALIB_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
