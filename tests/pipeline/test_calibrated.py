@@ -1,0 +1,220 @@
+"""The calibration engine and the calibrated methods (GPTQ, AWQ, SmoothQuant) end to end on a
+tiny llama: layer-by-layer forward equals transformers, folding keeps the float model, GPTQ
+lowers each layer's output error, the cache, bad calibration input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quantport.errors import ConfigError, UnsupportedQuantError
+from quantport.pipeline import convert, make_recipe
+from quantport.pipeline import layerwise
+from quantport.pipeline.layerwise import LayerwiseModel, calibration_windows, cache_key
+from quantport.pipeline.transforms import awq_layer, llama_groups, smooth_layer
+from quantport.quant.gptq import grid_for, hessian_error
+from quantport.quant.rtn import quantize_rtn
+from quantport.quant.scheme import parse_scheme
+from quantport.ir import dequantize
+from quantport.readers import open_path
+
+CALIB = {"calib_samples": 4, "calib_len": 64}
+
+
+@pytest.fixture()
+def calib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private calibration cache (the model cache stays where it is)."""
+    root = tmp_path / "qp-cache"
+    monkeypatch.setattr(layerwise, "cache_dir", lambda: root)
+    return root / "calib"
+
+
+def _logits(model: LayerwiseModel, windows: np.ndarray, transform=None) -> torch.Tensor:
+    """The float model's logits, run layer by layer (with ``transform(i, layer)`` applied)."""
+    h = model.embed(windows)
+    for i in range(model.n_layers):
+        layer = model.load(i)
+        if transform is not None:
+            transform(i, layer, h)
+        h, _ = model.run(i, layer, h)
+        model.unload(i)
+    src = model.source
+    with torch.inference_mode():
+        norm = torch.from_numpy(np.array(src.get("model.norm.weight")))
+        eps = float(src.config.get("rms_norm_eps", 1e-6))
+        x = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * norm
+        head = torch.from_numpy(np.array(src.get("model.embed_tokens.weight")))
+        return x @ head.T
+
+
+def test_layer_by_layer_forward_equals_transformers(tiny_llama: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = open_path(tiny_llama)
+    windows = calibration_windows(src, samples=3, length=64)
+    ours = _logits(LayerwiseModel(src), windows)
+    full = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    with torch.inference_mode():
+        ref = full(input_ids=torch.from_numpy(windows)).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_awq_and_smoothquant_folding_leave_the_float_logits_unchanged(tiny_llama: Path) -> None:
+    src = open_path(tiny_llama)
+    windows = calibration_windows(src, samples=2, length=64)
+    model = LayerwiseModel(src)
+    ref = _logits(model, windows)
+    grids = {n: grid_for(parse_scheme("w4-g32-sym"), (1, 64)) for n in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    folded: dict[str, list[np.ndarray]] = {"awq": [], "smooth": []}
+
+    def awq(i, layer, h):
+        inputs = model.capture(i, layer, h, [g.linears[0] for g in llama_groups(layer)])
+        scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+        folded["awq"].extend(scales.values())
+
+    def smooth(i, layer, h):
+        _, st = model.run(i, layer, h, collect=True, hessian=False, activations=True)
+        scales = smooth_layer(layer, {n.split(".", 3)[3].removesuffix(".weight"):
+                                      st.of(n).abs_max for n in model.weight_names(i, layer)})
+        folded["smooth"].extend(scales.values())
+
+    for name, fn in (("awq", awq), ("smooth", smooth)):
+        got = _logits(model, windows, fn)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+        # the scales are not all ones: the check above is not vacuous
+        assert max(float(np.abs(s - 1).max()) for s in folded[name]) > 0.05, name
+
+
+def test_gptq_to_safetensors_lowers_every_layers_error_and_loads(
+        tiny_llama: Path, tmp_path: Path, calib_cache: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    src = open_path(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-sym", method="gptq", act_order="none", **CALIB)
+    report = convert(src, recipe, tmp_path / "out", threads=1)
+    cal = report.calibration
+    assert cal is not None and cal.windows == (4, 64) and not cal.cached
+    assert len(cal.errors) == 14  # 7 Linear layers x 2
+    # layer 0 calibrates on the float embeddings in any mode: its Hessians from the cache
+    # give round-to-nearest's error on the same inputs, which GPTQ must beat for every weight
+    stats, _ = next(iter(layerwise.StatsCache(p.name, p.parent).load(0)
+                         for p in calib_cache.iterdir()))
+    for g in stats.groups:
+        for name in g.modules:
+            w = np.array(src.get(name))
+            grid = grid_for(recipe.quant, w.shape)
+            rtn = hessian_error(w, dequantize(quantize_rtn(w, grid)), g.hessian)
+            assert cal.errors[name] < rtn, name
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        meta = json.loads(f.metadata()["quantport_recipe"])
+    assert meta["method"] == "gptq" and meta["calib"]["samples"] == 4
+    assert meta["gptq"] == {"damp": 0.01, "act_order": "none"}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_calibration_cache_hits_for_the_same_run_and_misses_on_any_change(
+        tiny_llama: Path, default_model_dir: Path, tmp_path: Path, calib_cache: Path) -> None:
+    src = open_path(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-sym", method="awq+gptq", **CALIB)
+    first = convert(src, recipe, tmp_path / "a", threads=1)
+    second = convert(src, recipe, tmp_path / "b", threads=1)
+    assert not first.calibration.cached and second.calibration.cached
+    assert ((tmp_path / "a" / "model.safetensors").read_bytes()
+            == (tmp_path / "b" / "model.safetensors").read_bytes())
+    # the key changes with the settings, the text (the windows), and the model
+    windows = calibration_windows(src, samples=4, length=64)
+    base = cache_key(src, windows, {"damp": 0.01})
+    assert cache_key(src, windows, {"damp": 0.02}) != base
+    assert cache_key(src, windows[:, ::-1].copy(), {"damp": 0.01}) != base
+    other = open_path(default_model_dir)
+    assert cache_key(other, windows, {"damp": 0.01}) != base
+    third = convert(src, make_recipe("safetensors", "w4-g32-sym", method="awq+gptq", damp=0.05,
+                                     **CALIB), tmp_path / "c", threads=1)
+    assert not third.calibration.cached
+
+
+def test_gptq_gguf_has_the_presets_types_and_size(tiny_llama: Path, tmp_path: Path,
+                                                  calib_cache: Path) -> None:
+    from quantport.formats.gguf_file import scan_gguf
+
+    src = open_path(tiny_llama)
+    rtn = convert(src, make_recipe("gguf", "Q4_K_M"), tmp_path / "rtn.gguf", threads=1)
+    gptq = convert(src, make_recipe("gguf", "Q4_K_M", method="gptq", **CALIB),
+                   tmp_path / "gptq.gguf", threads=1)
+    assert gptq.plan.type_counts() == rtn.plan.type_counts()
+    # the same tensor bytes; the files differ only by the recipe recorded in the metadata
+    assert sum(r.nbytes for r in gptq.plan.rows) == sum(r.nbytes for r in rtn.plan.rows)
+    assert 0 < gptq.plan.size - rtn.plan.size < 1024
+    a, b = scan_gguf(tmp_path / "rtn.gguf"), scan_gguf(tmp_path / "gptq.gguf")
+    assert [(t.name, t.type_name) for t in a.tensors] == [(t.name, t.type_name)
+                                                            for t in b.tensors]
+
+
+def test_awq_and_smoothquant_convert_end_to_end(tiny_llama: Path, tmp_path: Path,
+                                                calib_cache: Path) -> None:
+    src = open_path(tiny_llama)
+    for method, quant in (("awq", "w4-g32-asym"), ("smoothquant", "w8-channel-sym")):
+        r = convert(src, make_recipe("safetensors", quant, method=method, **CALIB),
+                    tmp_path / method, threads=1)
+        assert r.plan.recipe.method == method and (tmp_path / method / "config.json").is_file()
+
+
+def _text(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "calib.txt"
+    p.write_text(body, encoding="utf-8")
+    return p
+
+
+def test_bad_calibration_text_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    src = open_path(tiny_llama)
+    with pytest.raises(ConfigError, match="is empty"):
+        calibration_windows(src, _text(tmp_path, "  \n"), 4, 64)
+    with pytest.raises(ConfigError, match="less than one window of 64"):
+        calibration_windows(src, _text(tmp_path, "a few words only"), 4, 64)
+    with pytest.raises(ConfigError, match="is the evaluation text"):
+        calibration_windows(src, layerwise.EVALUATION_TEXT, 4, 64)
+    copy = tmp_path / "copy.raw"
+    copy.write_bytes(layerwise.EVALUATION_TEXT.read_bytes())
+    with pytest.raises(ConfigError, match="is the evaluation text"):
+        calibration_windows(src, copy, 4, 64)
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        calibration_windows(src, layerwise.DEFAULT_CALIBRATION_TEXT, 1, 4096)
+
+
+def test_encoders_are_refused_by_calibrated_methods(tmp_path: Path) -> None:
+    from quantport.models import open_source
+
+    with pytest.raises(UnsupportedQuantError, match="encoder"):
+        convert(open_source("minilm"), make_recipe("safetensors", "w8-channel-sym",
+                                                 method="gptq", **CALIB), tmp_path / "x")
+
+
+def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: Path) -> None:
+    from quantport.cli.main import cli
+
+    runner = CliRunner()
+    base = ["convert", str(tiny_llama), "--to", "safetensors", "--quant", "w4-g32-sym", "--method", "gptq",
+            "--calib-samples", "2", "--calib-len", "32", "--threads", "1"]
+    ok = runner.invoke(cli, [*base, "-o", str(tmp_path / "ok"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    d = json.loads(ok.output)
+    assert d["method"] == "gptq" and d["calibration"]["windows"] == [2, 32]
+    bad = runner.invoke(cli, [*base, "-o", str(tmp_path / "bad"), "--calib",
+                              str(layerwise.EVALUATION_TEXT)])
+    assert bad.exit_code != 0 and "evaluation text" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "bad").exists()
+    assert len(bad.output.strip().splitlines()) == 1
+    damp = runner.invoke(cli, [*base, "-o", str(tmp_path / "d"), "--damp", "-1"])
+    assert damp.exit_code != 0 and "--damp" in damp.output
