@@ -44,7 +44,7 @@ __all__ = [
 DENSE_TYPES = {"f32": "F32", "fp32": "F32", "float32": "F32", "f16": "F16", "fp16": "F16",
                "float16": "F16", "bf16": "BF16", "bfloat16": "BF16"}
 #: output formats (the keys of :data:`quantport.writers.WRITERS`)
-FORMATS = ("safetensors", "gguf", "onnx")
+FORMATS = ("safetensors", "gguf", "onnx", "gptq")
 
 #: what one tensor becomes: a dense type name, an integer scheme, or a ggml type name
 Target = Union[str, IntScheme]

@@ -30,8 +30,8 @@ def _parse_size(text: str) -> int:
 
 @click.command()
 @click.argument("src", required=False)
-@click.option("--to", "fmt", type=click.Choice(["safetensors", "gguf", "onnx"]), required=True,
-              help="Output format.")
+@click.option("--to", "fmt", type=click.Choice(["safetensors", "gguf", "onnx", "gptq"]),
+              required=True, help="Output format.")
 @click.option("--quant", required=True,
               help="Scheme (w4-g64-sym, w8-channel-sym, f16...) or GGUF preset (Q4_K_M, Q8_0...).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from quantport.errors import UnsupportedQuantError
 from quantport.writers.gguf import GGUFWriter
+from quantport.writers.gptq import GPTQWriter
 from quantport.writers.onnx import ONNXWriter
 from quantport.writers.safetensors import SafetensorsWriter
 
@@ -23,10 +24,11 @@ WRITERS = {
     "safetensors": SafetensorsWriter(),
     "gguf": GGUFWriter(),
     "onnx": ONNXWriter(),
+    "gptq": GPTQWriter(),
 }
 
 
-def get_writer(fmt: str) -> GGUFWriter | SafetensorsWriter | ONNXWriter:
+def get_writer(fmt: str) -> GGUFWriter | SafetensorsWriter | ONNXWriter | GPTQWriter:
     """The writer of format ``fmt``.
 
     Raises:
