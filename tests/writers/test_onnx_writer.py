@@ -156,8 +156,8 @@ def test_ort_fuses_every_qdq_weight_matmul(exports, variant, tmp_path: Path) -> 
                and (producers.get(n.input[1]) == "DequantizeLinear" or n.input[1] in weights)]
     assert unfused == [], f"weight MatMuls left unfused: {unfused}"
     assert "DequantizeLinear" not in ops
-    # 7 Linear weights per layer, 2 layers, and the tied head
-    assert ops.count("MatMulNBits") == 7 * 2 + 1
+    # per layer q/k/v as one qkv_proj, o, gate, up, down; 2 layers; the tied head
+    assert ops.count("MatMulNBits") == 5 * 2 + 1
 
 
 def test_w8a8_runs_int8_gemms(exports, tiny_llama: Path, tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_w8a8_runs_int8_gemms(exports, tiny_llama: Path, tmp_path: Path) -> None
     ops = [n.op_type for n in onnx.load(str(opt), load_external_data=False).graph.node]
     # one quantization of x shared by q/k/v (and gate/up) leaves MatMulIntegerToFloat there
     # (ORT merges the identical DynamicQuantizeLinear nodes); the others fuse entirely
-    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 7 * 2
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 5 * 2
     assert ops.count("DynamicQuantizeMatMul") >= 2
     assert "MatMulInteger" not in ops
     cfg = json.loads((d / "config.json").read_text())
@@ -220,10 +220,15 @@ def test_records_are_named_after_hugging_face_tensors(exports) -> None:
     g = onnx.load(str(exports[("w4-g32-sym", "qdq")] / "model.onnx"),
                   load_external_data=False).graph
     names = {i.name for i in g.initializer}
-    p = "model.layers.0.self_attn.q_proj.weight"
+    p = "model.layers.0.self_attn.o_proj.weight"
     assert {p + "_q", p + "_scale", p + "_zp"} <= names
+    # q/k/v are stored as one fused weight, as the genai builder's qkv_proj
+    qkv = "model.layers.0.self_attn.qkv_proj.weight"
+    assert {qkv + "_q", qkv + "_scale", qkv + "_zp"} <= names
     recs = onnx_records(exports[("w4-g32-sym", "qdq")])
-    assert recs[p].bits == 4 and recs[p].block_size == (1, 32)
+    for name in (p, "model.layers.0.self_attn.k_proj.weight"):
+        assert recs[name].bits == 4 and recs[name].block_size == (1, 32)
+    assert recs["model.layers.0.self_attn.k_proj.weight"].shape == (32, 64)
 
 
 @pytest.mark.parametrize(("quant", "mode", "match"), [

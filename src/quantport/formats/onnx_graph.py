@@ -298,9 +298,12 @@ def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir
     for i in range(n_layers):
         p = f"model.layers.{i}."
         a = p + "self_attn."
-        q = b.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
-        k = b.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
-        v = b.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
+        if b.has(a + "qkv_proj.weight"):  # one MatMul, GroupQueryAttention's packed input
+            q, k, v = b.linear(normed, a + "qkv_proj.weight"), None, None
+        else:
+            q = b.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
+            k = b.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
+            v = b.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
         present_k = ir.Value(name=f"present.{i}.key", type=f32,
                              shape=ir.Shape(["batch_size", kv, "total_sequence_length", hd]))
         present_v = ir.Value(name=f"present.{i}.value", type=f32,

@@ -45,7 +45,7 @@ from quantport.errors import UnsupportedQuantError
 from quantport.ir import QuantizedTensor, ZeroPointDomain, code_range
 from quantport.quant.scheme import IntScheme
 
-__all__ = ["GGML_COPY", "Init", "Storage", "element_bytes", "nbits_block", "pack", "pack_bits",
+__all__ = ["GGML_COPY", "Fused", "Init", "Place", "fuse", "Storage", "element_bytes", "nbits_block", "pack", "pack_bits",
            "row_chunks", "storage_for", "unpack_bits"]
 
 #: ONNX element types quantport writes, and their bits per element
@@ -111,10 +111,80 @@ class Storage:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (recorded in the graph's metadata for readers)."""
-        return {"kind": self.kind, "shape": list(self.shape), "transposed": self.transposed,
+        return {"places": {k: [p.fused, p.axis, p.start, p.n]
+                           for k, p in self.extra.get("places", {}).items()},
+                "kind": self.kind, "shape": list(self.shape), "transposed": self.transposed,
                 "bits": self.bits, "block_size": self.block_size, "axis": self.axis,
                 "symmetric": self.symmetric, "inits": [i.name for i in self.inits],
                 "fmin": bool(self.extra.get("fmin"))}
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where one initializer's elements lie inside a fused one: along ``axis`` (0: leading
+    rows, contiguous bytes; 1: columns of a 2-D array, one byte range per row), ``n``
+    elements from ``start``."""
+
+    fused: str
+    axis: int
+    start: int
+    n: int
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Several Linear weights that read the same input, stored as one initializer set so that
+    one MatMul computes them all (q/k/v as onnxruntime-genai's ``qkv_proj``).
+
+    Attributes:
+        storage: the fused weight, as if it were one ``[sum(out), in]`` tensor.
+        places: member initializer name -> where it lies in the fused initializers.
+    """
+
+    storage: Storage
+    places: dict[str, Place]
+
+
+def _concat_axis(kind: str, init: Init, axis: int) -> int:
+    """The axis along which output channels lie in an initializer of ``kind``."""
+    if kind == "nbits" or len(init.shape) == 1:
+        return 0
+    return 1  # [K, N] weights, [K/block, N] scales and zero points (qdq, dense transposed)
+
+
+def fuse(name: str, members: list[Storage]) -> Fused | None:
+    """``members`` stored as one weight named ``name``, or None where they cannot be (other
+    kinds, bits, blocks or widths; per-tensor parameters; float minimums; a 4-bit column
+    boundary inside a byte)."""
+    first = members[0]
+    sig = {(m.kind, m.bits, m.block_size, m.axis, m.symmetric, m.shape[1], m.transposed,
+            tuple(i.dtype for i in m.inits), bool(m.extra.get("fmin"))) for m in members}
+    if len(sig) != 1 or first.extra.get("fmin") or (first.kind == "qdq" and first.axis == -1):
+        return None
+    if first.kind == "dense" and not first.transposed:
+        return None
+    total = sum(m.shape[0] for m in members)
+    inits: list[Init] = []
+    places: dict[str, Place] = {}
+    suffixes = [i.name[len(first.name):] for i in first.inits]
+    for j, suffix in enumerate(suffixes):
+        spec = first.inits[j]
+        axis = _concat_axis(first.kind, spec, 0)
+        shape = list(spec.shape)
+        shape[axis] = total
+        fused = Init(name + suffix, spec.dtype, tuple(shape))
+        start = 0
+        for m in members:
+            n = m.inits[j].shape[axis]
+            if _BITS[spec.dtype] == 4 and (start % 2 or (axis == 1 and total % 2)):
+                return None
+            places[m.inits[j].name] = Place(fused.name, axis, start, n)
+            start += n
+        inits.append(fused)
+    st = Storage(name, (total, first.shape[1]), first.kind, tuple(inits),
+                 transposed=first.transposed, bits=first.bits, block_size=first.block_size,
+                 axis=first.axis, symmetric=first.symmetric)
+    return Fused(st, places)
 
 
 def nbits_block(scheme: IntScheme, k: int) -> int | None:

@@ -153,8 +153,20 @@ def onnx_records(path: str | Path) -> dict[str, QuantizedTensor | np.ndarray]:
         raise FormatError(f"{graph}: quantport_tensors metadata is not JSON; re-export the "
                           "model") from None
     out: dict[str, QuantizedTensor | np.ndarray] = {}
+    fused: dict[str, np.ndarray] = {}
+
+    def member(init: str, st: dict[str, Any]) -> np.ndarray:
+        place = st.get("places", {}).get(init)
+        if place is None:
+            return _array(inits, init, graph)
+        name, axis, start, n = place  # a slice of a fused initializer (q/k/v as qkv_proj)
+        if name not in fused:
+            fused[name] = _array(inits, name, graph)
+        arr = fused[name]
+        return arr[start:start + n] if axis == 0 or arr.ndim == 1 else arr[:, start:start + n]
+
     for name, st in table.items():
-        arrs = [_array(inits, i, graph) for i in st["inits"]]
+        arrs = [member(i, st) for i in st["inits"]]
         try:
             out[name] = _record(st, arrs)
         except (ValueError, KeyError, TypeError) as exc:

@@ -36,7 +36,16 @@ from quantport.errors import ShapeError, UnsupportedArchitectureError, Unsupport
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats._io import pwrite_all
 from quantport.formats.onnx_graph import BUILDERS, GraphOptions, build_model
-from quantport.formats.onnx_pack import GGML_COPY, Storage, pack, row_chunks, storage_for
+from quantport.formats.onnx_pack import (
+    GGML_COPY,
+    Place,
+    Storage,
+    element_bytes,
+    fuse,
+    pack,
+    row_chunks,
+    storage_for,
+)
 from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
@@ -154,6 +163,40 @@ def genai_config(cfg: dict[str, Any], tokenizer_files: dict[str, str]) -> dict[s
     }
 
 
+def _inner(init: Any) -> int:
+    """Elements per leading index of an initializer (1 for vectors)."""
+    n = 1
+    for d in init.shape[1:]:
+        n *= int(d)
+    return n
+
+
+def _fuse_qkv(source: ModelSource, storages: list[Storage]) -> tuple[list[Storage], list[Storage]]:
+    """Each layer's q/k/v stored as one ``qkv_proj`` weight (one MatMul, GroupQueryAttention's
+    packed input, as the genai builder writes it), where their storages allow; the members are
+    returned with their places in the fused initializers."""
+    by_name = {s.name: k for k, s in enumerate(storages)}
+    fused: list[Storage] = []
+    names = set(source.names())
+    i = 0
+    while f"model.layers.{i}.self_attn.q_proj.weight" in by_name:
+        a = f"model.layers.{i}.self_attn."
+        i += 1
+        parts = [a + p + "_proj.weight" for p in "qkv"]
+        if any(a + p + "_proj.bias" in names for p in "qkv") or not all(
+                p in by_name for p in parts):
+            continue
+        f = fuse(a + "qkv_proj.weight", [storages[by_name[p]] for p in parts])
+        if f is None:
+            continue
+        fused.append(f.storage)
+        for p in parts:
+            st = storages[by_name[p]]
+            storages[by_name[p]] = dataclasses.replace(st, extra={
+                **st.extra, "places": {i.name: f.places[i.name] for i in st.inits}})
+    return storages, fused
+
+
 class _Sink:
     """Plan rows packed into their initializers and written at their offsets in the data file."""
 
@@ -164,6 +207,7 @@ class _Sink:
         self.storages: list[Storage] = plan.extra["storages"]
         self.offsets: dict[str, int] = plan.extra["offsets"]
         self._gguf: dict[str, Any] | None = None
+        self.fused_inits = {i.name: i for f in plan.extra["fused"] for i in f.inits}
 
     def _copied(self, i: int) -> bool:
         return str(self.plan.rows[i].target) in GGML_COPY
@@ -208,12 +252,26 @@ class _Sink:
             value = self._gguf_record(st.name)
         packed = pack(st, value)
         written = 0
+        places: dict[str, Place] = st.extra.get("places", {})
         for init in st.inits:
-            data = packed[init.name]
-            per_row = init.nbytes // st.shape[0] if r0 else 0
-            pwrite_all(self.fd, memoryview(np.ascontiguousarray(data)).cast("B"),
-                       self.offsets[init.name] + r0 * per_row)
+            data = np.ascontiguousarray(packed[init.name]).reshape(-1)
             written += data.nbytes
+            per_row = init.nbytes // st.shape[0] if r0 else 0
+            p = places.get(init.name)
+            if p is None:
+                pwrite_all(self.fd, memoryview(data), self.offsets[init.name] + r0 * per_row)
+            elif p.axis == 0:  # leading rows of the fused array: one contiguous range
+                start = element_bytes(init.dtype, p.start * _inner(init))
+                pwrite_all(self.fd, memoryview(data),
+                           self.offsets[p.fused] + start + r0 * per_row)
+            else:  # columns of a [rows, cols] array: one range per row
+                fused = self.fused_inits[p.fused]
+                row = element_bytes(init.dtype, fused.shape[1])
+                col = element_bytes(init.dtype, p.start)
+                data = data.reshape(init.shape[0], -1)
+                base = self.offsets[p.fused] + col
+                for r in range(init.shape[0]):
+                    pwrite_all(self.fd, memoryview(data[r]), base + r * row)
         return written
 
 
@@ -278,10 +336,15 @@ class ONNXWriter:
                     "'model.layers.0.self_attn.q_proj.weight'; a tied head is "
                     "'model.embed_tokens.weight')"
                 )
+        fused: list[Storage] = []
+        if source.architecture.causal:
+            storages, fused = _fuse_qkv(source, storages)
         offsets: dict[str, int] = {}
         pos = 0
-        for st in storages:
+        for st in [*storages, *fused]:
             for init in st.inits:
+                if init.name in st.extra.get("places", {}):
+                    continue  # inside a fused initializer
                 pos = -(-pos // _ALIGN) * _ALIGN
                 offsets[init.name] = pos
                 pos += init.nbytes
@@ -296,8 +359,8 @@ class ONNXWriter:
         opts = GraphOptions(accuracy_level=4 if recipe.accuracy_level is None
                             else recipe.accuracy_level, data_file=DATA_FILE,
                             act_quant=recipe.act_quant)
-        model = build_model(arch, source.config, {s.name: s for s in storages}, offsets, opts,
-                            metadata)
+        model = build_model(arch, source.config, {s.name: s for s in [*storages, *fused]},
+                            offsets, opts, metadata)
         import onnx_ir as ir
 
         graph = ir.to_proto(model).SerializeToString()
@@ -310,7 +373,8 @@ class ONNXWriter:
         plan = Plan(recipe, rows, dropped, {GRAPH_FILE: len(graph), DATA_FILE: data_size})
         plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
         plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
-        plan.extra.update(graph=graph, texts=texts, storages=storages, offsets=offsets)
+        plan.extra.update(graph=graph, texts=texts, storages=storages, offsets=offsets,
+                          fused=fused)
         return plan
 
     def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
