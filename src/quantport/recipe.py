@@ -134,8 +134,8 @@ class Recipe:
             (0..4; None: 4): every quantized Linear with ``nbits``, the quantized tied head
             with ``qdq`` (the MatMulNBits ORT fuses from QDQ take its session option
             ``session.qdq_matmulnbits_accuracy_level``, default 4).
-        act_quant: ONNX: ``"w8a8"``, int8 weights with dynamically quantized int8
-            activations (``--quant w8a8``).
+        act_quant: ``"w8a8"``, int8 weights with dynamically quantized int8 activations
+            (``--quant w8a8``; ONNX and compressed-tensors).
     """
 
     format: str
@@ -293,8 +293,9 @@ def make_recipe(
             raise OptionError(f"--onnx-matmul must be qdq or nbits, got {onnx_matmul!r}")
         if accuracy_level is not None and not 0 <= accuracy_level <= 4:
             raise OptionError(f"--accuracy-level must be 0..4, got {accuracy_level}")
-    if fmt == "onnx" and str(quant).strip().lower() == "w8a8":
-        # int8 per-channel symmetric weights; activations quantized at run time
+    if fmt in ("onnx", "safetensors") and str(quant).strip().lower() == "w8a8":
+        # int8 per-channel symmetric weights; activations quantized at run time, per token
+        # (compressed-tensors' INT8_W8A8 preset; ORT's DynamicQuantizeLinear per tensor)
         q, act_quant = parse_scheme("w8-channel-sym"), "w8a8"
         if onnx_matmul != "qdq":
             raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "

@@ -165,10 +165,26 @@ def test_gptq_gguf_has_the_presets_types_and_size(tiny_llama: Path, tmp_path: Pa
 def test_awq_and_smoothquant_convert_end_to_end(tiny_llama: Path, tmp_path: Path,
                                                 calib_cache: Path) -> None:
     src = open_path(tiny_llama)
-    for method, quant in (("awq", "w4-g32-asym"), ("smoothquant", "w8-channel-sym")):
+    for method, quant in (("awq", "w4-g32-asym"), ("smoothquant", "w8a8")):
         r = convert(src, make_recipe("safetensors", quant, method=method, **CALIB),
                     tmp_path / method, threads=1)
         assert r.plan.recipe.method == method and (tmp_path / method / "config.json").is_file()
+    # W8A8: compressed-tensors' INT8_W8A8 (int8 activations per token, dynamic), which
+    # transformers applies on load: the logits differ from the weight-only model's
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((tmp_path / "smoothquant" / "config.json").read_text())
+    (group,) = cfg["quantization_config"]["config_groups"].values()
+    assert group["input_activations"]["strategy"] == "token"
+    assert group["input_activations"]["dynamic"] is True
+    ids = torch.tensor([[5, 100, 2000, 300, 40, 7, 8, 9]])
+    w8a8 = AutoModelForCausalLM.from_pretrained(tmp_path / "smoothquant")
+    del cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"]
+    (tmp_path / "smoothquant" / "config.json").write_text(json.dumps(cfg))
+    w8 = AutoModelForCausalLM.from_pretrained(tmp_path / "smoothquant")
+    with torch.inference_mode():
+        a, b = w8a8(input_ids=ids).logits, w8(input_ids=ids).logits
+    assert 0 < float((a - b).abs().max()) < 0.1 * float(b.abs().max())
 
 
 def _text(tmp_path: Path, body: str) -> Path:

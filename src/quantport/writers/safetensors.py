@@ -242,6 +242,12 @@ class SafetensorsWriter:
                  # several: each group names its modules (matched exactly)
                  ["Linear"] if len(groups) == 1 else groups[k]) for k, s in schemes.items()]
         cfg["quantization_config"] = quantization_config(args, ignore)
+        if recipe.act_quant == "w8a8":
+            # compressed-tensors INT8_W8A8: int8 activations, symmetric, per token, dynamic;
+            # transformers quantizes every targeted Linear's input on the fly
+            for group in cfg["quantization_config"]["config_groups"].values():
+                group["input_activations"] = {**scheme_args(8, True, "token", None),
+                                              "dynamic": True, "observer": None}
         return cfg
 
     def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
