@@ -328,7 +328,7 @@ def rows_table() -> list[Row]:
             _autoround_cmd, prepare=_prepare_autoround),
         Row("w8a8-rtn", "W8A8, no smoothing", "quantport", "ONNX w8a8", "qp-w8a8.onnx.d",
             qp_convert("onnx", "w8a8"), needs="smoothquant"),
-        Row("w8a8-sq", "SmoothQuant W8A8 (alpha 0.5)", "quantport", "ONNX w8a8",
+        Row("w8a8-sq", "SmoothQuant W8A8 (default alpha)", "quantport", "ONNX w8a8",
             "qp-sq-w8a8.onnx.d", qp_convert("onnx", "w8a8", method="smoothquant"),
             needs="smoothquant"),
     ]
@@ -473,6 +473,36 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     return out
 
 
+def _record_path(r: Row, ctx: Ctx) -> Path:
+    return ctx.work / "rows" / f"{r.key}.json"
+
+
+def save_record(r: Row, ctx: Ctx, settings: dict) -> None:
+    """The row's runs and score so far, so that ``--resume`` continues an interrupted run."""
+    p = _record_path(r, ctx)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"settings": settings, "score": r.score, "runs": [
+        {"label": m.label, "cmd": m.cmd, "wall_s": m.wall_s, "maxrss": m.maxrss,
+         "user_s": m.user_s, "sys_s": m.sys_s} for m in r.runs]}, indent=1))
+
+
+def load_record(r: Row, ctx: Ctx, settings: dict) -> None:
+    """A previous run's measurements of this row, when taken with the same settings and its
+    artifact is still there."""
+    p = _record_path(r, ctx)
+    if not p.is_file() or not r.path(ctx).exists():
+        return
+    d = json.loads(p.read_text())
+    if d.get("settings") != settings:
+        print(f"{r.key}: recorded with other settings, measured again", file=sys.stderr)
+        return
+    r.runs = [Measured(x["label"], x["cmd"], 0, x["wall_s"], x["maxrss"], x["user_s"],
+                       x["sys_s"]) for x in d["runs"]]
+    r.score = d.get("score") or {}
+    print(f"{r.key}: {len(r.runs)} run(s) resumed{', scored' if r.score else ''}",
+          file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=128, help="calibration windows")
@@ -493,6 +523,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only; leave --out alone")
     ap.add_argument("--note", help="a line to put at the top of the section")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --workdir: keep the rows an earlier run of the same settings "
+                         "measured (and scored) there, run the rest")
     args = ap.parse_args()
     runs = args.runs or (1 if args.quick else 2)
     n_win = args.windows or (4 if args.quick else 16)
@@ -515,6 +548,8 @@ def main() -> None:
     src = default_model()
     windows = calibration_windows(open_source(src), DEFAULT_CALIBRATION_TEXT, args.samples,
                                   args.length)
+    if args.resume and args.workdir is None:
+        sys.exit("--resume needs --workdir")
     np.save(work / "windows.npy", windows)
     f32 = work / "smollm2-f32.gguf"
     ctx = Ctx(src, f32, DEFAULT_CALIBRATION_TEXT, work / "windows.npy", int(windows.shape[0]),
@@ -542,42 +577,65 @@ def main() -> None:
         if r.skip:
             print(f"{r.key}: not run: {r.skip}", file=sys.stderr, flush=True)
 
+    settings = dict(samples=ctx.samples, length=ctx.length, windows=n_win, ctx=args.ctx,
+                    threads=args.threads)
+    if args.resume:
+        for r in rows:
+            if not r.skip:
+                load_record(r, ctx, settings)
+
+    def score_row(r: Row) -> None:
+        art = artifact_file(r, ctx)
+        if art is None:
+            r.skip = f"no artifact at {r.path(ctx)}"
+            return
+        print(f"scoring {r.key} ({art.name})", file=sys.stderr, flush=True)
+        r.score = score(art, ctx, n_win, args.ctx)
+        r.score["_size"] = size_bytes(art)
+        save_record(r, ctx, settings)
+        print(f"  {r.key}: " + (r.score.get("error") or
+                                f"PPL {r.score['ppl']:.4f} KLD {r.score['kld_mean']:.5f} "
+                                f"top-1 {r.score['top1_agreement']:.4f}"),
+              file=sys.stderr, flush=True)
+
     live = [r for r in rows if not r.skip]
     for i in range(runs):
         for r in live if i % 2 == 0 else live[::-1]:  # alternate: drifts hit every row
-            if r.skip:
+            if r.skip or len(r.runs) > i:  # failed, or measured by a run this one resumes
                 continue
             out = r.path(ctx)
             if out.is_dir() and not r.tool == "quantport":
                 shutil.rmtree(out)  # the other tools do not replace their output themselves
+            run_env = env
+            if r.tool == "quantport":
+                # an empty cache each run: quantport keeps calibration statistics under
+                # $QUANTPORT_CACHE/calib, and a repeated run would skip its forward passes
+                # (the source is passed as a path, so nothing else is read from the cache)
+                cold = work / "qp-cache" / f"{r.key}-{i}"
+                shutil.rmtree(cold, ignore_errors=True)
+                run_env = {**env, "QUANTPORT_CACHE": str(cold)}
             try:
-                m = measure(f"{r.key}-{i}", r.build(ctx, out), env=env, log_dir=work / "logs",
-                            interval=0.5, with_pss=False)
+                m = measure(f"{r.key}-{i}", r.build(ctx, out), env=run_env,
+                            log_dir=work / "logs", interval=0.5, with_pss=False)
             except RuntimeError as exc:
                 r.skip = "failed: " + " | ".join(
                     ln.strip() for ln in str(exc).splitlines()[-3:] if ln.strip())[:300]
                 print(f"{r.key}: {exc}", file=sys.stderr, flush=True)
                 continue
             r.runs.append(m)
+            r.score = {}  # a new artifact: score it again
+            save_record(r, ctx, settings)
+            if r.tool == "quantport":
+                shutil.rmtree(run_env["QUANTPORT_CACHE"], ignore_errors=True)
             print(f"run {i} {r.key}: wall {m.wall_s:.1f} s, peak RSS {m.maxrss / MIB:.0f} MiB",
                   file=sys.stderr, flush=True)
-
-    fp32_ppl = None
-    for r in rows:
-        if r.skip:
-            continue
-        art = artifact_file(r, ctx)
-        if art is None:
-            r.skip = f"no artifact at {r.path(ctx)}"
-            continue
-        print(f"scoring {r.key} ({art.name})", file=sys.stderr, flush=True)
-        r.score = score(art, ctx, n_win, args.ctx)
-        r.score["_size"] = size_bytes(art)
-        fp32_ppl = r.score.get("ppl_reference", fp32_ppl)
-        print(f"  {r.key}: " + (r.score.get("error") or
-                                f"PPL {r.score['ppl']:.4f} KLD {r.score['kld_mean']:.5f} "
-                                f"top-1 {r.score['top1_agreement']:.4f}"),
-              file=sys.stderr, flush=True)
+            if i == runs - 1:
+                score_row(r)  # scored once, as soon as its artifact is final
+    for r in rows:  # rows measured by a resumed run but not scored yet
+        if not r.skip and r.runs and not r.score:
+            score_row(r)
+    fp32_ppl = next((r.score["ppl_reference"] for r in rows
+                     if r.score.get("ppl_reference")), None)
 
     by_key = {r.key: r for r in rows}
     layout_note = ""
@@ -622,7 +680,8 @@ def main() -> None:
         "order, then backward), each a whole process under `/usr/bin/time -v` (peak RSS: the "
         "largest single process). File MiB: the GGUF file, or the checkpoint's .safetensors "
         "files. quantport rows: `quantport convert SRC ... --threads N` (calibrated rows with "
-        f"`--calib valid.tokens.txt --calib-samples {ctx.samples} --calib-len {ctx.length}`). "
+        f"`--calib valid.tokens.txt --calib-samples {ctx.samples} --calib-len {ctx.length}`), "
+        "every run with an empty `$QUANTPORT_CACHE` (no calibration statistics cached). "
         "llama.cpp: `llama_model_quantize` (nthread=N, llama-cpp-python 0.3.36) on the model "
         "as an F32 GGUF written by quantport (untimed), with the importance matrix that "
         "quantport's RTN + imatrix row saved (`--save-imatrix`): llama-imatrix is not built "
