@@ -24,7 +24,6 @@ def catalog() -> dict[str, list[Any]]:
         "formats": [
             *({"name": name, "status": "ready", "quant": w.description}
               for name, w in WRITERS.items()),
-            {"name": "onnx", "status": "not yet", "quant": "-"},
         ],
         "methods": [{"name": m.name, "description": m.description} for m in METHODS.values()],
         "schemes": [*EXAMPLE_SCHEMES, "f32", "f16", "bf16",
