@@ -371,3 +371,36 @@ def test_default_model_f32_logits_and_genai_generation(default_model_dir: Path,
     out = [int(t) for t in gen.get_sequence(0)]
     want = m.generate(torch.tensor(ids), max_new_tokens=32, do_sample=False)[0].tolist()
     assert out[:len(want)] == want
+
+
+def _with_config(tiny_llama: Path, tmp_path: Path, **changes: object) -> Path:
+    import shutil
+
+    d = tmp_path / "edited"
+    shutil.copytree(tiny_llama, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_llama3_rope_scaling_matches_transformers(tiny_llama: Path, tmp_path: Path) -> None:
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32}
+    src = _with_config(tiny_llama, tmp_path, rope_parameters=rope)
+    d = tmp_path / "onnx"
+    convert(open_path(src), make_recipe("onnx", "f32"), d, threads=1)
+    cfg = json.loads((d / "config.json").read_text())
+    ids = np.random.default_rng(1).integers(3, 49000, (1, 80))
+    got = _run_decoder(_session(d), cfg, ids, prefill=70)
+    assert _rel(got, _torch_logits(src, ids)) < 1e-4
+
+
+def test_rope_types_the_graph_does_not_build_are_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from quantport.errors import UnsupportedArchitectureError
+
+    src = _with_config(tiny_llama, tmp_path, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
+    with pytest.raises(UnsupportedArchitectureError, match="supported: default, linear, llama3"):
+        convert(open_path(src), make_recipe("onnx", "f32"), tmp_path / "o", dry_run=True)
