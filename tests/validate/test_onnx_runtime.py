@@ -24,9 +24,9 @@ from quantport.validate.runner import (
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_llama, tmp_path_factory) -> dict[str, Path]:
-    """The tiny llama written by quantport's ONNX writer in float32 and in w4-g32-sym."""
+    """The tiny llama written by quantport's ONNX writer in float32, w4-g32-sym and W8A8."""
     out = {}
-    for quant in ("f32", "w4-g32-sym"):
+    for quant in ("f32", "w4-g32-sym", "w8a8"):
         d = tmp_path_factory.mktemp("onnx") / quant
         convert(open_source(tiny_llama), make_recipe("onnx", quant), d)
         out[quant] = d
@@ -119,3 +119,72 @@ def test_validate_refuses_broken_external_data_in_one_line(tiny_onnx, tiny_llama
     assert "Traceback" not in res.output
     with pytest.raises(Exception, match=says):
         check_external_data(d / "model.onnx")
+
+
+def _checks(report) -> dict[str, dict]:
+    return {c["name"]: c for c in report.checks}
+
+
+@pytest.mark.parametrize("quant", ["f32", "w4-g32-sym", "w8a8"])
+def test_validate_onnx_decoder_passes_correctness(tiny_onnx, tiny_llama, quant):
+    """ORT against quantport's torch forward of the weights the graph holds (read back by
+    quantport's ONNX reader; for W8A8 with the inputs of the int8 layers quantized as
+    DynamicQuantizeLinear does): logits within kernel noise, greedy decoding through the cache
+    equal; the runtime's tokenizer (onnxruntime-genai's) gives the source's ids."""
+    from quantport.validate.runner import validate
+
+    rep = validate(tiny_onnx[quant], tiny_llama, ctx=64, n_windows=2, threads=2)
+    assert rep.runtime == "onnxruntime" and rep.correct, rep.failures
+    c = _checks(rep)
+    assert {n for n, v in c.items() if v["group"] == "correctness"} == {
+        "tokenizer_ids_match", "weights_kld_mean", "weights_top1_agreement",
+        "generate_greedy_match"}
+    assert all(v["passed"] is True for v in c.values() if v["group"] == "correctness")
+    assert c["generate_greedy_match"]["value"] == 1.0
+    assert rep.extra["generate_tokens"] == rep.extra["ir_generate_tokens"]
+    assert len(rep.extra["generate_tokens"]) == 32
+    if quant == "w8a8":  # 7 Linear layers in each of 2 layers run on int8 activations
+        assert len(OrtLM(tiny_onnx[quant]).dynamic_quant_inputs) == 14
+    if quant == "f32":  # float32 both sides: only summation order differs
+        assert rep.extra["ir_max_abs_logit_diff"] < 1e-3
+        assert rep.extra["ir_generate_max_abs_logit_diff"] < 1e-3
+    elif quant == "w4-g32-sym":  # the graph differs from the source far more than from
+        assert rep.max_abs_logit_diff > 10 * rep.extra["ir_max_abs_logit_diff"]  # its weights
+    else:
+        assert rep.extra["ir_max_abs_logit_diff"] < rep.max_abs_logit_diff
+
+
+def test_w8a8_forward_quantizes_activations_as_the_graph_does(tiny_onnx, tiny_llama):
+    """quantport's forward of a W8A8 graph's weights with DynamicQuantizeLinear on the inputs
+    of its int8 layers is closer to what ORT computes than the float-activation forward (not
+    equal: the tied head is an 8-bit MatMulNBits at accuracy_level 4, whose kernel quantizes
+    its input to int8 per block, which the forward does not model)."""
+    from quantport.formats.onnx_read import onnx_weights
+
+    ort = OrtLM(tiny_onnx["w8a8"], threads=2)
+    plain = TransformersLM(tiny_llama).with_weights(onnx_weights(tiny_onnx["w8a8"]))
+    hooked = TransformersLM(tiny_llama).with_weights(onnx_weights(tiny_onnx["w8a8"]))
+    assert hooked.quantize_inputs(ort.dynamic_quant_inputs) == 14
+    ids = _prompt(tiny_llama)
+    a = ort.logits(ids)
+    d_hooked = float((a - hooked.logits(ids)).abs().max())
+    d_plain = float((a - plain.logits(ids)).abs().max())
+    assert d_hooked < 0.7 * d_plain, (d_hooked, d_plain)
+
+
+@pytest.mark.slow
+def test_validate_onnx_minilm_encoder(tmp_path):
+    """all-MiniLM-L6-v2 as ONNX (W8A8): sentence_embedding against the float32 source on 256
+    sentences; the runtime against quantport's forward of the graph's own int8 weights."""
+    from quantport.validate.runner import validate
+
+    d = tmp_path / "minilm-w8a8"
+    convert(open_source("minilm"), make_recipe("onnx", "w8a8"), d)
+    ort = OrtLM(d, threads=2)
+    assert not ort.causal and "sentence_embedding" in ort.outputs
+    rep = validate(d, "minilm", threads=2)
+    assert rep.correct, rep.failures
+    assert rep.n_windows == 256
+    c = _checks(rep)
+    assert c["weights_cosine_min"]["passed"] is True and c["tokenizer_ids_match"]["value"] == 1
+    assert rep.cosine_min is not None and rep.cosine_min <= rep.cosine_mean < 1.0

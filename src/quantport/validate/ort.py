@@ -127,6 +127,38 @@ def check_external_data(model_path: str | os.PathLike[str], model: Any = None) -
                               f"tensors end at byte {end:,}; {fix}")
 
 
+def dynamic_quant_weights(model: Any) -> list[str]:
+    """Hugging Face names of the weights whose MatMul input the graph quantizes at run time
+    (``DynamicQuantizeLinear -> MatMulInteger``, or ORT's fused ``DynamicQuantizeMatMul``),
+    found through the ``quantport_tensors`` metadata quantport's writer records (which
+    initializers hold which tensor); empty for graphs without it."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        tensors = json.loads(meta.get("quantport_tensors", "{}"))
+    except json.JSONDecodeError:
+        return []
+    # an initializer may hold several tensors: q, k and v written into one qkv_proj
+    # (``places``: member initializer -> [fused initializer, ...])
+    owner: dict[str, set[str]] = {}
+    for hf, st in tensors.items():
+        if not isinstance(st, dict):
+            continue
+        places = st.get("places") or {}
+        for i in st.get("inits", []):
+            fused = places.get(i)
+            owner.setdefault(fused[0] if fused else i, set()).add(hf)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for n in model.graph.node:
+        if n.op_type == "MatMulInteger" and len(n.input) > 1:
+            src = producers.get(n.input[0])
+            if src is not None and src.op_type == "DynamicQuantizeLinear":
+                out |= owner.get(n.input[1], set())
+        elif n.op_type == "DynamicQuantizeMatMul" and len(n.input) > 1:
+            out |= owner.get(n.input[1], set())
+    return sorted(out)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -196,6 +228,8 @@ class OrtLM:
                          exc.__class__.__name__)
             raise FormatError(f"{self.model_path}: ONNX Runtime cannot load it ({first[:300]})"
                               ) from exc
+        #: Hugging Face weights whose MatMul input the graph quantizes at run time (W8A8)
+        self.dynamic_quant_inputs = dynamic_quant_weights(graph)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.causal = "logits" in self.outputs

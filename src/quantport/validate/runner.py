@@ -383,6 +383,36 @@ class TransformersLM:
                              use_cache=False)
         return out.logits[0].float()
 
+    def quantize_inputs(self, weights: list[str]) -> int:
+        """Quantize the input of the Linear layers of these weights (HF names) as ONNX's
+        ``DynamicQuantizeLinear`` does, then dequantize it: what a W8A8 graph computes
+        (``DynamicQuantizeLinear -> MatMulInteger``; the integer product is exact, so the
+        graph's output is this layer's float product of the dequantized operands).
+
+        Returns:
+            How many layers were hooked.
+        """
+        import torch
+
+        modules = dict(self.model.named_modules())
+        prefix = getattr(self.model, "base_model_prefix", "") + "."
+
+        def find(name: str) -> Any:
+            m = name.removesuffix(".weight")
+            return modules.get(m) or modules.get(m.removeprefix(prefix)) or modules.get(
+                prefix + m)
+
+        def hook(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (dynamic_quantize(args[0]), *args[1:])
+
+        n = 0
+        for w in weights:
+            m = find(w)
+            if isinstance(m, torch.nn.Linear):
+                m.register_forward_pre_hook(hook)
+                n += 1
+        return n
+
     def generate(self, ids: np.ndarray, n: int) -> tuple[list[int], np.ndarray]:
         """Greedy decoding of ``n`` tokens after ``ids`` through transformers' KV cache.
 
@@ -417,6 +447,24 @@ class TransformersLM:
         h = out.last_hidden_state.float().numpy()
         m = mask[..., None].astype(np.float32)
         return (h * m).sum(1) / np.maximum(m.sum(1), 1)
+
+
+def dynamic_quantize(x: Any) -> Any:
+    """ONNX ``DynamicQuantizeLinear`` (uint8, one scale for the whole tensor) followed by its
+    dequantization, in float32 as the spec writes it (``onnx/defs/quantization/defs.cc``):
+    ``scale = (max(0, max x) - min(0, min x)) / 255``, ``zp = saturate(round(-min / scale))``,
+    ``q = saturate(round(x / scale) + zp)``, rounding half to even."""
+    import torch
+
+    xf = x.float()
+    lo = torch.clamp(xf.min(), max=0.0)
+    hi = torch.clamp(xf.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    if float(scale) == 0.0:
+        return x
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = torch.clamp(torch.round(xf / scale) + zp, 0, 255)
+    return ((q - zp) * scale).to(x.dtype)
 
 
 def _amx_cpu() -> bool:
@@ -730,6 +778,9 @@ def validate(
         cl = correctness or CorrectnessLimits.for_runtime(runtime)
         with timer("load_weights"):
             ir, ir_reason = _weights_model(ref, art_path, on_progress)
+            if ir is not None and getattr(art, "dynamic_quant_inputs", None):
+                # W8A8: the graph's meaning includes its run-time activation quantization
+                ir.quantize_inputs(art.dynamic_quant_inputs)
         if causal:
             report = _causal(art, ref, ir, ir_reason, tok, text_path, ctx, n_windows, cl,
                              runtime, art_path, timer, on_progress)
