@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 OUT := out
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: setup test test-fast demo bench bench-memory bench-scale clean
+.PHONY: setup test test-fast demo bench bench-memory bench-scale bench-onnx clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,13 @@ bench-scale: setup
 CALIB_ARGS ?=
 bench-calibrated: setup
 	$(BIN)/python benchmarks/calibrated.py --out BENCHMARKS.md $(CALIB_ARGS)
+
+# quantport's ONNX export against onnxruntime-genai's builder, ORT's MatMulNBitsQuantizer and
+# quantize_dynamic, and optimum-onnx (installed by the script in .cache/bench-venvs/optimum).
+# Smoke test: make bench-onnx ONNX_ARGS=--quick
+ONNX_ARGS ?=
+bench-onnx: setup
+	$(BIN)/python benchmarks/onnx_vs_ort.py $(ONNX_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -99,9 +99,10 @@ def timed(cmd: list[str], timeout: int) -> tuple[float, int, str]:
     for line in p.stderr.splitlines():
         if "Maximum resident set size" in line:
             rss = int(line.split(":")[1]) * 1024
-    if p.returncode != 0:
-        err = [ln for ln in (p.stdout + p.stderr).splitlines()
-               if ln.strip() and not ln.startswith("\t")]
+    if p.returncode != 0:  # the tool's own last message, not /usr/bin/time's report
+        err = [ln.strip() for ln in (p.stdout + p.stderr).splitlines()
+               if ln.strip() and not ln.startswith("\t")
+               and not ln.startswith(("Command exited", "Command terminated"))]
         raise RuntimeError((err[-1] if err else f"exit {p.returncode}")[:300])
     return wall, rss, p.stderr
 
