@@ -43,6 +43,8 @@ __all__ = [
 #: dense float types by every spelling users write
 DENSE_TYPES = {"f32": "F32", "fp32": "F32", "float32": "F32", "f16": "F16", "fp16": "F16",
                "float16": "F16", "bf16": "BF16", "bfloat16": "BF16"}
+#: ggml types ONNX holds exactly (llama.cpp's rounding, 32-blocks): ``--to onnx --quant Q4_0``
+ONNX_GGML_TYPES = ("Q4_0", "Q8_0", "Q4_1")
 #: output formats (the keys of :data:`quantport.writers.WRITERS`)
 FORMATS = ("safetensors", "gguf", "onnx", "gptq")
 
@@ -218,6 +220,8 @@ def parse_target(text: str, fmt: str) -> Target:
         return parse_override(("x", t))[1]  # llama-quantize's own type names and checks
     if t.lower() in DENSE_TYPES:
         return DENSE_TYPES[t.lower()]
+    if fmt == "onnx" and t.upper() in ONNX_GGML_TYPES:
+        return t.upper()
     return parse_scheme(t)
 
 
@@ -302,6 +306,8 @@ def make_recipe(
                               "--onnx-matmul nbits")
     elif fmt == "onnx" and str(quant).strip().lower() == "keep":
         q = "KEEP"  # a GGUF source's own codes, copied (the ONNX writer checks the source)
+    elif fmt == "onnx" and str(quant).strip().upper() in ONNX_GGML_TYPES:
+        q = str(quant).strip().upper()  # rounded by llama.cpp's quantizer, exported exactly
     elif fmt == "gguf":
         q = resolve_preset(quant)
     elif str(quant).strip().lower() in DENSE_TYPES:

@@ -404,3 +404,24 @@ def test_rope_types_the_graph_does_not_build_are_refused(tiny_llama: Path, tmp_p
         "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
     with pytest.raises(UnsupportedArchitectureError, match="supported: default, linear, llama3"):
         convert(open_path(src), make_recipe("onnx", "f32"), tmp_path / "o", dry_run=True)
+
+
+@pytest.mark.parametrize(("quant", "mode"), [("Q4_0", "qdq"), ("Q4_1", "qdq"), ("Q8_0", "nbits")])
+def test_ggml_rounding_exports_exactly(tiny_llama: Path, tmp_path: Path, quant, mode) -> None:
+    """--quant Q4_0|Q4_1|Q8_0: llama.cpp's rounding (quantport's byte-exact quantizer), held
+    exactly by the graph and computed by ORT."""
+    from quantport.quant.ggml import quantize_ggml
+
+    d = tmp_path / quant
+    src = open_path(tiny_llama)
+    plan = convert(src, make_recipe("onnx", quant, onnx_matmul=mode, accuracy_level=0), d,
+                   threads=1).plan
+    embed = next(r for r in plan.rows if r.name == "model.embed_tokens.weight")
+    assert str(embed.target) == ("Q8_0" if quant == "Q4_1" else quant)
+    held = onnx_weights(d)
+    for name in ("model.layers.0.self_attn.v_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        want = dequantize(quantize_ggml(src.get(name), quant))
+        np.testing.assert_array_equal(held[name], want)
+    cfg = json.loads((d / "config.json").read_text())
+    got = _run_decoder(_session(d), cfg, IDS, prefill=10)
+    assert _rel(got, _torch_logits(tiny_llama, IDS, held)) < 1e-4

@@ -110,10 +110,12 @@ def _default(source: ModelSource, recipe: Recipe, name: str, role: str,
              tied: bool) -> tuple[Target, str]:
     if recipe.quant == "KEEP":
         return _kept(source, name)
-    if isinstance(recipe.quant, str):
+    if isinstance(recipe.quant, str) and recipe.quant not in GGML_COPY:
         return recipe.quant, "default"
     if role == "linear":
         return recipe.quant, "default"
+    if role == "embed" and tied and recipe.quant == "Q4_1":
+        return "Q8_0", "tied to the LM head; GatherBlockQuantized has no float minimums"
     if role == "embed" and tied:
         return recipe.quant, "tied to the LM head"
     return "F32", "not a Linear weight"
@@ -210,7 +212,8 @@ class _Sink:
         self.fused_inits = {i.name: i for f in plan.extra["fused"] for i in f.inits}
 
     def _copied(self, i: int) -> bool:
-        return str(self.plan.rows[i].target) in GGML_COPY
+        # --quant keep: the GGUF's own records (whatever the pipeline rounded is not used)
+        return self.plan.recipe.quant == "KEEP" and str(self.plan.rows[i].target) in GGML_COPY
 
     def _gguf_record(self, name: str) -> QuantizedTensor:
         """The GGUF source's own record of ``name``, in Hugging Face row order: its codes are
@@ -315,6 +318,14 @@ class ONNXWriter:
                     target, reason = o.target, f"override '{o}'"
                     used.add(k)
                     break
+            if isinstance(target, str) and target in GGML_COPY and recipe.quant != "KEEP" \
+                    and (len(shape) != 2 or shape[1] % 32):
+                if not recipe.keep_unquantized:
+                    raise ShapeError(
+                        f"{name}: {target} needs a 2-D weight whose width is a multiple of 32, "
+                        f"got {shape} (or pass --keep-unquantized to leave it in float)"
+                    )
+                target, reason = "F32", f"width {shape[-1]} is not a multiple of 32"
             if isinstance(target, IntScheme):
                 try:
                     target.check(name, shape)
