@@ -38,19 +38,23 @@ EXIT_QUALITY_FAILED = 4
 @click.option("--min-top1", type=float, help="Quality: fail below this top-1 agreement with the source (default: by precision).")
 @click.option("--max-ppl-ratio", type=float, help="Quality: fail above this PPL ratio artifact/source (default: by precision).")
 @click.option("--min-cosine", type=float, help="Quality, encoders: fail below this mean embedding cosine (default: by precision).")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime's intra-op threads (default: the cores available, at most 8).")
 @common_options
 @handle_errors
 def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, windows: int,
              max_kld: float | None, min_top1: float | None, max_ppl_ratio: float | None,
-             min_cosine: float | None,
+             min_cosine: float | None, threads: int | None,
              as_json: bool, quiet: bool, verbose: bool) -> None:
     """Load ARTIFACT in the runtime that serves it (transformers for safetensors, llama.cpp for
-    GGUF) and check it on WikiText-2 windows, in two groups:
+    GGUF, ONNX Runtime on CPU for an ONNX directory) and check it on WikiText-2 windows, in two
+    groups:
 
     \b
     correctness  the runtime computes what the artifact's weights mean: its logits match
                  quantport's own forward of the weights the artifact holds (within kernel
-                 noise), and its tokenizer gives the source tokenizer's ids;
+                 noise), and its tokenizer gives the source tokenizer's ids; ONNX decoders
+                 also decode 32 tokens greedily through the graph's KV cache, which must
+                 give the tokens of that forward's greedy decoding;
     quality      PPL ratio, mean KL divergence and top-1 agreement against the float32
                  source (cosine of embeddings for encoders), within thresholds that default
                  to the artifact's precision (8, 6/5, 4, 3, 2 bits, or unquantized); each
@@ -64,6 +68,7 @@ def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, w
     Example:
         quantport validate smollm2-w4 --against smollm2 --json
         quantport validate smollm2-q4_k_m.gguf --windows 16 --max-ppl-ratio 1.2
+        quantport validate smollm2-onnx-w4 --threads 2
     """
     setup_logging(verbose)
     if ctx < 16 or windows < 1:
@@ -78,7 +83,7 @@ def validate(artifact: Path, against: str | None, text: Path | None, ctx: int, w
     bars = Bars(quiet or as_json)
     try:
         report = run_validate(artifact, against, text=text, ctx=ctx, n_windows=windows,
-                              thresholds=th, on_progress=bars)
+                              thresholds=th, on_progress=bars, threads=threads)
     finally:
         bars.close()
     d = report.to_dict()
