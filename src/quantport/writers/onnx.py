@@ -11,7 +11,9 @@ Hugging Face name, first match wins. Quantized Linear weights are written as
 ``DequantizeLinear -> MatMul`` (``--onnx-matmul qdq``, the default: ORT fuses it into
 ``MatMulNBits``) or as ``MatMulNBits`` directly (``nbits``, with ``--accuracy-level``);
 ``--quant w8a8`` writes int8 per-channel weights that run as int8 GEMMs on dynamically
-quantized activations. See :mod:`quantport.formats.onnx_pack` for the layouts.
+quantized activations. ``--quant Q4_0|Q8_0|Q4_1`` rounds as llama.cpp does and exports the
+records exactly; ``--quant keep`` copies a GGUF source's own Q4_0/Q8_0/Q4_1 records.
+See :mod:`quantport.formats.onnx_pack` for the layouts.
 
 The graph does not depend on the weights' values, so it is built and serialized at plan time:
 its size, and so every file's size, is exact before any tensor is computed, and worker
