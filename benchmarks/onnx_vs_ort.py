@@ -455,6 +455,8 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
     ap.add_argument("--timeout", type=int, default=900, help="seconds per export process")
     ap.add_argument("--reuse-decoder", action="store_true",
                     help="take the decoder rows from the last run's results.json")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report from the last run's results.json, measure nothing")
     args = ap.parse_args()
     if args.quick:
         args.windows, args.ctx, args.runs, args.decode = 2, 128, 1, 16
@@ -482,6 +484,14 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
     calib_text = text.with_name("valid.tokens.txt")
 
     d = work
+    if args.report_only:
+        saved = json.loads((work / "results.json").read_text())
+        lines = report(saved["decoder"], saved["minilm"], args, saved.get("optimum_error"),
+                       saved.get("notes", []))
+        print("\n".join(lines))
+        if out_md is not None:
+            update_section(out_md, HEADING, lines)
+        return
     if args.reuse_decoder:
         saved = json.loads((work / "results.json").read_text())
         rows, optimum_err = saved["decoder"], saved.get("optimum_error")
@@ -535,7 +545,8 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
         log(f"updated {out_md}")
 
 
-def report(rows: list[dict], mrows: list[dict], args: Any, optimum_err: str | None) -> list[str]:
+def report(rows: list[dict], mrows: list[dict], args: Any, optimum_err: str | None,
+           notes: list[str] | None = None) -> list[str]:
     import onnxruntime
     import onnxruntime_genai
     import torch
@@ -581,6 +592,8 @@ def report(rows: list[dict], mrows: list[dict], args: Any, optimum_err: str | No
     if optimum_err:
         out.append(f"| optimum-onnx fp32 | — | — | could not install: {optimum_err} | | | | |")
 
+    if notes:
+        out += ["", *(f"- {n}" for n in notes)]
     builder = by("genai builder int4")
     qp = [r for r in rows if r["group"] == "quantport" and "kld" in r]
     best = None
