@@ -11,7 +11,13 @@ quantized Linear ``<m>``:
 * ``<m>.weight_shape``   int64 ``[2]``, the original ``[out, in]``.
 * ``<m>.weight_zero_point`` int32 for asymmetric schemes, packed along the *output* axis
   (``pack_to_int32(..., packed_dim=0)``, ``ceil(out*bits/32)`` rows) and zero-padded to
-  ``[out, groups]`` so that transformers 5.23 loads it (see :func:`write_pack_quantized`).
+  ``[out, groups]`` so that transformers 5.23 loads it (see :func:`pack_record`).
+* ``<m>.weight_g_idx`` int32 ``[in]`` for GPTQ act-order groups (``actorder: "group"``): the
+  scale column of each input column; compressed-tensors <= 0.18 dequantizes with
+  ``scale[:, g_idx]`` (``quantization/lifecycle/forward.py`` ``_process_quantization``), as
+  :func:`quantport.ir.dequantize` does. compressed-tensors 0.19 removed ``actorder="group"``
+  ("has been removed", ``QuantizationArgs.validate_actorder``): see
+  :data:`GROUP_ACTORDER_LOADS`.
 
 ``config.json`` gains ``quantization_config`` (``QuantizationConfig.to_dict()`` shape, see
 shared/reference/algorithms.md section 4). Pure numpy.
@@ -27,8 +33,18 @@ import numpy as np
 from quantport.errors import UnsupportedQuantError
 from quantport.ir import QuantizedTensor, ZeroPointDomain
 
-__all__ = ["pack_int32", "pack_record", "packed_entries", "quantization_config", "scheme_args",
+__all__ = ["GROUP_ACTORDER_LOADS", "pack_int32", "pack_record", "packed_entries", "quantization_config", "scheme_args",
            "scheme_of", "unpack_int32", "unpack_record"]
+
+
+#: Whether the pinned runtime (transformers 5.23 + compressed-tensors 0.20) loads
+#: ``actorder: "group"`` checkpoints with ``weight_g_idx``: it does not (compressed-tensors
+#: 0.19+ raises "actorder='group' has been removed" when it parses the config; 0.18 loads them
+#: and applies g_idx). So quantport writes act-order as static groups (``actorder: "weight"``)
+#: in compressed-tensors and keeps ``g_idx`` for GPTQ checkpoints (``--to gptq``);
+#: :func:`pack_record` / :func:`unpack_record` still handle ``weight_g_idx`` (older
+#: llm-compressor checkpoints).
+GROUP_ACTORDER_LOADS = False
 
 
 def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
@@ -78,10 +94,14 @@ def unpack_int32(words: np.ndarray, bits: int, n: int) -> np.ndarray:
     return vals.reshape(*lead, n)
 
 
-def scheme_args(bits: int, symmetric: bool, strategy: str, group_size: int | None) -> dict[str, Any]:
+def scheme_args(bits: int, symmetric: bool, strategy: str, group_size: int | None,
+                actorder: str | None = None) -> dict[str, Any]:
     """The ``weights`` quantization args of one config group (compressed-tensors 0.20 keys).
 
-    ``strategy`` is ``"group"``, ``"channel"`` or ``"tensor"``.
+    ``strategy`` is ``"group"``, ``"channel"`` or ``"tensor"``; ``actorder`` is ``None``,
+    ``"weight"`` (GPTQ act-order with static groups: the layout is unchanged; 0.20 also
+    accepts its alias ``"static"``, ``"weight"`` is the value every release knows) or
+    ``"group"`` (``weight_g_idx`` stored; see :data:`GROUP_ACTORDER_LOADS`).
     """
     return {
         "num_bits": bits,
@@ -91,7 +111,7 @@ def scheme_args(bits: int, symmetric: bool, strategy: str, group_size: int | Non
         "strategy": strategy,
         "block_structure": None,
         "dynamic": False,
-        "actorder": None,
+        "actorder": actorder,
         "observer": "minmax",
         "observer_kwargs": {},
     }
@@ -129,12 +149,12 @@ def quantization_config(
 
 def packed_entries(
     module: str, shape: tuple[int, int], bits: int, symmetric: bool,
-    scale_shape: tuple[int, int],
+    scale_shape: tuple[int, int], g_idx: bool = False,
 ) -> list[tuple[str, str, tuple[int, ...]]]:
     """Names, safetensors dtypes and shapes of one quantized Linear's tensors, known before
     it is quantized: ``weight_packed``, ``weight_scale`` (``scale_shape``: ``[out, groups]``,
-    ``[1, 1]`` per tensor; F32), ``weight_shape`` and, asymmetric, ``weight_zero_point``
-    (the scale's shape)."""
+    ``[1, 1]`` per tensor; F32), ``weight_shape``, asymmetric, ``weight_zero_point`` (the
+    scale's shape) and, with ``g_idx`` (act-order groups), ``weight_g_idx`` (I32 ``[in]``)."""
     rows, cols = shape
     out = [
         (f"{module}.weight_packed", "I32", (rows, -(-cols * bits // 32))),
@@ -143,6 +163,8 @@ def packed_entries(
     ]
     if not symmetric:
         out.append((f"{module}.weight_zero_point", "I32", tuple(scale_shape)))
+    if g_idx:
+        out.append((f"{module}.weight_g_idx", "I32", (cols,)))
     return out
 
 
@@ -151,12 +173,14 @@ def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
     docstring), in the dtypes :func:`packed_entries` gives. ``t`` may hold only a range of
     the weight's rows (symmetric, per group or channel: those tensors are row-major); its
     ``weight_shape`` is then the range's, so the writer stores the weight's own shape instead.
-    The zero point runs along the rows and is packed from whole records only.
+    The zero point runs along the rows and is packed from whole records only. A record with
+    ``g_idx`` (GPTQ act-order groups) also gets ``weight_g_idx``, except per channel, where one
+    scale column serves every input column and ``g_idx`` says nothing.
 
     Raises:
-        UnsupportedQuantError: not an integer-grid 2-D record, or act-order (``g_idx``).
+        UnsupportedQuantError: not an integer-grid 2-D record.
     """
-    if t.encoding != "int" or len(t.shape) != 2 or t.g_idx is not None:
+    if t.encoding != "int" or len(t.shape) != 2:
         raise UnsupportedQuantError(
             f"{module}: compressed-tensors pack-quantized takes integer-grid 2-D weights, got "
             f"{t.encoding}"
@@ -183,7 +207,13 @@ def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
         padded = np.zeros(zp.shape, dtype=np.int32)
         padded[: packed.shape[0]] = packed
         out[f"{module}.weight_zero_point"] = padded
+    if t.g_idx is not None and _param_cols(t) > 1:
+        out[f"{module}.weight_g_idx"] = np.asarray(t.g_idx, dtype=np.int32)
     return out
+
+
+def _param_cols(t: QuantizedTensor) -> int:
+    return int(np.shape(t.scale)[-1])
 
 
 def unpack_record(get: Callable[[str], np.ndarray], module: str,
@@ -209,6 +239,11 @@ def unpack_record(get: Callable[[str], np.ndarray], module: str,
         scale = scale.reshape(rows, 1)
     else:
         block = (1, int(args["group_size"]))
+    g_idx = None
+    if args.get("actorder") in ("group", "dynamic"):  # "dynamic": 0.18's alias of "group"
+        g_idx = np.asarray(get(f"{module}.weight_g_idx")).astype(np.int32)
+        if np.array_equal(g_idx, np.arange(cols) // block[1]):
+            g_idx = None  # the natural grouping: the record needs no g_idx
     zp = None
     try:
         words = None if args.get("symmetric", True) else get(f"{module}.weight_zero_point")
@@ -222,7 +257,12 @@ def unpack_record(get: Callable[[str], np.ndarray], module: str,
         zp = zp.astype(np.float32).reshape(scale.shape)
     return QuantizedTensor(shape=(rows, cols), codes=codes, scale=scale, block_size=block,
                            bits=bits, signed=True, zero_point=zp,
-                           zero_point_domain=ZeroPointDomain.INT)
+                           zero_point_domain=ZeroPointDomain.INT, g_idx=g_idx)
+
+
+# compressed-tensors ActivationOrdering values (0.18: group, weight, static, dynamic; False and
+# None: none); "weight"/"static" change nothing in the layout, "group"/"dynamic" add g_idx
+_ACTORDERS = (None, False, "weight", "static", "group", "dynamic")
 
 
 def scheme_of(config: Mapping[str, Any], where: str) -> Callable[[str], Mapping[str, Any]]:
@@ -233,7 +273,8 @@ def scheme_of(config: Mapping[str, Any], where: str) -> Callable[[str], Mapping[
 
     Raises:
         UnsupportedQuantError: a configuration quantport cannot read (not integer
-            ``pack-quantized``, act-order, regex targets), or a module no group covers.
+            ``pack-quantized``, an unknown ``actorder``, regex targets), or a module no group
+            covers.
     """
     if config.get("format", "pack-quantized") != "pack-quantized":
         raise UnsupportedQuantError(f"{where}: quantport reads pack-quantized checkpoints only")
@@ -242,9 +283,11 @@ def scheme_of(config: Mapping[str, Any], where: str) -> Callable[[str], Mapping[
     linear: Mapping[str, Any] | None = None
     for group in groups:
         args = group.get("weights") or {}
-        if args.get("type", "int") != "int" or args.get("actorder"):
+        if args.get("type", "int") != "int" or args.get("actorder") not in _ACTORDERS:
             raise UnsupportedQuantError(
-                f"{where}: quantport reads integer checkpoints without act-order only"
+                f"{where}: quantport reads integer checkpoints with actorder "
+                f"{', '.join(str(a) for a in _ACTORDERS)}, got {args.get('type', 'int')} "
+                f"actorder {args.get('actorder')!r}"
             )
     if len(groups) == 1:  # one scheme: every packed module is quantized with it
         only = groups[0].get("weights") or {}

@@ -1,4 +1,5 @@
-"""GPTQ checkpoint tensors (AutoGPTQ / GPTQModel ``checkpoint_format: "gptq"``, the v1 layout).
+"""GPTQ checkpoint tensors (AutoGPTQ / GPTQModel ``checkpoint_format`` ``"gptq"`` (v1) and
+``"gptq_v2"``).
 
 Per quantized Linear ``<m>`` with ``in`` inputs, ``out`` outputs and ``G`` groups
 (shared/reference/algorithms.md section 1.3; GPTQModel ``nn_modules/qlinear/__init__.py``
@@ -9,14 +10,16 @@ Per quantized Linear ``<m>`` with ``in`` inputs, ``out`` outputs and ``G`` group
   bit ``i*bits`` of the run's ``32*bits``-bit string, lowest bits first (``_pack_rows_2_4_8``:
   whole values per word; ``_pack_rows_3``: the 10|1|10|1|10 spill, which is the same bit string).
 * ``<m>.qzeros`` int32 ``[G, out*bits/32]``: the unsigned zero points ``z`` (``2**(bits-1)``
-  for symmetric schemes) packed the same way along the *output* axis, stored **minus one**
-  (v1). For 2/4/8 bits GPTQModel subtracts one from every field by one int32 subtraction of
-  ``0x11111111`` (4 bits) and its siblings, and adds it back on load; a zero point of 0 then
-  borrows from the next field. quantport does exactly that, so GPTQModel's load recovers every
-  zero point; readers that add one per field (AutoGPTQ's and vLLM's v1 kernels) misread a
-  group whose zero point is 0 (asymmetric schemes only: GPTQModel's "sym=False has underflow
-  probability" note; :func:`pack_gptq` logs how many such groups a tensor has). For 3 bits
-  GPTQModel shifts each field (``_shift_gptq_qzeros``), which wraps within the field.
+  for symmetric schemes) packed the same way along the *output* axis. v1 stores them **minus
+  one**: for 2/4/8 bits GPTQModel subtracts one from every field by one int32 subtraction of
+  ``0x11111111`` (4 bits) and its siblings and adds it back on load; for 3 bits it shifts each
+  field (``_shift_gptq_qzeros``). A zero point of 0 (asymmetric schemes only) cannot be stored
+  minus one so that every v1 reader gets it back (the word subtraction borrows from the next
+  field, which readers that add one per field, AutoGPTQ's and vLLM's v1 kernels, misread;
+  GPTQModel's "sym=False has underflow probability" note), and GPTQModel refuses asymmetric v1
+  checkpoints that it did not write itself. So quantport writes symmetric schemes as v1 (the
+  zero point is ``2**(bits-1)``, never 0) and asymmetric ones as v2 (``"gptq_v2"``: zero points
+  stored as they are; AutoGPTQ PR #640, GPTQModel's own fix for that underflow).
 * ``<m>.scales`` float16 ``[G, out]``.
 * ``<m>.g_idx`` int32 ``[in]``: the group of each input column (``c // group_size`` without
   act-order; the act-order grouping of GPTQ's ``desc_act`` otherwise).
@@ -37,7 +40,7 @@ from quantport.errors import FormatError, ShapeError, UnsupportedQuantError
 from quantport.formats.compressed_tensors import pack_int32, unpack_int32
 from quantport.ir import QuantizedTensor, ZeroPointDomain
 
-__all__ = ["GPTQ_BITS", "check_gptq_shape", "gptq_entries", "gptq_modules", "gptq_side_tensors",
+__all__ = ["GPTQ_BITS", "check_gptq_shape", "checkpoint_format", "gptq_entries", "gptq_modules", "gptq_side_tensors",
            "pack_gptq", "unpack_gptq"]
 
 log = logging.getLogger(__name__)
@@ -89,9 +92,16 @@ def _unsigned(a: np.ndarray, t: QuantizedTensor) -> np.ndarray:
     return a + (1 << (t.bits - 1)) if t.signed else a
 
 
-def pack_gptq(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
+def checkpoint_format(symmetric: bool) -> str:
+    """The ``checkpoint_format`` quantport writes a scheme in: ``"gptq"`` (v1) when symmetric,
+    ``"gptq_v2"`` when asymmetric (see the module docstring)."""
+    return "gptq" if symmetric else "gptq_v2"
+
+
+def pack_gptq(module: str, t: QuantizedTensor, fmt: str = "gptq") -> dict[str, np.ndarray]:
     """Pack one integer-grid record (group or channel blocks, optional ``g_idx``) into its
-    GPTQ tensors (see the module docstring), in the dtypes :func:`gptq_entries` gives.
+    GPTQ tensors (see the module docstring), in the dtypes :func:`gptq_entries` gives;
+    ``fmt`` is the ``checkpoint_format``, ``"gptq"`` (v1) or ``"gptq_v2"``.
 
     Raises:
         UnsupportedQuantError: not a 2-D integer record with per-row blocks of whole groups,
@@ -104,6 +114,8 @@ def pack_gptq(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
             f"{module}: GPTQ checkpoints take integer-grid weights with per-row groups, got "
             f"{t.encoding} blocks {t.block_size}"
         )
+    if fmt not in ("gptq", "gptq_v2"):
+        raise UnsupportedQuantError(f"{module}: checkpoint_format {fmt!r} is not gptq or gptq_v2")
     rows, cols = t.shape
     check_gptq_shape(module, t.shape, t.bits)
     scale = np.asarray(t.scale, dtype=np.float32)  # [out, G]
@@ -123,7 +135,9 @@ def pack_gptq(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
     else:
         z = _unsigned(np.asarray(t.zero_point), t)
     zeros = z.T  # [G, out]
-    if t.bits == 3:
+    if fmt == "gptq_v2":
+        qzeros = pack_int32(zeros, t.bits)
+    elif t.bits == 3:
         # GPTQModel _shift_gptq_qzeros (3 bits): minus one in each field, wrapped in the field
         qzeros = pack_int32((zeros - 1) & 7, 3)
     else:
@@ -132,9 +146,9 @@ def pack_gptq(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
         qzeros = (words - np.uint32(_ones(t.bits))).view(np.int32)
         underflow = int(np.count_nonzero(zeros == 0))
         if underflow:
-            log.warning("%s: %d zero points are 0; GPTQModel reads them back exactly, readers "
-                        "that add one per field (AutoGPTQ, vLLM v1 kernels) do not", module,
-                        underflow)
+            log.warning("%s: %d zero points are 0 in a v1 checkpoint; GPTQModel reads them back "
+                        "exactly, readers that add one per field (AutoGPTQ, vLLM v1 kernels) "
+                        "do not (write gptq_v2)", module, underflow)
     return {
         f"{module}.qweight": np.ascontiguousarray(pack_int32(q, t.bits).T),
         f"{module}.qzeros": np.ascontiguousarray(qzeros),

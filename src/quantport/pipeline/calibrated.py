@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from quantport.formats import compressed_tensors as ct
 from quantport.ir import dequantize
 from quantport.pipeline.execute import Sink, apply_edit, execute
 from quantport.errors import QuantportError
@@ -74,10 +75,18 @@ class CalibrationReport:
 
 
 def stores_g_idx(fmt: str, target: Any) -> bool:
-    """Whether format ``fmt`` can store act-order group indices (``g_idx``) for ``target``:
-    compressed-tensors integer groups (``weight_g_idx``) only; GGUF's blocks sit at fixed
-    column positions."""
-    return fmt == "safetensors" and isinstance(target, IntScheme) and target.granularity == "group"
+    """Whether format ``fmt`` can store act-order group indices (``g_idx``) for ``target``
+    so that its runtime loads them: GPTQ checkpoints (``g_idx``, ``desc_act``), integer groups
+    or channels. Not compressed-tensors: its ``weight_g_idx`` (``actorder="group"``, which
+    :func:`quantport.formats.compressed_tensors.pack_record` can write) is refused at load by
+    compressed-tensors 0.19 and later, the pinned 0.20 included (:data:`quantport.formats.
+    compressed_tensors.GROUP_ACTORDER_LOADS`); not GGUF or ONNX, whose blocks sit at fixed
+    columns."""
+    if not isinstance(target, IntScheme):
+        return False
+    if fmt == "gptq":
+        return target.granularity in ("group", "channel")
+    return (fmt == "safetensors" and ct.GROUP_ACTORDER_LOADS and target.granularity == "group")
 
 
 def _act_order(recipe: Recipe, row: PlanRow, report: CalibrationReport) -> tuple[bool, bool]:

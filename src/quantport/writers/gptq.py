@@ -9,6 +9,11 @@ written in float16, the dtype of the float16 scales and of the checkpoints GPTQM
 With ``--method gptq --act-order group`` the records carry GPTQ's act-order ``g_idx`` and the
 config says ``desc_act: true``.
 
+Symmetric schemes are written as ``checkpoint_format: "gptq"`` (v1: zero points stored minus
+one), asymmetric ones as ``"gptq_v2"`` (zero points as they are), because a v1 zero point of 0
+does not survive every v1 reader and GPTQModel refuses asymmetric v1 files it did not write
+(:mod:`quantport.formats.gptq_pack`).
+
 ``config.json`` gains ``quantization_config`` as GPTQModel's ``QuantizeConfig.to_dict()`` writes
 it (``bits``, ``group_size``, ``desc_act``, ``sym``, ``lm_head``, ``method``/``quant_method``,
 ``format``/``checkpoint_format``, ``pack_dtype``, ``meta``; see shared/reference/algorithms.md
@@ -31,7 +36,12 @@ import numpy as np
 import quantport
 from quantport.errors import UnsupportedQuantError
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
-from quantport.formats.gptq_pack import check_gptq_shape, gptq_entries, pack_gptq
+from quantport.formats.gptq_pack import (
+    check_gptq_shape,
+    checkpoint_format,
+    gptq_entries,
+    pack_gptq,
+)
 from quantport.formats.safetensors import DTYPES, encode_dense
 from quantport.formats.safetensors_shards import (
     INDEX,
@@ -75,7 +85,14 @@ def desc_act(recipe: Recipe) -> bool:
 def gptq_config(scheme: IntScheme, recipe: Recipe) -> dict[str, Any]:
     """The ``quantization_config`` of a GPTQ checkpoint, with GPTQModel 7.7
     ``QuantizeConfig.to_dict()``'s keys (``meta`` says what quantport did)."""
-    static = recipe.calibrated and "gptq" in recipe.method and recipe.act_order == "static"
+    gptq = recipe.calibrated and "gptq" in recipe.method
+    fmt = checkpoint_format(scheme.symmetric)
+    meta: dict[str, Any] = {"quantizer": [f"quantport:{quantport.__version__}"],
+                            "method": recipe.method}
+    if gptq:
+        meta.update(damp_percent=recipe.damp, static_groups=recipe.act_order == "static",
+                    true_sequential=recipe.calib_inputs == "quantized", act_group_aware=False,
+                    mse=0.0)
     return {
         "bits": scheme.bits,
         "group_size": int(scheme.group_size) if scheme.granularity == "group" else -1,
@@ -84,18 +101,10 @@ def gptq_config(scheme: IntScheme, recipe: Recipe) -> dict[str, Any]:
         "lm_head": False,
         "method": "gptq",
         "quant_method": "gptq",
-        "format": "gptq",
-        "checkpoint_format": "gptq",
+        "format": fmt,
+        "checkpoint_format": fmt,
         "pack_dtype": "int32",
-        "meta": {
-            "quantizer": [f"quantport:{quantport.__version__}"],
-            "method": recipe.method,
-            "damp_percent": recipe.damp,
-            "static_groups": static,
-            "true_sequential": recipe.calib_inputs == "quantized",
-            "act_group_aware": False,
-            "mse": 0.0,
-        },
+        "meta": meta,
     }
 
 
@@ -123,7 +132,8 @@ class _Sink:
                     f"tensor {row.name}: planned as {row.target} {row.shape}, given "
                     f"{'a float array' if not isinstance(value, QuantizedTensor) else value.shape}"
                 )
-            packed = pack_gptq(row.name.removesuffix(".weight"), value)
+            packed = pack_gptq(row.name.removesuffix(".weight"), value,
+                               checkpoint_format(row.target.symmetric))
             return sum(self.out.write(e.name, packed[e.name]) for e in _entries(row))
         if isinstance(value, QuantizedTensor):
             raise UnsupportedQuantError(

@@ -27,6 +27,7 @@ import numpy as np
 import quantport
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
+from quantport.formats import compressed_tensors as ct
 from quantport.formats.compressed_tensors import (
     pack_record,
     packed_entries,
@@ -87,12 +88,32 @@ def _scale_shape(scheme: IntScheme, shape: tuple[int, ...]) -> tuple[int, int]:
     return (rows, cols // int(scheme.group_size or cols))
 
 
-def _entries(row: PlanRow) -> list[Entry]:
+def _g_idx(recipe: Recipe, target: object) -> bool:
+    """Whether the records of ``target`` carry act-order ``g_idx`` (``weight_g_idx``): GPTQ
+    with ``--act-order group`` onto integer groups, when compressed-tensors loads them (the
+    condition of ``pipeline.calibrated.stores_g_idx`` for safetensors; the plan row's target
+    alone does not say it, the recipe does)."""
+    return (recipe.calibrated and "gptq" in recipe.method and recipe.act_order == "group"
+            and ct.GROUP_ACTORDER_LOADS and isinstance(target, IntScheme)
+            and target.granularity == "group")
+
+
+def _actorder(recipe: Recipe, scheme: IntScheme) -> str | None:
+    # compressed-tensors' record of GPTQ's column order: "group" with g_idx, "weight" (alias
+    # "static") when the columns were processed in act-order onto static groups, which is also
+    # what --act-order group becomes where g_idx cannot be stored (pipeline.calibrated)
+    if not (recipe.calibrated and "gptq" in recipe.method) or recipe.act_order == "none":
+        return None
+    return "group" if _g_idx(recipe, scheme) else "weight"
+
+
+def _entries(row: PlanRow, recipe: Recipe) -> list[Entry]:
     if isinstance(row.target, IntScheme):
         s = row.target
         module = row.name.removesuffix(".weight")
         return [Entry(*e) for e in packed_entries(module, row.shape, s.bits, s.symmetric,  # type: ignore[arg-type]
-                                                  _scale_shape(s, row.shape))]
+                                                  _scale_shape(s, row.shape),
+                                                  g_idx=_g_idx(recipe, s))]
     return [Entry(row.name, str(row.target), row.shape)]
 
 
@@ -122,11 +143,19 @@ class _Sink:
                 raise UnsupportedQuantError(
                     f"tensor {row.name}: planned as {row.target} but given a float array"
                 )
+            if (value.g_idx is not None) != _g_idx(self.plan.recipe, row.target) and (
+                    np.shape(value.scale)[-1] > 1):
+                raise UnsupportedQuantError(
+                    f"tensor {row.name}: the plan {'expects' if value.g_idx is None else 'has no'}"
+                    " act-order g_idx (weight_g_idx) for it; plan and record disagree"
+                )
             packed = pack_record(row.name.removesuffix(".weight"), value)
-            for e in _entries(row):
-                if e.name.endswith(".weight_shape"):
-                    if r0 == 0:  # the full shape, once, with the first row range
-                        written += self.out.write(e.name, np.asarray(row.shape, "<i8"))
+            for e in _entries(row, self.plan.recipe):
+                if e.name.endswith((".weight_shape", ".weight_g_idx")):
+                    if r0 == 0:  # per weight, not per row: once, with the first row range
+                        data = (np.asarray(row.shape, "<i8") if e.name.endswith("_shape")
+                                else packed[e.name])
+                        written += self.out.write(e.name, data)
                     continue
                 data = packed[e.name]
                 per_row = e.nbytes // e.shape[0]
@@ -193,14 +222,14 @@ class SafetensorsWriter:
                     "'model.layers.0.self_attn.q_proj.weight')"
                 )
         rows = [PlanRow(r.name, r.source, r.shape, r.target, r.reason,
-                        sum(e.nbytes for e in _entries(r))) for r in rows]
+                        sum(e.nbytes for e in _entries(r, recipe))) for r in rows]
         metadata = {
             "format": "pt",
             "quantport_version": quantport.__version__,
             "quantport_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
             "quantport_source": json.dumps(source.describe(), sort_keys=True),
         }
-        layout = layout_shards([_entries(r) for r in rows], max_shard_size=recipe.max_shard_size,
+        layout = layout_shards([_entries(r, recipe) for r in rows], max_shard_size=recipe.max_shard_size,
                                metadata=metadata)
         texts = {"config.json": json.dumps(self._config(source, recipe, rows), indent=2)}
         index = index_json(layout)
@@ -237,7 +266,8 @@ class SafetensorsWriter:
         if source.architecture.causal and "lm_head" not in ignore and not any(
                 "lm_head" in ms for ms in groups.values()):
             ignore.append("lm_head")  # tied: not stored, but compressed-tensors must skip it
-        args = [(scheme_args(s.bits, s.symmetric, s.granularity, s.group_size),
+        args = [(scheme_args(s.bits, s.symmetric, s.granularity, s.group_size,
+                             _actorder(recipe, s)),
                  # one scheme: compressed-tensors applies it to every Linear not ignored;
                  # several: each group names its modules (matched exactly)
                  ["Linear"] if len(groups) == 1 else groups[k]) for k, s in schemes.items()]
