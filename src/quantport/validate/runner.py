@@ -37,7 +37,7 @@ import numpy as np
 
 from quantport._fixtures import wikitext_dir
 from quantport._quiet import quiet_loading
-from quantport.errors import QuantportError, ValidationFailed
+from quantport.errors import DependencyError, QuantportError, ValidationFailed
 from quantport.validate.metrics import LogitStats, log_softmax
 
 __all__ = [
@@ -183,6 +183,8 @@ def artifact_bits(path: str | os.PathLike[str]) -> int:
 
         return _FTYPE_BITS.get(int(scan_gguf(p).metadata.get("general.file_type", 0)), 4)
     qc = _quantization_config(p)
+    if qc.get("quant_method") == "gptq":  # GPTQ checkpoints: one scheme
+        return int(qc.get("bits") or 4)
     groups = qc.get("config_groups") or {}
     bits = [g.get("weights", {}).get("num_bits") for g in groups.values()]
     bits = [b for b in bits if isinstance(b, int)]
@@ -585,10 +587,13 @@ def artifact_weights(path: str | os.PathLike[str],
     from quantport.formats.compressed_tensors import scheme_of, unpack_record
     from quantport.ir import dequantize
 
+    if _quantization_config(p).get("quant_method") == "gptq":
+        return _gptq_weights(src, _quantization_config(p), on_progress)
     args_of = scheme_of(_quantization_config(p), str(p))
     packed = [n for n in names if n.endswith(".weight_packed")]
     modules = {n.removesuffix(".weight_packed") for n in packed}
-    side = (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point")
+    side = (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point",
+            ".weight_g_idx")
     dense = [n for n in names
              if not (n.endswith(side) and n.rsplit(".", 1)[0] in modules)]
     total = len(dense) + len(modules)
@@ -601,6 +606,53 @@ def artifact_weights(path: str | os.PathLike[str],
         if on_progress:
             on_progress("dequantize", len(dense) + i + 1, total)
     return out
+
+
+def _gptq_weights(src: Any, qc: dict[str, Any],
+                  on_progress: Progress | None) -> dict[str, np.ndarray]:
+    """A GPTQ checkpoint's weights: ``qweight``/``qzeros``/``scales``/``g_idx`` unpacked by
+    :func:`quantport.formats.gptq_pack.unpack_gptq` and dequantized by quantport, every other
+    tensor as stored."""
+    from quantport.formats.gptq_pack import gptq_modules, gptq_side_tensors, unpack_gptq
+    from quantport.ir import dequantize
+
+    names = src.names()
+    modules = gptq_modules(names)
+    side = {n for m in modules for n in gptq_side_tensors(m)}
+    dense = [n for n in names if n not in side]
+    total = len(dense) + len(modules)
+    out: dict[str, np.ndarray] = {}
+    for i, n in enumerate(dense):
+        out[n] = np.asarray(src.get(n), dtype=np.float32)
+        if on_progress:
+            on_progress("dequantize", i + 1, total)
+    for i, m in enumerate(modules):
+        out[f"{m}.weight"] = dequantize(unpack_gptq(src.get, m, qc))
+        if on_progress:
+            on_progress("dequantize", len(dense) + i + 1, total)
+    return out
+
+
+def check_runtime(art_path: Path) -> None:
+    """Refuse, before anything slow, an artifact whose runtime is not installed: a GPTQ
+    checkpoint (``quant_method: gptq``) runs in transformers only through optimum and
+    gptqmodel.
+
+    Raises:
+        DependencyError: the runtime's packages are missing.
+    """
+    import importlib.util
+
+    if _quantization_config(art_path).get("quant_method") != "gptq":
+        return
+    missing = [m for m in ("optimum", "gptqmodel") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DependencyError(
+            f"{art_path}: a GPTQ checkpoint (quant_method gptq) runs in transformers only with "
+            f"optimum and gptqmodel, and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; validate its "
+            "compressed-tensors twin (--to safetensors) or load it with GPTQModel"
+        )
 
 
 def _onnx_weights(p: Path, on_progress: Progress | None) -> dict[str, np.ndarray]:
@@ -763,6 +815,7 @@ def validate(
 
     if is_onnx_artifact(art_path):  # before anything slow: a missing or short model.onnx.data
         check_external_data(onnx_model_path(art_path))
+    check_runtime(art_path)
     th = thresholds or Thresholds.for_bits(artifact_bits(art_path))
     timer = _Timer()
     start = time.perf_counter()
