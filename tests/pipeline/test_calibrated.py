@@ -234,3 +234,22 @@ def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: 
     assert len(bad.output.strip().splitlines()) == 1
     damp = runner.invoke(cli, [*base, "-o", str(tmp_path / "d"), "--damp", "-1"])
     assert damp.exit_code != 0 and "--damp" in damp.output
+
+
+def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: Path) -> None:
+    """run_staged with nothing rounded computes exactly the layer's own forward, and its q/k/v
+    Hessian is the two-pass loop's (the other stages see rounded weights in real use)."""
+    src = open_path(tiny_llama)
+    windows = calibration_windows(src, samples=3, length=64)
+    model = LayerwiseModel(src)
+    h = model.embed(windows)
+    layer = model.load(0)
+    assert model.staged(layer)
+    ref, two_pass = model.run(0, layer, h, collect=True)
+    seen: list[list[str]] = []
+    staged = model.run_staged(0, layer, h, lambda names, hess: seen.append(names))
+    torch.testing.assert_close(h, ref, rtol=1e-6, atol=1e-6)
+    assert [len(n) for n in seen] == [3, 1, 2, 1]
+    q = "model.layers.0.self_attn.q_proj.weight"
+    np.testing.assert_allclose(staged.of(q).hessian, two_pass.of(q).hessian, rtol=1e-5,
+                               atol=1e-6)

@@ -118,10 +118,8 @@ def run_calibrated(
         ConfigError: unusable calibration text (see :func:`calibration_windows`).
         UnsupportedQuantError: an architecture the engine cannot run (encoders).
     """
-    import torch
 
-    from quantport.quant.gptq import grid_for, run_gptq
-    from quantport.quant.rtn import quantize_rtn
+    from quantport.quant.gptq import grid_for
 
     recipe = plan.recipe
     t0 = time.perf_counter()
@@ -179,10 +177,17 @@ def run_calibrated(
             assert st is not None
             scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
                                           for n in linears}, alpha=recipe.smooth_alpha)
+        rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv))
+        gptq = "gptq" in recipe.method
         out = stats = None
+        staged = (hit is None and gptq and recipe.calib_inputs == "quantized"
+                  and model.staged(layer))
         if hit is not None:
-            stats = hit[0] if "gptq" in recipe.method else None
-        elif "gptq" in recipe.method:
+            stats = hit[0] if gptq else None
+        elif staged:
+            # one pass: each sub-block's Hessian, rounding, then its rounded output (h in place)
+            stats = model.run_staged(li, layer, h, rounder.group)
+        elif gptq:
             # statistics of the (transformed) layer's inputs, then rounding onto the grids
             out, stats = model.run(li, layer, h, collect=True)
         elif recipe.calib_inputs == "float":
@@ -192,38 +197,15 @@ def run_calibrated(
         for lname, param in layer.named_parameters():
             name = f"{model.prefix}{li}.{lname}"
             idx = by_source.get(name)
-            if idx is None:
+            if idx is None or name in rounder.written:
                 continue
-            row = plan.rows[idx]
-            w = param.detach().numpy().copy()  # float32: the layer's weights stay float32
-            if name not in linears or not row.quantized:
-                sink.put(idx, w)
-                continue
-            we = apply_edit(w, row.edit, n_head, n_head_kv)
-            grid = grid_for(row.target, row.shape)
-            if stats is None:
-                record = quantize_rtn(we, grid, name=row.name)
-                values = dequantize(record)
+            if name in linears and plan.rows[idx].quantized:
+                rounder.one(name, None if stats is None else stats.of(name).hessian)
             else:
-                hess = stats.of(name).hessian
-                assert hess is not None
-                act, static = _act_order(recipe, row, report)
-                res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
-                               static_groups=static, name=row.name)
-                record, values = res.record, res.values
-                report.errors[row.name] = res.error
-                if res.fell_back:
-                    report.notes.append(f"{row.name}: Hessian not positive definite, rounded "
-                                        "to nearest")
-                log.info("%s: GPTQ layer-output error %.4g (damp %s)", row.name, res.error,
-                         res.damp)
-            sink.put(idx, record)
-            with torch.no_grad():
-                param.copy_(torch.from_numpy(
-                    apply_edit(values, row.edit, n_head, n_head_kv, undo=True)))
+                sink.put(idx, param.detach().numpy().copy())
         source.release()
-        if cached:
-            pass  # no activations to carry: every layer's statistics come from the cache
+        if cached or staged:
+            pass  # no activations to carry (cache), or h is already the rounded layer's output
         elif recipe.calib_inputs == "quantized" or out is None:
             del out
             h, _ = model.run(li, layer, h)
@@ -234,3 +216,55 @@ def run_calibrated(
             on_progress("calibrate", li + 1, model.n_layers)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class _LayerRounder:
+    """Rounds one layer's Linear weights onto their planned grids (GPTQ given a Hessian, else
+    to nearest), writes each record, and puts the rounded values back into the layer."""
+
+    def __init__(self, plan: Plan, sink: Sink, report: CalibrationReport,
+                 by_source: dict[str, int], linears: dict[str, Any],
+                 heads: tuple[int, int]) -> None:
+        self.plan, self.sink, self.report = plan, sink, report
+        self.by_source, self.linears, self.heads = by_source, linears, heads
+        self.written: set[str] = set()
+
+    def group(self, names: list[str], hess: np.ndarray) -> None:
+        """Round the quantized weights among ``names`` (Linear layers sharing ``hess``)."""
+        for name in names:
+            idx = self.by_source.get(name)
+            if idx is not None and self.plan.rows[idx].quantized:
+                self.one(name, hess)
+
+    def one(self, name: str, hess: np.ndarray | None) -> None:
+        """Round Linear weight ``name`` (Hugging Face name)."""
+        import torch
+
+        from quantport.quant.gptq import grid_for, run_gptq
+        from quantport.quant.rtn import quantize_rtn
+
+        recipe, report = self.plan.recipe, self.report
+        idx = self.by_source[name]
+        row = self.plan.rows[idx]
+        param = self.linears[name].weight
+        w = param.detach().numpy().copy()  # float32: the layer's weights stay float32
+        we = apply_edit(w, row.edit, *self.heads)
+        grid = grid_for(row.target, row.shape)
+        if hess is None:
+            record = quantize_rtn(we, grid, name=row.name)
+            values = dequantize(record)
+        else:
+            act, static = _act_order(recipe, row, report)
+            res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
+                           static_groups=static, name=row.name)
+            record, values = res.record, res.values
+            report.errors[row.name] = res.error
+            if res.fell_back:
+                report.notes.append(f"{row.name}: Hessian not positive definite, rounded to "
+                                    "nearest")
+            log.info("%s: GPTQ layer-output error %.4g (damp %s)", row.name, res.error,
+                     res.damp)
+        self.sink.put(idx, record)
+        self.written.add(name)
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(apply_edit(values, row.edit, *self.heads, undo=True)))

@@ -57,6 +57,8 @@ DEFAULT_CALIBRATION_TEXT = calibration_text()
 EVALUATION_TEXT = evaluation_text()
 #: calibration windows run through a layer together (a batch of [windows, tokens, hidden])
 _BATCH_TOKENS = 4096
+#: largest activation buffer kept between two uses rather than recomputed
+_KEEP_BYTES = 1 << 30
 
 
 def _read_text(path: Path) -> str:
@@ -413,6 +415,109 @@ class LayerwiseModel:
             for hd in handles:
                 hd.remove()
         return {m: torch.cat(v, 0) for m, v in got.items() if v}
+
+
+    def staged(self, layer: Any) -> bool:
+        """Whether :meth:`run_staged` knows this layer's layout (pre-norm attention and gated
+        MLP with residuals, as Llama, Mistral and Qwen2/3 decoder layers)."""
+        names = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        return (type(layer).__name__ in _STAGED_LAYERS and all(hasattr(layer, n) for n in names)
+                and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj",
+                                                        "act_fn")))
+
+    def run_staged(self, i: int, layer: Any, h: Any,
+                   quantize: Callable[[list[str], np.ndarray], None]) -> LayerStats:
+        """True-sequential calibration of layer ``i`` in ONE forward pass, ``h`` updated in
+        place to the layer's output with its rounded weights.
+
+        The layer runs sub-block by sub-block over all windows, as GPTQModel's true-sequential
+        mode orders it: q/k/v's Hessian from the normed input, then ``quantize(names, H)``
+        rounds them (and writes the rounded weights into the layer); the attention with the
+        rounded q/k/v gives o_proj's input and Hessian; o_proj rounded, the residual, then
+        gate/up, then down_proj likewise. Every matmul runs once, where the two-pass loop
+        (statistics of the float layer, then the rounded layer's outputs: the reference and
+        llm-compressor) runs each twice, and every Hessian sees the outputs of everything
+        rounded before it.
+        """
+        torch = self.torch
+        attn, mlp = layer.self_attn, layer.mlp
+        ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+        p = f"{self.prefix}{i}."
+        stats = LayerStats(i)
+        batches = list(self._batches(h))
+        pos = torch.arange(h.shape[1]).unsqueeze(0)
+
+        def stage(names: list[str], inputs: Callable[[slice], Any]) -> None:
+            hess, n = None, 0
+            for b in batches:
+                x = inputs(b)
+                x2 = x.reshape(-1, x.shape[-1])
+                part = (x2.T @ x2).to(torch.float32)
+                hess = part if hess is None else hess.add_(part)
+                n += x2.shape[0]
+            assert hess is not None
+            # float32 like _Accumulator: the cache stores it, a cached run rounds identically
+            h64 = (hess * (2.0 / n)).numpy().astype(np.float64)
+            full = [f"{p}{m}.weight" for m in names]
+            stats.groups.append(InputStats(modules=full, n=n, hessian=h64,
+                                           sq_mean=np.diagonal(h64).astype(np.float32) / 2))
+            quantize(full, h64)
+
+        class _Stop(Exception):
+            pass
+
+        got: list[Any] = []
+
+        def catch(_m: Any, args: tuple[Any, ...]) -> None:
+            got.append(args[0])
+            raise _Stop  # the reference's Catcher: o_proj's input is all we need here
+
+        with torch.inference_mode(), self.autocast():
+            cos, sin = self.rotary(h[:1].float(), position_ids=pos)
+            pe = (cos.to(self.dtype), sin.to(self.dtype))
+            stage(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                  lambda b: ln1(h[b]))
+            a = torch.empty(*h.shape[:-1], attn.o_proj.in_features, dtype=h.dtype)
+            handle = attn.o_proj.register_forward_pre_hook(catch)
+            try:
+                for b in batches:
+                    try:
+                        attn(hidden_states=ln1(h[b]), position_embeddings=pe,
+                             attention_mask=None)
+                    except _Stop:
+                        a[b] = got.pop()
+            finally:
+                handle.remove()
+            stage(["self_attn.o_proj"], lambda b: a[b])
+            for b in batches:
+                h[b] = h[b] + attn.o_proj(a[b])
+            a = None  # noqa: F841 - freed before the MLP's wider activations
+            stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(h[b]))
+            # down_proj's input is kept between its two uses when it fits (it is the widest
+            # activation), recomputed otherwise
+            width = mlp.down_proj.in_features
+            keep = (h.shape[0] * h.shape[1] * width * h.element_size() <= _KEEP_BYTES)
+            x3 = torch.empty(*h.shape[:-1], width, dtype=h.dtype) if keep else None
+
+            def down_input(b: slice) -> Any:
+                x = ln2(h[b])
+                y = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+                if x3 is not None:
+                    x3[b] = y
+                return y
+
+            stage(["mlp.down_proj"], down_input)
+            for b in batches:
+                h[b] = h[b] + mlp.down_proj(x3[b] if x3 is not None else down_input(b))
+        return stats
+
+
+
+#: decoder layer classes whose forward is pre-norm attention + gated MLP with residuals, the
+#: layout :meth:`LayerwiseModel.run_staged` reproduces (checked against the layer's own
+#: forward by tests/pipeline/test_calibrated.py)
+_STAGED_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer",
+                  "Qwen3DecoderLayer"}
 
 
 def cache_key(source: ModelSource, windows: np.ndarray, settings: dict[str, Any]) -> str:
