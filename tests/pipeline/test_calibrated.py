@@ -253,3 +253,19 @@ def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: 
     q = "model.layers.0.self_attn.q_proj.weight"
     np.testing.assert_allclose(staged.of(q).hessian, two_pass.of(q).hessian, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_cache_keeps_only_the_most_recent_calibrations(tmp_path: Path) -> None:
+    import os
+    import time
+
+    stats = layerwise.LayerStats(0, [layerwise.InputStats(["w"], 4, np.eye(3))])
+    for k in range(6):
+        c = layerwise.StatsCache(f"key{k}", tmp_path)
+        c.save(stats, {}, n_layers=1)
+        os.utime(c.dir, (time.time() + k, time.time() + k))  # distinct mtimes
+        assert c.load(0) is not None
+    kept = sorted(d.name for d in tmp_path.iterdir())
+    assert kept == ["key2", "key3", "key4", "key5"]
+    loaded, _ = layerwise.StatsCache("key5", tmp_path).load(0)
+    np.testing.assert_array_equal(loaded.groups[0].hessian, np.eye(3))

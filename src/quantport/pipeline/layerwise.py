@@ -540,13 +540,29 @@ class StatsCache:
     each layer calibrates on the rounded layers before it), so a second conversion of the same
     recipe -- to another format, say -- skips every forward pass, and any change of model,
     text or settings misses. Files are written under a temporary name and renamed; a cache
-    that would exceed ``max_bytes`` is not written (the log says so).
+    that would exceed ``max_bytes`` is not written (the log says so); only the :attr:`KEEP`
+    most recent calibrations are kept.
     """
+
+    #: calibrations kept (the most recently written)
+    KEEP = 4
 
     def __init__(self, key: str, root: Path | None = None, max_bytes: int = 4 << 30) -> None:
         self.dir = (root or cache_dir() / "calib") / key
         self.max_bytes = max_bytes
         self.enabled = True
+
+    def _prune(self) -> None:
+        # a new calibration: keep the KEEP most recently written ones, drop older ones (the
+        # cache would otherwise grow by a model's worth of Hessians per recipe tried)
+        import shutil
+
+        root = self.dir.parent
+        if not root.is_dir():
+            return
+        old = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        for d in old[: max(0, len(old) - (self.KEEP - 1))]:
+            shutil.rmtree(d, ignore_errors=True)
 
     def _path(self, i: int) -> Path:
         return self.dir / f"layer-{i}.npz"
@@ -590,6 +606,8 @@ class StatsCache:
             return
         meta = {"groups": [{"modules": g.modules, "n": g.n} for g in groups],
                 "scales": list(scales)}
+        if not self.dir.is_dir():
+            self._prune()
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".layer-{stats.index}.{os.getpid()}.npz"
         try:
