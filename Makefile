@@ -40,6 +40,9 @@ test-fast: setup
 demo: setup
 	$(BIN)/quantport convert --to safetensors --quant w4-g64-sym -o $(OUT)/smollm2-w4-g64-sym --force
 	$(BIN)/quantport validate $(OUT)/smollm2-w4-g64-sym
+	# the same scheme calibrated: GPTQ on WikiText-2 validation text (compare the KLD above)
+	$(BIN)/quantport convert --to safetensors --quant w4-g64-sym --method gptq -o $(OUT)/smollm2-w4-g64-sym-gptq --force
+	$(BIN)/quantport validate $(OUT)/smollm2-w4-g64-sym-gptq
 	$(BIN)/quantport convert --to gguf --quant Q4_K_M -o $(OUT)/smollm2-Q4_K_M.gguf --force
 	$(BIN)/quantport validate $(OUT)/smollm2-Q4_K_M.gguf
 	$(BIN)/quantport convert --to onnx --quant w4-g32-sym -o $(OUT)/smollm2-onnx-w4-g32-sym --force
