@@ -523,6 +523,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only; leave --out alone")
     ap.add_argument("--note", help="a line to put at the top of the section")
+    ap.add_argument("--no-run", action="store_true",
+                    help="with --resume: measure nothing, assemble the table from the records")
     ap.add_argument("--resume", action="store_true",
                     help="with --workdir: keep the rows an earlier run of the same settings "
                          "measured (and scored) there, run the rest")
@@ -550,6 +552,8 @@ def main() -> None:
                                   args.length)
     if args.resume and args.workdir is None:
         sys.exit("--resume needs --workdir")
+    if args.no_run and not args.resume:
+        sys.exit("--no-run needs --resume (and --workdir)")
     np.save(work / "windows.npy", windows)
     f32 = work / "smollm2-f32.gguf"
     ctx = Ctx(src, f32, DEFAULT_CALIBRATION_TEXT, work / "windows.npy", int(windows.shape[0]),
@@ -598,6 +602,10 @@ def main() -> None:
                                 f"top-1 {r.score['top1_agreement']:.4f}"),
               file=sys.stderr, flush=True)
 
+    if args.no_run:
+        for r in rows:
+            if not r.skip and not r.runs:
+                r.skip = "not measured (this table was assembled with --no-run)"
     live = [r for r in rows if not r.skip]
     for i in range(runs):
         for r in live if i % 2 == 0 else live[::-1]:  # alternate: drifts hit every row
@@ -669,7 +677,9 @@ def main() -> None:
         f"`quantport validate ART --against SRC --windows {n_win} --ctx {args.ctx}` "
         f"({n_win} windows x {args.ctx} tokens of `wiki.test.raw`, second half of each scored), "
         f"each artifact run in its runtime (transformers for compressed-tensors, llama.cpp "
-        f"for GGUF) against the fp32 source in transformers"
+        f"for GGUF) against the fp32 source in transformers (so a GGUF's KLD also holds "
+        f"llama.cpp's own kernel noise, and is not comparable with the section above that "
+        f"scores against the F32 GGUF in llama.cpp)"
         + (f"; fp32 PPL {fp32_ppl:.4f}." if fp32_ppl else "."),
         "",
         "| method | tool | format | file MiB | wall s | peak RSS MiB | PPL | KLD | top-1 | note |",
