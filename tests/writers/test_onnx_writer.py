@@ -425,3 +425,23 @@ def test_ggml_rounding_exports_exactly(tiny_llama: Path, tmp_path: Path, quant, 
     cfg = json.loads((d / "config.json").read_text())
     got = _run_decoder(_session(d), cfg, IDS, prefill=10)
     assert _rel(got, _torch_logits(tiny_llama, IDS, held)) < 1e-4
+
+
+def test_right_padded_batch_matches_each_sequence_alone(exports, tiny_llama: Path) -> None:
+    """A batch of prompts of different lengths, padded on the right (GroupQueryAttention reads
+    each row's length from attention_mask, as onnxruntime-genai feeds it)."""
+    d = exports[("f32", "qdq")]
+    cfg = json.loads((d / "config.json").read_text())
+    n_layers, kv = cfg["num_hidden_layers"], cfg["num_key_value_heads"]
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    a, b = IDS[0, :9], IDS[1, :5]
+    ids = np.zeros((2, 9), np.int64)
+    mask = np.zeros((2, 9), np.int64)
+    ids[0], mask[0] = a, 1
+    ids[1, :5], mask[1, :5] = b, 1
+    feed = {"input_ids": ids, "attention_mask": mask,
+            **{f"past_key_values.{i}.{k}": np.zeros((2, kv, 0, hd), np.float32)
+               for i in range(n_layers) for k in ("key", "value")}}
+    got = _session(d).run(["logits"], feed)[0]
+    assert _rel(got[0], _torch_logits(tiny_llama, a[None])[0]) < 1e-4
+    assert _rel(got[1, :5], _torch_logits(tiny_llama, b[None])[0]) < 1e-4

@@ -7,7 +7,8 @@ Decoders take ``input_ids`` ``[batch, seq]``, ``attention_mask`` ``[batch, total
 and ``present.{i}.key|value``: one graph for prefill and step-by-step decoding, the names
 onnxruntime-genai and optimum use. Attention is ``com.microsoft`` ``GroupQueryAttention`` with
 the rotary embedding inside it (``do_rotary=1``) and ``seqlens_k`` / ``total_sequence_length``
-computed from ``attention_mask`` (the builder's ``make_attention_mask_reformatting_for_gqa``);
+computed from ``attention_mask`` (the builder's ``make_attention_mask_reformatting_for_gqa``;
+so batched prompts are padded on the right, as onnxruntime-genai pads them);
 norms are ``SimplifiedLayerNormalization`` then ``SkipSimplifiedLayerNormalization`` carrying
 the residual sum. Encoders (BERT) use standard ONNX ops only.
 
