@@ -134,10 +134,17 @@ def test_convert_bad_options(runner, tiny_llama, tmp_path, args, code, msg):
     assert "Traceback" not in res.output
 
 
-def test_convert_onnx_not_yet(runner, tiny_llama, tmp_path):
+def test_convert_onnx(runner, tiny_llama, tmp_path):
     res = run(runner, "convert", tiny_llama, "--to", "onnx", "--quant", "w8-channel-sym",
-              "-o", tmp_path / "x")
-    assert res.exit_code == 1 and "not available yet" in res.output
+              "--onnx-matmul", "nbits", "--accuracy-level", "0", "-o", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "x" / "model.onnx").is_file() and (tmp_path / "x" / "genai_config.json").is_file()
+    res = run(runner, "convert", tiny_llama, "--to", "onnx", "--quant", "w3-g32-sym",
+              "-o", tmp_path / "y")
+    assert res.exit_code == 1 and "schemes that export" in res.output
+    res = run(runner, "convert", tiny_llama, "--to", "gguf", "--quant", "Q8_0",
+              "--onnx-matmul", "nbits", "-o", tmp_path / "z.gguf")
+    assert res.exit_code == 2 and "apply to --to onnx only" in res.output
 
 
 def test_bad_sources(runner, tiny_llama, tmp_path):
