@@ -91,5 +91,10 @@ def test_refuses_bad_arguments(default_model_dir: Path, tmp_path: Path) -> None:
         collect_imatrix(source, n_chunks=0)
     short = tmp_path / "short.txt"
     short.write_text("only a few words", encoding="utf-8")
-    with pytest.raises(ConfigError, match="less than one chunk"):
+    with pytest.raises(ConfigError, match="less than one window of 512"):
         collect_imatrix(source, short, n_chunks=1, ctx=512)
+    # never the evaluation text (the same guard as the calibrated methods')
+    from quantport.pipeline.layerwise import EVALUATION_TEXT
+
+    with pytest.raises(ConfigError, match="is the evaluation text"):
+        collect_imatrix(source, EVALUATION_TEXT, n_chunks=1, ctx=64)

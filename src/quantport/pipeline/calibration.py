@@ -26,34 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from quantport._fixtures import wikitext_dir
 from quantport.readers import HFCheckpoint, ModelSource, open_path
-from quantport.errors import ConfigError, QuantportError
+from quantport.errors import ConfigError
 from quantport.formats.imatrix import ImatrixData
+from quantport.pipeline.layerwise import DEFAULT_CALIBRATION_TEXT, calibration_windows
 
 __all__ = ["DEFAULT_CALIBRATION_TEXT", "collect_imatrix"]
 
 log = logging.getLogger(__name__)
 
-#: WikiText-2 *validation* split (never calibrate on the test split used for evaluation).
-DEFAULT_CALIBRATION_TEXT = wikitext_dir() / "valid.tokens.txt"
-
-
-def _tokens(tokenizer_json: str, text: str, need: int) -> list[int]:
-    """Token ids of the start of ``text`` (at least ``need`` tokens if the text has them)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(tokenizer_json)
-    tok.no_padding()
-    tok.no_truncation()
-    # tokenize a prefix first (typical English text is < 8 characters per token); the whole
-    # text only if the prefix is too short
-    n_chars = max(4096, need * 8)
-    while True:
-        ids = tok.encode(text[:n_chars], add_special_tokens=False).ids
-        if len(ids) >= need or n_chars >= len(text):
-            return ids[: max(need, 0)] if len(ids) >= need else ids
-        n_chars *= 2
 
 
 def _load_model(source: ModelSource, model_dir: Path) -> tuple[Any, Any]:
@@ -98,8 +79,9 @@ def collect_imatrix(
         ``datasets = [file name]``, ``chunk_count`` and ``chunk_size``.
 
     Raises:
-        ConfigError: ``n_chunks``/``ctx`` not positive, no tokenizer, or a text shorter than one
-            chunk.
+        ConfigError: ``n_chunks``/``ctx`` not positive, no tokenizer, an empty text, a text
+            shorter than one chunk, or the evaluation text (see
+            :func:`~quantport.pipeline.layerwise.calibration_windows`).
         QuantportError: the calibration text cannot be read.
     """
     import torch
@@ -110,44 +92,13 @@ def collect_imatrix(
         )
     src = source if not isinstance(source, (str, os.PathLike)) else open_path(source)
     text_file = Path(text_path)
-    try:
-        text = text_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise QuantportError(
-            f"cannot read calibration text {text_file}: {exc.strerror or exc}"
-        ) from exc
-    if "tokenizer.json" not in src.tokenizer_files:
-        raise ConfigError(
-            f"{src.path}: no tokenizer.json; the calibration text cannot be tokenized"
-        )
     max_pos = int(src.config.get("max_position_embeddings") or ctx)
     if ctx > max_pos:
         log.info("ctx %d exceeds max_position_embeddings %d; using %d", ctx, max_pos, max_pos)
         ctx = max_pos
-    ids = _tokens(src.tokenizer_files["tokenizer.json"], text, n_chunks * ctx)
-    n = min(n_chunks, len(ids) // ctx)
-    if n < 1:
-        raise ConfigError(
-            f"{text_file}: only {len(ids)} tokens, less than one chunk of {ctx}; "
-            "use a longer text or a smaller ctx"
-        )
-    if n < n_chunks:
-        log.warning(
-            "calibration text has only %d chunks of %d tokens (asked for %d)", n, ctx, n_chunks
-        )
-
-    # compute_imatrix(): "add BOS token for the first batch of each chunk" when the vocab adds it;
-    # the BOS id / flag are those of the GGUF (gguf-py SpecialVocab reading tokenizer_config.json)
-    from quantport.readers.gguf_vocab import vocab_from_hf
-
-    vocab = vocab_from_hf(
-        src.tokenizer_files,
-        src.config,
-        arch=src.architecture.name,
-        model_dir=src.path if src.path.is_dir() else None,
-    )
-    add_bos = vocab.add_special.get("bos", vocab.model == "bert")  # WPM always adds [CLS]
-    bos = vocab.special_ids.get("bos")
+    # compute_imatrix()'s chunks: consecutive ctx-token windows, BOS first where the vocab adds it
+    windows = calibration_windows(src, text_file, n_chunks, ctx)
+    n = windows.shape[0]
 
     with tempfile.TemporaryDirectory(prefix="quantport-calib-") as tmp:
         if isinstance(src, HFCheckpoint):
@@ -191,10 +142,7 @@ def collect_imatrix(
         try:
             with torch.inference_mode():
                 for i in range(n):
-                    chunk = list(ids[i * ctx : (i + 1) * ctx])
-                    if add_bos and bos is not None:
-                        chunk[0] = int(bos)
-                    run(input_ids=torch.tensor([chunk], dtype=torch.long))
+                    run(input_ids=torch.from_numpy(windows[i : i + 1]))
                     if on_progress:
                         on_progress("calibrate", i + 1, n)
         finally:

@@ -82,6 +82,23 @@ def _is_evaluation_text(path: Path, text: str) -> bool:
     return False
 
 
+def _tokens(tokenizer_json: str, text: str, need: int) -> list[int]:
+    """Token ids of the start of ``text`` (at least ``need`` tokens if the text has them)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.no_truncation()
+    # tokenize a prefix first (typical English text is < 8 characters per token); the whole
+    # text only if the prefix is too short
+    n_chars = max(4096, need * 8)
+    while True:
+        ids = tok.encode(text[:n_chars], add_special_tokens=False).ids
+        if len(ids) >= need or n_chars >= len(text):
+            return ids[: max(need, 0)] if len(ids) >= need else ids
+        n_chars *= 2
+
+
 def calibration_windows(
     source: ModelSource,
     text_path: str | os.PathLike[str] = DEFAULT_CALIBRATION_TEXT,
@@ -99,7 +116,6 @@ def calibration_windows(
         ConfigError: an empty text, a text shorter than one window, the evaluation text
             itself, a source without a tokenizer, or a window longer than the model's context.
     """
-    from quantport.pipeline.calibration import _tokens
     from quantport.readers.gguf_vocab import vocab_from_hf
 
     path = Path(text_path)
