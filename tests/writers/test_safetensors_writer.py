@@ -40,7 +40,7 @@ def _sizes(path: Path) -> dict[str, int]:
 
 
 def test_writer_table_lists_every_format() -> None:
-    assert set(WRITERS) == {"gguf", "safetensors"}
+    assert set(WRITERS) == {"gguf", "safetensors", "onnx", "gptq"}
     for name, w in WRITERS.items():
         assert w.name == name
         assert w.description
@@ -216,3 +216,35 @@ def test_validate_reads_mixed_scheme_checkpoints(tiny_llama: Path, tmp_path: Pat
         w = src.get(row.name)
         want = w if not row.quantized else dequantize(row.target.quantize(w, name=row.name))
         np.testing.assert_array_equal(got[row.name], want, err_msg=row.name)
+
+
+def test_act_order_group_becomes_static_groups_with_a_note(tiny_llama: Path,
+                                                           tmp_path: Path) -> None:
+    """--act-order group on compressed-tensors: the pinned compressed-tensors refuses
+    actorder="group" (weight_g_idx), so GPTQ runs act-order onto static groups, says so, and
+    the config records actorder "weight"; the plan's sizes are the files' and transformers
+    loads it to the weights quantport reads."""
+    src = HFCheckpoint(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-sym", method="gptq", act_order="group",
+                         calib_samples=4, calib_len=64)
+    plan = make_plan(src, recipe)
+    out = tmp_path / "ct"
+    report = convert(src, recipe, out, threads=1)
+    assert any("static groups" in n for n in report.calibration.notes)
+    assert _sizes(out) == plan.files
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert [g["weights"]["actorder"] for g in qc["config_groups"].values()] == ["weight"]
+    names = SafetensorsFile(out / "model.safetensors").keys()
+    assert not [n for n in names if n.endswith("weight_g_idx")]
+    import torch
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    from quantport.validate.runner import artifact_weights
+
+    model = AutoModelForCausalLM.from_pretrained(  # decompressed on load
+        out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
+    state = model.state_dict()
+    linear = {n: w for n, w in artifact_weights(out).items() if n.endswith("proj.weight")}
+    assert len(linear) == 14
+    for name, w in linear.items():
+        np.testing.assert_array_max_ulp(state[name].numpy(), w, maxulp=1)
