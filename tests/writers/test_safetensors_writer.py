@@ -248,3 +248,32 @@ def test_act_order_group_becomes_static_groups_with_a_note(tiny_llama: Path,
     assert len(linear) == 14
     for name, w in linear.items():
         np.testing.assert_array_max_ulp(state[name].numpy(), w, maxulp=1)
+
+
+def test_weight_g_idx_path_when_compressed_tensors_loads_it(tiny_llama: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's act-order path (kept for a compressed-tensors that loads actorder="group"
+    again; 0.18 did, bit-exactly): weight_g_idx planned and written at its exact size, the
+    config says actorder "group", and quantport reads the act-order records back."""
+    from quantport.formats import compressed_tensors as ct
+    from quantport.formats.compressed_tensors import scheme_of, unpack_record
+
+    monkeypatch.setattr(ct, "GROUP_ACTORDER_LOADS", True)
+    src = HFCheckpoint(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-sym", method="gptq", act_order="group",
+                         calib_samples=4, calib_len=64)
+    plan = make_plan(src, recipe)
+    out = tmp_path / "ct-group"
+    report = convert(src, recipe, out, threads=1)
+    assert report.calibration.notes == []
+    assert _sizes(out) == plan.files
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert [g["weights"]["actorder"] for g in qc["config_groups"].values()] == ["group"]
+    f = SafetensorsFile(out / "model.safetensors")
+    modules = [n.removesuffix(".weight_g_idx") for n in f.keys() if n.endswith(".weight_g_idx")]
+    assert len(modules) == 14
+    args_of = scheme_of(qc, str(out))
+    for m in modules:
+        rec = unpack_record(f.get, m, args_of(m))
+        assert rec.g_idx is not None and np.array_equal(np.bincount(rec.g_idx), [32, 32]
+                                                        if rec.shape[1] == 64 else [32] * 4)
