@@ -40,8 +40,8 @@ from quantport.errors import FormatError, ShapeError, UnsupportedQuantError
 from quantport.formats.compressed_tensors import pack_int32, unpack_int32
 from quantport.ir import QuantizedTensor, ZeroPointDomain
 
-__all__ = ["GPTQ_BITS", "check_gptq_shape", "checkpoint_format", "gptq_entries", "gptq_modules", "gptq_side_tensors",
-           "pack_gptq", "unpack_gptq"]
+__all__ = ["GPTQ_BITS", "check_gptq_shape", "checkpoint_format", "gptq_entries", "gptq_modules",
+           "gptq_side_tensors", "pack_gptq", "unpack_gptq"]
 
 log = logging.getLogger(__name__)
 
