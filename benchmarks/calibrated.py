@@ -630,6 +630,14 @@ def main() -> None:
                     ln.strip() for ln in str(exc).splitlines()[-3:] if ln.strip())[:300]
                 print(f"{r.key}: {exc}", file=sys.stderr, flush=True)
                 continue
+            tfile = work / "logs" / f"{r.key}-{i}.time"
+            if "terminated by signal" in tfile.read_text():
+                # GNU time says "Exit status: 0" for a killed command: not a run
+                r.skip = "failed: killed (" + next(
+                    ln.strip() for ln in tfile.read_text().splitlines()
+                    if "terminated by signal" in ln) + f" after {m.wall_s:.0f} s)"
+                print(f"{r.key}: {r.skip}", file=sys.stderr, flush=True)
+                continue
             r.runs.append(m)
             r.score = {}  # a new artifact: score it again
             save_record(r, ctx, settings)
