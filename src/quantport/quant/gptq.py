@@ -27,7 +27,7 @@ import numpy as np
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.ir import QuantizedTensor, code_range, dequantize
 from quantport.quant._ggml_search import nearest_int
-from quantport.quant.ggml import GGML_GRIDS, GgmlKGrid
+from quantport.quant.ggml import GGML_GRIDS, GgmlKGrid, GgmlLegacyGrid
 from quantport.quant.grid import Grid, IntGrid, Params, concat_params
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import IntScheme
@@ -529,9 +529,23 @@ def _rounder(
         return _k_rounder(grid, p)
 
     rows = next(iter(p.values())).shape[0]
+    lo_v = hi_v = None
+    if type(grid) is GgmlLegacyGrid:
+        # llama.cpp's legacy rounding has no lower clamp (and Q8_0 none at all): its block
+        # scale comes from the block's own extremes, so C never sees a value outside them.
+        # GPTQ's error feedback moves weights after the scale is fitted; clamp them to the
+        # values of the extreme codes first, as GPTQ's quantizer clamps to [0, maxq]
+        # (quant.py quantize()) -- without it an int8 cast wraps (Q8_0: 130 -> -126).
+        lo_c, hi_c = code_range(grid.bits, not grid.asym)
+        dt = np.uint8 if grid.asym else np.int8
+        ends = [grid.value(np.full((rows, 1, 1), code, dtype=dt), p, cols=slice(0, 1))
+                .reshape(rows) for code in (lo_c, hi_c)]
+        lo_v, hi_v = np.minimum(*ends), np.maximum(*ends)
 
     def any_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         cols = slice(c, c + 1)
+        if lo_v is not None:
+            x = np.clip(x, lo_v, hi_v)
         q = grid.round(x.reshape(rows, 1, 1), p, cols=cols)
         return q.reshape(rows), grid.value(q, p, cols=cols).reshape(rows)
 
