@@ -455,6 +455,10 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
     ap.add_argument("--timeout", type=int, default=900, help="seconds per export process")
     ap.add_argument("--reuse-decoder", action="store_true",
                     help="take the decoder rows from the last run's results.json")
+    ap.add_argument("--eval-only", default=None,
+                    help="comma-separated graph directories under the work directory (exports "
+                         "already there) to evaluate in this order; each row is merged into "
+                         "results.json as it finishes")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the last run's results.json, measure nothing")
     args = ap.parse_args()
@@ -472,7 +476,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
 
     torch.set_num_threads(THREADS)
     from quantport.models import ALIASES, default_model
-    from quantport.validate.runner import _tokenizer
+    from quantport.validate.runner import _tokenizer, load_windows
 
     hf = default_model()
     minilm = ALIASES["minilm"]() if "minilm" in ALIASES else None
@@ -491,6 +495,21 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
         print("\n".join(lines))
         if out_md is not None:
             update_section(out_md, HEADING, lines)
+        return
+    if args.eval_only:
+        saved = json.loads((work / "results.json").read_text())
+        tok = _tokenizer(hf)
+        windows = load_windows(tok, text, args.ctx, args.windows)
+        log("reference logits (fp32 source, transformers) ...")
+        ref_lp = reference(hf, windows)
+        for name in args.eval_only.split(","):
+            row = next(r for r in saved["decoder"] if r.get("dir") == name)
+            log(f"evaluating {row['name']} ...")
+            row["mib"] = dir_mib(work / name)
+            row.update(evaluate(work / name, windows, ref_lp, args.decode, reps))
+            row["error"] = None
+            log(f"  {json.dumps(row)}")
+            (work / "results.json").write_text(json.dumps(saved, indent=1))
         return
     if args.reuse_decoder:
         saved = json.loads((work / "results.json").read_text())
@@ -583,7 +602,8 @@ def report(rows: list[dict], mrows: list[dict], args: Any, optimum_err: str | No
     ]
     for r in rows:
         if r.get("error") and "kld" not in r:
-            out.append(f"| {r['name']} | — | — | failed: {r['error']} | | | | |")
+            out.append(f"| {r['name']} | {_f(r.get('mib'), '.1f')} | "
+                       f"{_f(r.get('export_s'), '.1f')} | {r['error']} | | | | |")
             continue
         out.append(
             f"| {r['name']} | {_f(r.get('mib'), '.1f')} | {_f(r.get('export_s'), '.1f')} | "
