@@ -530,17 +530,24 @@ def _rounder(
 
     rows = next(iter(p.values())).shape[0]
     lo_v = hi_v = None
-    if type(grid) is GgmlLegacyGrid:
-        # llama.cpp's legacy rounding has no lower clamp (and Q8_0 none at all): its block
-        # scale comes from the block's own extremes, so C never sees a value outside them.
-        # GPTQ's error feedback moves weights after the scale is fitted; clamp them to the
-        # values of the extreme codes first, as GPTQ's quantizer clamps to [0, maxq]
-        # (quant.py quantize()) -- without it an int8 cast wraps (Q8_0: 130 -> -126).
-        lo_c, hi_c = code_range(grid.bits, not grid.asym)
-        dt = np.uint8 if grid.asym else np.int8
-        ends = [grid.value(np.full((rows, 1, 1), code, dtype=dt), p, cols=slice(0, 1))
-                .reshape(rows) for code in (lo_c, hi_c)]
-        lo_v, hi_v = np.minimum(*ends), np.maximum(*ends)
+    if type(grid) is GgmlLegacyGrid and "id" in p:
+        # llama.cpp's reference rounding (quantize_row_q*_ref: the paths without an importance
+        # matrix) has no lower clamp, Q8_0 none at all: its scale comes from the block's own
+        # extremes, so C never sees a value beyond them. GPTQ's error feedback moves weights
+        # after the scale is fitted; clamp them first to what the extreme codes stand for under
+        # the block's own inverse scale, as GPTQ's quantizer clamps to [0, maxq]
+        # (quant.py quantize()) -- without it Q8_0's int8 cast wraps (130 -> -126). The
+        # importance paths (``iscale``) clamp their codes at both ends already.
+        inv = p["id"][:, 0].astype(np.float64)
+        safe = np.where(inv == 0, 1.0, inv)
+        if grid.asym:  # (x - min)*id + 0.5 in [0, qmax + 0.5]
+            lo_code, hi_code, base = 0, (1 << grid.bits) - 1, p["min"][:, 0]
+        else:  # x*id (+ nmax + 0.5) in [-nmax, nmax - 1]
+            lo_code, hi_code, base = -grid._nmax, grid._nmax - 1, 0.0
+        a, b = base + lo_code / safe, base + hi_code / safe
+        zero = inv == 0  # an all-zero block: every value rounds to the zero code
+        lo_v = np.where(zero, base, np.minimum(a, b)).astype(F32)
+        hi_v = np.where(zero, base, np.maximum(a, b)).astype(F32)
 
     def any_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         cols = slice(c, c + 1)
