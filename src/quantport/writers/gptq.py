@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 import quantport
+from quantport.writers._directory import DirectoryWriter
 from quantport.errors import UnsupportedQuantError
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats.gptq_pack import (
@@ -145,7 +146,7 @@ class _Sink:
         return self.out.write(row.name, encode_dense(value, tag), r0 * per_row)
 
 
-class GPTQWriter:
+class GPTQWriter(DirectoryWriter):
     """Writer of GPTQ-format checkpoints (see the module docstring)."""
 
     name = "gptq"
@@ -218,13 +219,6 @@ class GPTQWriter:
         plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
         plan.extra.update(layout=layout, texts=texts)
         return plan
-
-    def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
-        """Round-to-nearest on integer grids uses no importance."""
-        return {}
-
-    def check_output(self, out: Path) -> None:
-        """Directories only (checked by the atomic writer)."""
 
     @contextlib.contextmanager
     def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 import quantport
+from quantport.writers._directory import DirectoryWriter
 from quantport.errors import ShapeError, UnsupportedArchitectureError, UnsupportedQuantError
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats._io import pwrite_all
@@ -280,7 +281,7 @@ class _Sink:
         return written
 
 
-class ONNXWriter:
+class ONNXWriter(DirectoryWriter):
     """Writer of ONNX Runtime directories (see the module docstring)."""
 
     name = "onnx"
@@ -389,13 +390,6 @@ class ONNXWriter:
         plan.extra.update(graph=graph, texts=texts, storages=storages, offsets=offsets,
                           fused=fused)
         return plan
-
-    def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
-        """Round-to-nearest on integer grids uses no importance."""
-        return {}
-
-    def check_output(self, out: Path) -> None:
-        """Directories only (checked by the atomic writer)."""
 
     @contextlib.contextmanager
     def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:

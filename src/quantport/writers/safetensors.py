@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 import quantport
+from quantport.writers._directory import DirectoryWriter
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
 from quantport.formats import compressed_tensors as ct
@@ -171,7 +172,7 @@ class _Sink:
         return self.out.write(row.name, data, r0 * per_row)
 
 
-class SafetensorsWriter:
+class SafetensorsWriter(DirectoryWriter):
     """Writer of Hugging Face safetensors checkpoints (see the module docstring)."""
 
     name = "safetensors"
@@ -279,13 +280,6 @@ class SafetensorsWriter:
                 group["input_activations"] = {**scheme_args(8, True, "token", None),
                                               "dynamic": True, "observer": None}
         return cfg
-
-    def importance(self, plan: Plan, imatrix: Any) -> dict[int, np.ndarray]:
-        """Round-to-nearest on integer grids uses no importance."""
-        return {}
-
-    def check_output(self, out: Path) -> None:
-        """Directories only (checked by the atomic writer)."""
 
     @contextlib.contextmanager
     def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:
