@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from quantport.plan import Plan
+from quantport.formats._atomic import MANIFEST, manifest_text
+from quantport.plan import Plan, PlanRow
+from quantport.readers.source import ModelSource
+from quantport.recipe import Recipe
 
 __all__ = ["DirectoryWriter"]
 
@@ -22,3 +25,17 @@ class DirectoryWriter:
 
     def check_output(self, out: Path) -> None:
         """Directories only (checked by the atomic writer)."""
+
+    def finish_plan(self, recipe: Recipe, source: ModelSource, rows: list[PlanRow],
+                    dropped: dict[str, str], files: dict[str, int], texts: dict[str, str],
+                    **extra: Any) -> Plan:
+        """The plan of a directory: the data ``files`` and their sizes, the text files
+        (``texts`` plus the source's tokenizer files), and the manifest's exact size; the
+        texts and ``extra`` kept in :attr:`Plan.extra` for :meth:`open`."""
+        for fname, text in source.tokenizer_files.items():
+            texts.setdefault(fname, text)
+        plan = Plan(recipe, rows, dropped, dict(files))
+        plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
+        plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
+        plan.extra.update(texts=texts, **extra)
+        return plan

@@ -36,7 +36,7 @@ import numpy as np
 import quantport
 from quantport.writers._directory import DirectoryWriter
 from quantport.errors import ShapeError, UnsupportedArchitectureError, UnsupportedQuantError
-from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
+from quantport.formats._atomic import atomic_dir
 from quantport.formats._io import pwrite_all
 from quantport.formats.onnx_graph import BUILDERS, GraphOptions, build_model
 from quantport.formats.onnx_pack import (
@@ -382,14 +382,9 @@ class ONNXWriter(DirectoryWriter):
         if source.architecture.causal:
             texts["genai_config.json"] = json.dumps(
                 genai_config(source.config, source.tokenizer_files), indent=4)
-        for fname, text in source.tokenizer_files.items():
-            texts.setdefault(fname, text)
-        plan = Plan(recipe, rows, dropped, {GRAPH_FILE: len(graph), DATA_FILE: data_size})
-        plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
-        plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
-        plan.extra.update(graph=graph, texts=texts, storages=storages, offsets=offsets,
-                          fused=fused)
-        return plan
+        return self.finish_plan(recipe, source, rows, dropped,
+                                {GRAPH_FILE: len(graph), DATA_FILE: data_size}, texts,
+                                graph=graph, storages=storages, offsets=offsets, fused=fused)
 
     @contextlib.contextmanager
     def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:

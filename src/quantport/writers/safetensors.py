@@ -27,7 +27,7 @@ import numpy as np
 import quantport
 from quantport.writers._directory import DirectoryWriter
 from quantport.errors import ShapeError, UnsupportedQuantError
-from quantport.formats._atomic import MANIFEST, atomic_dir, manifest_text
+from quantport.formats._atomic import atomic_dir
 from quantport.formats import compressed_tensors as ct
 from quantport.formats.compressed_tensors import (
     pack_record,
@@ -236,13 +236,8 @@ class SafetensorsWriter(DirectoryWriter):
         index = index_json(layout)
         if index is not None:
             texts[INDEX] = index
-        for fname, text in source.tokenizer_files.items():
-            texts.setdefault(fname, text)
-        plan = Plan(recipe, rows, dropped, dict(layout.files))
-        plan.files.update({k: len(v.encode("utf-8")) for k, v in texts.items()})
-        plan.files[MANIFEST] = len(manifest_text(list(plan.files)).encode("utf-8"))
-        plan.extra.update(layout=layout, texts=texts)
-        return plan
+        return self.finish_plan(recipe, source, rows, dropped, layout.files, texts,
+                                layout=layout)
 
     def _config(self, source: ModelSource, recipe: Recipe, rows: list[PlanRow]) -> dict[str, Any]:
         cfg = dict(source.config)
