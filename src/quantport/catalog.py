@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantport.quant.scheme import EXAMPLE_SCHEMES
-from quantport.readers.arch import ARCHITECTURES
+from quantport.architectures import ARCHITECTURES
 from quantport.recipe import METHODS
 from quantport.writers import WRITERS
 

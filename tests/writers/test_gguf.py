@@ -249,7 +249,7 @@ def test_refuses_other_architectures(smol_source, tmp_path: Path) -> None:
         tokenizer_files = smol_source.tokenizer_files
         architecture = dataclasses.replace(smol_source.architecture, name="gpt2")
 
-    with pytest.raises(UnsupportedArchitectureError, match="supported: llama, bert"):
+    with pytest.raises(UnsupportedArchitectureError, match="supported: llama, .*bert"):
         convert_gguf(Other(), tmp_path / "x.gguf", "Q8_0")  # type: ignore[arg-type]
 
 

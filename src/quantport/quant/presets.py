@@ -14,7 +14,9 @@ vendored by llama-cpp-python 0.3.36 (``vendor/llama.cpp/src/llama-quant.cpp``):
 It is pure: no torch, no file I/O.  ``tests/quant/test_presets.py`` checks it tensor by tensor against
 ``llama_cpp.llama_model_quantize`` run on a real GGUF.
 
-Only dense models (no experts) of the ``llama`` and ``bert`` architectures are supported.  The rules
+Only dense models (no experts) of the GGUF architectures in :data:`SUPPORTED_ARCHS` are supported:
+the rules are the same for all of them but for the 70B type (``_is_70b``), and fused ``attn_qkv``
+counts as ``attn_v`` (``category_is_attn_v``).  The rules
 for Falcon, MoE (``n_expert``), GLM5-next, MXFP4_MOE and the IQ1/IQ2/IQ3 mixes are not ported.
 """
 
@@ -40,7 +42,16 @@ __all__ = [
     "tensor_nbytes",
 ]
 
-SUPPORTED_ARCHS = ("llama", "bert")
+#: GGUF ``general.architecture`` values the rules below are checked for
+SUPPORTED_ARCHS = ("llama", "bert", "qwen2", "qwen3")
+
+
+def _is_70b(arch: str, n_layer: int, n_head: int, n_head_kv: int) -> bool:
+    """``model.type == LLM_TYPE_70B`` (the only llm_type the rules read), as the loader sets it:
+    ``src/models/llama.cpp`` (80 layers with GQA) and ``src/models/qwen2.cpp`` (80 layers)."""
+    if n_layer != 80:
+        return False
+    return arch == "qwen2" or (arch == "llama" and n_head != n_head_kv)
 
 
 @dataclass(frozen=True)
@@ -497,7 +508,7 @@ def plan_tensor_types(
     Args:
         tensors: ``(gguf_name, numpy_shape)`` pairs, optionally with a third item, the source type of
             the tensor (default ``"F32"``), which tensors that are never quantized keep.
-        arch: ``"llama"`` or ``"bert"``.
+        arch: the GGUF architecture, one of :data:`SUPPORTED_ARCHS`.
         n_layer: ``<arch>.block_count``.
         n_head: ``<arch>.attention.head_count``.
         n_head_kv: ``<arch>.attention.head_count_kv`` (``n_gqa = n_head // n_head_kv``).
@@ -519,7 +530,7 @@ def plan_tensor_types(
     Raises:
         UnsupportedQuantError: unknown preset or type, malformed override, an override that matches no
             quantizable tensor, overrides with an unquantized preset, or a width with no fallback.
-        UnsupportedArchitectureError: ``arch`` is not ``"llama"`` or ``"bert"``.
+        UnsupportedArchitectureError: ``arch`` is not one of :data:`SUPPORTED_ARCHS`.
     """
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedArchitectureError(
@@ -548,8 +559,7 @@ def plan_tensor_types(
         items.append((name, shape, src))
 
     n_gqa = n_head // n_head_kv if n_head_kv else 0  # llama_hparams::n_gqa()
-    # llm_load_hparams for llama: 80 layers and GQA -> LLM_TYPE_70B (only this type matters here)
-    is_70b = arch == "llama" and n_layer == 80 and n_head != n_head_kv
+    is_70b = _is_70b(arch, n_layer, n_head, n_head_kv)
 
     qs = _State(n_layer)
     cats = {name: _category(name) for name, _, _ in items}

@@ -8,45 +8,23 @@ from typing import Any
 
 import numpy as np
 
-from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
+from quantport.architectures import apply_edit, for_gguf
+from quantport.architectures.config import check_config, optional_str
+from quantport.errors import ConfigError, FormatError
 from quantport.formats._io import ReadMap
 from quantport.formats.gguf_file import GGUFTensorInfo, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
-from quantport.readers.arch import ARCHITECTURES, llama_shape_error, llama_unpermute
-from quantport.readers.config import (
-    check_config,
-    finite_float,
-    optional_positive_int,
-    optional_str,
-    positive_int,
-)
 from quantport.readers.tokenizer import check_gguf_vocab, hf_tokenizer_from_gguf
 
 __all__ = ["GGUFSource"]
 
-# config.json key -> the GGUF key it is read from, so that errors name what the user can fix
-_GGUF_KEYS = {
-    "hidden_size": "llama.embedding_length",
-    "intermediate_size": "llama.feed_forward_length",
-    "num_hidden_layers": "llama.block_count",
-    "num_attention_heads": "llama.attention.head_count",
-    "num_key_value_heads": "llama.attention.head_count_kv",
-    "head_dim": "llama.rope.dimension_count",
-    "max_position_embeddings": "llama.context_length",
-    "rms_norm_eps": "llama.attention.layer_norm_rms_epsilon",
-    "rope_theta": "llama.rope.freq_base",
-    "vocab_size": "llama.vocab_size",
-    "bos_token_id": "tokenizer.ggml.bos_token_id",
-    "eos_token_id": "tokenizer.ggml.eos_token_id",
-    "pad_token_id": "tokenizer.ggml.padding_token_id",
-}
-
-
 class GGUFSource:
     """A GGUF file presented as a Hugging Face checkpoint (names, config, tokenizer).
 
-    Tensors are dequantized one at a time (every type ``gguf.quants`` can dequantize); llama's
-    Q/K row permutation is undone so that the weights are in Hugging Face layout.
+    The config comes from the architecture module that imports ``general.architecture``
+    (:func:`quantport.architectures.for_gguf`). Tensors are dequantized one at a time (every
+    type ``gguf.quants`` can dequantize) and the architecture's layout edits are undone (llama's
+    Q/K row permutation), so that the weights are in Hugging Face layout.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -60,70 +38,45 @@ class GGUFSource:
         self._infos = {t.name: t for t in scan.tensors}
         self.metadata = m = scan.metadata
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
-        arch_name = m.get("general.architecture")
-        if arch_name != "llama":
-            shown = repr(arch_name) if len(repr(arch_name)) <= 60 else repr(arch_name)[:57] + "..."
-            raise UnsupportedArchitectureError(
-                f"{where}: GGUF architecture {shown} cannot be imported; supported: llama"
-            )
-        self.architecture = ARCHITECTURES[arch_name]
+        self.architecture = arch = for_gguf(m.get("general.architecture"), where)
+        assert arch.from_gguf is not None, "for_gguf returns importable architectures"
         optional_str(m, "general.name", where)
         # the vocabulary is checked here, not when tokenizer_files is first built: GGUF -> GGUF
         # conversion copies it verbatim, so a corrupt one must not get that far
         check_gguf_vocab(m, where)
         tokens = m.get("tokenizer.ggml.tokens") or []
-
-        hidden = positive_int(m, "llama.embedding_length", where)
-        n_head = positive_int(m, "llama.attention.head_count", where)
-        n_head_kv = positive_int(m, "llama.attention.head_count_kv", where, default=n_head)
-        head_dim = optional_positive_int(m, "llama.rope.dimension_count", where)
-        if head_dim is None:
-            if hidden % n_head:
-                raise ConfigError(
-                    f"{where}: llama.embedding_length {hidden} is not divisible by "
-                    f"llama.attention.head_count {n_head}; fix one of them"
-                )
-            head_dim = hidden // n_head
-        self.n_head, self.n_head_kv = n_head, n_head_kv
+        imported = arch.from_gguf(m, where)
+        self._keys = imported.keys
         names = [t.name for t in scan.tensors]
         embd = self._infos.get("token_embd.weight")
-        vocab = optional_positive_int(m, "llama.vocab_size", where) or len(tokens) or (
-            embd.shape[0] if embd is not None and embd.shape[0] > 0 else None)
-        self.config = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": hidden,
-            "intermediate_size": positive_int(m, "llama.feed_forward_length", where),
-            "num_hidden_layers": positive_int(m, "llama.block_count", where),
-            "num_attention_heads": n_head,
-            "num_key_value_heads": n_head_kv,
-            "head_dim": head_dim,
-            "max_position_embeddings": positive_int(m, "llama.context_length", where),
-            "rms_norm_eps": finite_float(m, "llama.attention.layer_norm_rms_epsilon", where,
-                                         positive=True),
-            "rope_theta": finite_float(m, "llama.rope.freq_base", where, default=10000.0,
-                                       positive=True),
-            "vocab_size": vocab,
-            "hidden_act": "silu",
-            "attention_bias": "blk.0.attn_q.bias" in names,
-            "mlp_bias": False,
+        self.config = cfg = imported.config
+        if cfg.get("vocab_size") is None:
+            cfg["vocab_size"] = len(tokens) or (
+                embd.shape[0] if embd is not None and embd.shape[0] > 0 else None)
+        self.n_head, self.n_head_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        cfg.setdefault("attention_bias", "blk.0.attn_q.bias" in names)
+        cfg.update({
             "tie_word_embeddings": "output.weight" not in names,
             # llama.cpp ignores special token ids outside the vocabulary ("bad special token")
             "bos_token_id": self._token_id("tokenizer.ggml.bos_token_id", len(tokens)),
             "eos_token_id": self._token_id("tokenizer.ggml.eos_token_id", len(tokens)),
             "pad_token_id": self._token_id("tokenizer.ggml.padding_token_id", len(tokens)),
             "torch_dtype": "float32",
-        }
-        check_config(self.config, where, _GGUF_KEYS)
+        })
+        check_config(cfg, where, self._keys)
         self._tokenizer_files: dict[str, str] | None = None
         self._gguf_of: dict[str, str] = {}
         for t in scan.tensors:
             n = t.name
-            hf = self.architecture.hf_name(n, "model.layers.{}.")
+            hf = arch.hf_name(n, "model.layers.{}.")
             if hf is None or hf in self._gguf_of:
                 raise FormatError(f"{where}: tensor {n!r} has no Hugging Face counterpart")
             self._check_shape(t)
             self._gguf_of[hf] = n
+        missing = arch.missing_error(names, cfg["num_hidden_layers"])
+        if missing is not None:
+            raise FormatError(f"{where}: tensor {missing!r} is missing; llama.cpp's "
+                              f"{arch.gguf_arch} loader needs it in every layer")
         self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors, strict=True)}
 
     def _token_id(self, key: str, n_tokens: int) -> int | None:
@@ -133,7 +86,7 @@ class GGUFSource:
     def _check_shape(self, t: GGUFTensorInfo) -> None:
         """Refuse a tensor whose shape does not follow from the hyper-parameters, as
         llama.cpp's loader does ("tensor has wrong shape"), naming the metadata to fix."""
-        why = llama_shape_error(t.name, t.shape, self.config, _GGUF_KEYS)
+        why = self.architecture.shape_error(t.name, t.shape, self.config, self._keys)
         if why is not None:
             raise ConfigError(f"{self.path}: tensor {t.name!r} {why}")
 
@@ -171,10 +124,7 @@ class GGUFSource:
         self._map.touch(info.offset, info.offset + info.nbytes)
         t = read_tensor(self.path, info, self._map.whole())
         w = dequantize(t) if isinstance(t, QuantizedTensor) else t
-        if gname.endswith("attn_q.weight"):
-            w = llama_unpermute(w, self.n_head, self.n_head)
-        elif gname.endswith("attn_k.weight"):
-            w = llama_unpermute(w, self.n_head, self.n_head_kv)
+        w = apply_edit(w, self.architecture.edit(name), self.n_head, self.n_head_kv, undo=True)
         return w if rows is None else w[rows[0]:rows[1]]
 
     def release(self) -> None:

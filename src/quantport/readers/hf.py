@@ -12,8 +12,8 @@ import numpy as np
 
 from quantport.errors import ConfigError, FormatError, QuantportError
 from quantport.formats.safetensors import SafetensorsFile
-from quantport.readers.arch import detect_architecture, llama_shape_error
-from quantport.readers.config import check_config
+from quantport.architectures import detect_architecture
+from quantport.architectures.config import check_config
 from quantport.readers.source import TOKENIZER_FILES
 
 __all__ = ["HFCheckpoint", "read_json"]
@@ -101,14 +101,32 @@ class HFCheckpoint:
             if not bins:
                 raise ConfigError(f"{self.path}: no model.safetensors or pytorch_model.bin found")
             self._pickle = self._load_pickle(bins)
-        if self.architecture.name == "llama":
-            # the writers permute and size by these hyper-parameters: refuse a contradiction
-            # here, with the key to fix, rather than a reshape error deep in a conversion
-            for name in self.names():
-                g = self.architecture.gguf_name(name)
-                why = None if g is None else llama_shape_error(g, self.shape(name), self.config)
-                if why is not None:
-                    raise ConfigError(f"{cfg_path}: tensor {name!r} {why}")
+        self._check_tensors(cfg_path)
+
+    def _check_tensors(self, cfg_path: Path) -> None:
+        """Refuse weights that contradict the config (a shape, a missing per-layer tensor)
+        here, naming the tensor and the key to fix, rather than a reshape error deep in a
+        conversion or a model llama.cpp's loader refuses."""
+        arch = self.architecture
+        gguf_of = {}
+        for name in self.names():
+            canon = arch.normalize(name) if arch.normalize is not None else name
+            g = None if canon is None else arch.gguf_name(canon)
+            if g is None:
+                continue
+            gguf_of[g] = name
+            why = arch.shape_error(g, self.shape(name), self.config)
+            if why is not None:
+                raise ConfigError(f"{cfg_path}: tensor {name!r} {why}")
+        n_layer = self.config.get("num_hidden_layers")
+        if arch.required and isinstance(n_layer, int):
+            missing = arch.missing_error(list(gguf_of), n_layer)
+            if missing is not None:
+                hf = arch.hf_name(missing, "model.layers.{}.") or missing
+                raise ConfigError(
+                    f"{cfg_path}: tensor {hf!r} is missing, but {arch.name} with "
+                    f"num_hidden_layers {n_layer} needs it in every layer; the checkpoint is "
+                    "incomplete or its config names the wrong architecture")
 
     def _load_pickle(self, bins: list[Path]) -> dict[str, Any]:
         import torch

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from quantport.readers.arch import Architecture
+from quantport.architectures import Architecture
 
 __all__ = ["TOKENIZER_FILES", "ModelSource"]
 

@@ -1,8 +1,9 @@
 """Hugging Face checkpoint (or GGUF) -> quantized GGUF in one pass, as llama.cpp would write it.
 
 Design decision: this one converter does the work of ``convert_hf_to_gguf.py`` *and*
-``llama-quantize``. The metadata follows the converter (``conversion/llama.py`` ``LlamaModel``,
-``conversion/bert.py`` ``BertModel``, ``conversion/base.py`` ``TextModel.set_gguf_parameters``);
+``llama-quantize``. The metadata follows the converter: each architecture module of
+:mod:`quantport.architectures` gives its hyper-parameter keys (``set_gguf_parameters`` of the
+converter class it mirrors), tensor names and edits;
 the per-tensor types follow ``llama_tensor_get_type``
 (:func:`quantport.quant.presets.plan_tensor_types`) and the tensor bytes ``ggml_quantize_chunk``
 (:func:`quantport.quant.ggml.quantize_ggml` + :func:`quantport.formats.gguf_blocks.pack`). So
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import quantport
+from quantport.architectures import ARCHITECTURES
 from quantport.errors import (
     ConfigError,
     FormatError,
@@ -59,8 +61,8 @@ __all__ = ["GGUF_ARCHITECTURES", "SUPPORTED_PRESETS", "GGUFWriter", "gguf_metada
 
 log = logging.getLogger(__name__)
 
-#: architectures this converter writes (``general.architecture`` values)
-GGUF_ARCHITECTURES = ("llama", "bert")
+#: architectures this converter writes (quantport names; each module's ``hparams``)
+GGUF_ARCHITECTURES = tuple(a.name for a in ARCHITECTURES.values() if a.hparams is not None)
 #: llama-quantize presets this converter accepts (for CLI help and error messages)
 SUPPORTED_PRESETS = tuple(PRESETS)
 _DENSE = ("F32", "F16", "BF16")
@@ -91,24 +93,14 @@ def _hf_to_gguf_name(source: ModelSource, hf: str) -> str | None:
     """GGUF name of an HF tensor, ``None`` if conversion drops it."""
     arch = source.architecture
     name = hf
-    if arch.name == "bert":
-        # BertModel.filter_tensors (conversion/bert.py): strip "bert.", gamma/beta -> weight/bias,
-        # drop the pooler and the MLM / NSP heads ("we are only using BERT for embeddings")
-        name = name.removeprefix("bert.")
-        if name.endswith(".gamma"):
-            name = name[:-6] + ".weight"
-        elif name.endswith(".beta"):
-            name = name[:-5] + ".bias"
-        if name.startswith(("cls.predictions", "cls.seq_relationship")):
+    if arch.normalize is not None:
+        name = arch.normalize(name)
+        if name is None:
             return None
     if name in arch.gguf_skip:
         return None
     # tied output: llama.cpp reuses token_embd when output.weight is absent
-    if (
-        arch.name == "llama"
-        and name == "lm_head.weight"
-        and source.config.get("tie_word_embeddings")
-    ):
+    if arch.causal and name == "lm_head.weight" and source.config.get("tie_word_embeddings"):
         return None
     g = arch.gguf_name(name)
     if g is None:
@@ -203,84 +195,6 @@ def _model_name(source: ModelSource) -> str:
     return p.stem if p.is_file() else p.name
 
 
-def _llama_hparams(cfg: dict[str, Any], where: str) -> list[GGUFKV]:
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise UnsupportedArchitectureError(
-            f"{where}: llama with hidden_act {cfg.get('hidden_act')!r}; "
-            "llama.cpp's llama graph uses silu"
-        )
-    n_embd = int(_cfg(cfg, "hidden_size", where))
-    n_head = int(_cfg(cfg, "num_attention_heads", where))
-    rope = cfg.get("rope_scaling") or {}
-    rope_params = cfg.get("rope_parameters") or {}  # transformers >= 5 moves rope_theta here
-    rope_type = rope.get("rope_type", rope.get("type")) or rope_params.get("rope_type")
-    theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
-    kv = [
-        # TextModel.set_gguf_parameters + LlamaModel.set_gguf_parameters, types as gguf-py's
-        # add_* helpers write them (llama-model.cpp reads uint32_t / float exactly)
-        GGUFKV("llama.block_count", int(_cfg(cfg, "num_hidden_layers", where)), U32),
-        GGUFKV("llama.context_length", int(_cfg(cfg, "max_position_embeddings", where)), U32),
-        GGUFKV("llama.embedding_length", n_embd, U32),
-        GGUFKV("llama.feed_forward_length", int(_cfg(cfg, "intermediate_size", where)), U32),
-        GGUFKV("llama.attention.head_count", n_head, U32),
-        GGUFKV("llama.attention.head_count_kv", int(cfg.get("num_key_value_heads") or n_head), U32),
-        GGUFKV("llama.rope.freq_base", float(theta), F32),
-        GGUFKV(
-            "llama.attention.layer_norm_rms_epsilon", float(_cfg(cfg, "rms_norm_eps", where)), F32
-        ),
-    ]
-    if rope_type not in (None, "default"):
-        factor = rope.get("factor", rope_params.get("factor"))
-        if rope_type != "linear" or factor is None:
-            raise UnsupportedArchitectureError(
-                f"{where}: rope scaling {rope_type!r} is not supported; supported: none, linear"
-            )
-        kv += [
-            GGUFKV("llama.rope.scaling.type", "linear", S),
-            GGUFKV("llama.rope.scaling.factor", float(factor), F32),
-        ]
-    head_dim = cfg.get("head_dim")
-    if head_dim is not None:
-        kv += [
-            GGUFKV("llama.attention.key_length", int(head_dim), U32),
-            GGUFKV("llama.attention.value_length", int(head_dim), U32),
-        ]
-    kv += [
-        GGUFKV("llama.vocab_size", int(_cfg(cfg, "vocab_size", where)), U32),
-        # llama-model.cpp requires n_rot == n_embd_head_k for LLM_ARCH_LLAMA
-        GGUFKV("llama.rope.dimension_count", int(head_dim or n_embd // n_head), U32),
-    ]
-    return kv
-
-
-def _bert_hparams(source: ModelSource, cfg: dict[str, Any], where: str) -> list[GGUFKV]:
-    if (
-        cfg.get("hidden_act", "gelu") != "gelu"
-        or cfg.get("position_embedding_type", "absolute") != "absolute"
-    ):
-        raise UnsupportedArchitectureError(
-            f"{where}: bert with hidden_act {cfg.get('hidden_act')!r} / position_embedding_type "
-            f"{cfg.get('position_embedding_type')!r}; llama.cpp's bert graph needs gelu and "
-            "absolute positions"
-        )
-    kv = [
-        # TextModel.set_gguf_parameters + BertModel.set_gguf_parameters (conversion/bert.py);
-        # llama_model_bert::load_arch_hparams reads attention.layer_norm_epsilon (float)
-        GGUFKV("bert.block_count", int(_cfg(cfg, "num_hidden_layers", where)), U32),
-        GGUFKV("bert.context_length", int(_cfg(cfg, "max_position_embeddings", where)), U32),
-        GGUFKV("bert.embedding_length", int(_cfg(cfg, "hidden_size", where)), U32),
-        GGUFKV("bert.feed_forward_length", int(_cfg(cfg, "intermediate_size", where)), U32),
-        GGUFKV("bert.attention.head_count", int(_cfg(cfg, "num_attention_heads", where)), U32),
-        GGUFKV("bert.attention.layer_norm_epsilon", float(cfg.get("layer_norm_eps", 1e-12)), F32),
-        # an encoder: bidirectional attention (llama_model_base::load_hparams reads it as bool)
-        GGUFKV("bert.attention.causal", False, B),
-    ]
-    pooling = _pooling_type(source)
-    if pooling is not None:
-        kv.append(GGUFKV("bert.pooling_type", pooling, U32))
-    return kv
-
-
 def gguf_metadata(
     source: ModelSource,
     recipe: Recipe,
@@ -305,7 +219,11 @@ def gguf_metadata(
     """
     p = recipe.quant
     assert isinstance(p, Preset), "make_recipe gives GGUF recipes a preset"
-    arch = source.architecture.name
+    arch = source.architecture
+    if arch.hparams is None:
+        raise UnsupportedArchitectureError(
+            f"{source.path}: GGUF export of architecture {arch.name!r} is not supported; "
+            f"supported: {', '.join(GGUF_ARCHITECTURES)}")
     cfg = dict(source.config)
     where = str(source.path)
     recorded = {
@@ -319,7 +237,7 @@ def gguf_metadata(
         },
     }
     kv = [
-        GGUFKV("general.architecture", arch, S),
+        GGUFKV("general.architecture", arch.gguf_arch, S),
         GGUFKV("general.type", "model", S),
         GGUFKV("general.name", _model_name(source), S),
         GGUFKV("general.quantized_by", f"quantport {quantport.__version__}", S),
@@ -327,7 +245,10 @@ def gguf_metadata(
         GGUFKV("quantport.recipe", json.dumps(recorded, sort_keys=True), S),
         GGUFKV("quantport.source", json.dumps(source.describe(), sort_keys=True), S),
     ]
-    kv += _llama_hparams(cfg, where) if arch == "llama" else _bert_hparams(source, cfg, where)
+    kv += arch.hparams(cfg, where)
+    pooling = _pooling_type(source) if arch.pooling else None
+    if pooling is not None:
+        kv.append(GGUFKV(f"{arch.gguf_arch}.pooling_type", pooling, U32))
     kv += [
         # llama_model_quantize sets both (src/llama-quant.cpp: GGML_QNT_VERSION and the ftype)
         GGUFKV("general.file_type", p.ftype, U32),
@@ -346,7 +267,7 @@ def gguf_metadata(
                for k, v, t, e in copy_kv()]
         return kv
     model_dir = source.path if source.path.is_dir() else None
-    vocab = vocab_from_hf(source.tokenizer_files, cfg, arch=arch, model_dir=model_dir)
+    vocab = vocab_from_hf(source.tokenizer_files, cfg, arch=arch.gguf_arch, model_dir=model_dir)
     kv += vocab_metadata(vocab)
     return kv
 
@@ -396,16 +317,6 @@ def _importance(imatrix: ImatrixData | None, plan: list[PlanRow]) -> dict[str, n
             unknown[0],
         )
     return out
-
-
-def _edit(arch: str, hf: str) -> str | None:
-    # LlamaModel.modify_tensors: HF's rotary permutation of q/k (weights and biases) is undone
-    if arch == "llama":
-        if hf.endswith(("q_proj.weight", "q_proj.bias")):
-            return "permute_q"
-        if hf.endswith(("k_proj.weight", "k_proj.bias")):
-            return "permute_k"
-    return None
 
 
 class _Sink:
@@ -458,14 +369,15 @@ class GGUFWriter:
         """The per-tensor types llama-quantize would choose, and the exact file size.
 
         Raises:
-            UnsupportedArchitectureError: not llama or bert, or an unsupported variant.
+            UnsupportedArchitectureError: an architecture without GGUF export, or an
+                unsupported variant.
             UnsupportedQuantError: an unused override, or a type quantport cannot produce.
             ConfigError: config.json lacks a needed hyper-parameter.
         """
-        arch = source.architecture.name
-        if arch not in GGUF_ARCHITECTURES:
+        arch = source.architecture
+        if arch.name not in GGUF_ARCHITECTURES:
             raise UnsupportedArchitectureError(
-                f"{source.path}: GGUF export of architecture {arch!r} is not supported; "
+                f"{source.path}: GGUF export of architecture {arch.name!r} is not supported; "
                 f"supported: {', '.join(GGUF_ARCHITECTURES)}"
             )
         preset = recipe.quant
@@ -475,7 +387,7 @@ class GGUFWriter:
         n_head = int(_cfg(cfg, "num_attention_heads", where))
         tensors, dropped = _tensor_list(source)
         types = plan_tensor_types(
-            [(g, shape) for g, _, shape in tensors], arch=arch,
+            [(g, shape) for g, _, shape in tensors], arch=arch.gguf_arch,
             n_layer=int(_cfg(cfg, "num_hidden_layers", where)), n_head=n_head,
             n_head_kv=int(cfg.get("num_key_value_heads") or n_head), preset=preset.name,
             pure=recipe.pure, overrides=[(o.pattern, str(o.target)) for o in recipe.overrides],
@@ -490,7 +402,7 @@ class GGUFWriter:
                     f"tensor {t.name}: type {t.type} cannot be produced by quantport; "
                     f"supported: {', '.join(sorted(producible))}"
                 )
-            rows.append(PlanRow(g, hf, shape, t.type, t.reason, t.nbytes, _edit(arch, hf)))
+            rows.append(PlanRow(g, hf, shape, t.type, t.reason, t.nbytes, arch.edit(hf)))
         metadata = gguf_metadata(source, recipe, imatrix=imatrix)
         specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in rows]
         plan = Plan(recipe, rows, dropped, {})
