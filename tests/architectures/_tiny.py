@@ -1,0 +1,166 @@
+"""Tiny random checkpoints of the architectures quantport converts, with real tokenizers.
+
+No hub access: weights come from each architecture's transformers config class (seeded, a few
+layers, hidden 64, GQA and head sizes like the real models, saved in bf16 safetensors) and the
+tokenizers from the test vocabularies of the llama-cpp-python 0.3.36 source distribution
+(``vendor/llama.cpp/models/ggml-vocab-*.gguf``), which also holds llama.cpp's own
+``convert_hf_to_gguf.py`` that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from quantport.formats.gguf_file import scan_gguf
+
+ROOT = Path(__file__).resolve().parents[2]
+LLAMA_CPP = ROOT / ".cache/llama-cpp-python-0.3.36-src/llama_cpp_python-0.3.36/vendor/llama.cpp"
+VOCABS = LLAMA_CPP / "models"
+
+# llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2, as Qwen2's own tokenizer.json writes it
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# a few sentences for logit comparisons (ASCII, digits, accents, emoji, code)
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In 1998, 42 scientists measured 3.14159 twice; Äpfel kosten 2€.",
+    "def f(x):\n    return x ** 2  # 🦙 squares",
+]
+
+
+def vocab_tests(name: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tokenizer test vectors for ``ggml-vocab-NAME.gguf``: (text, ids) pairs."""
+    inp = (VOCABS / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8")
+    out = (VOCABS / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8")
+    texts = inp.split("\n__ggml_vocab_test__\n")
+    ids = out.split("\n")
+    texts[-1] = texts[-1].removesuffix("\n__ggml_vocab_test__\n").removesuffix(
+        "\n__ggml_vocab_test__")
+    return [(t, [int(x) for x in i.split()]) for t, i in zip(texts, ids, strict=False)]
+
+
+def qwen2_tokenizer_files() -> dict[str, str]:
+    """Qwen2's ``tokenizer.json`` / ``tokenizer_config.json`` rebuilt from ``ggml-vocab-qwen2``.
+
+    BPE over bytes with NFC normalisation and Qwen2's split regex, as the released Qwen2 /
+    Qwen2.5 tokenizers are written; the converter's ``[PAD<i>]`` filler tokens are left out (it
+    regenerates them up to ``vocab_size``).
+    """
+    meta = scan_gguf(VOCABS / "ggml-vocab-qwen2.gguf", keep_arrays=True).metadata
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    n = next(i for i, t in enumerate(tokens) if t.startswith("[PAD"))
+    specials = [i for i in range(n) if types[i] == 3]
+    vocab = {t: i for i, t in enumerate(tokens[:n])}
+    tj: dict[str, Any] = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": tokens[i], "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True} for i in specials],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+             "use_regex": False}]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                           "use_regex": False},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                    "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab,
+                  "merges": [m.split(" ") for m in meta["tokenizer.ggml.merges"]]},
+    }
+    cfg = {
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "model_max_length": 32768,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "chat_template": meta["tokenizer.chat_template"],
+        "added_tokens_decoder": {
+            str(i): {"content": tokens[i], "lstrip": False, "normalized": False,
+                     "rstrip": False, "single_word": False, "special": True}
+            for i in specials},
+    }
+    return {"tokenizer.json": json.dumps(tj, ensure_ascii=False),
+            "tokenizer_config.json": json.dumps(cfg, ensure_ascii=False)}
+
+
+def save_checkpoint(model: Any, out: Path, tokenizer_files: dict[str, str]) -> Path:
+    """Save a transformers model in bf16 safetensors with the given tokenizer files."""
+    import torch
+
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    for name, text in tokenizer_files.items():
+        (out / name).write_text(text, encoding="utf-8")
+    return out
+
+
+def tiny_qwen2(out: Path, *, layers: int = 2, seed: int = 0, **overrides: Any) -> Path:
+    """A Qwen2.5-like checkpoint: q/k/v biases, 4 heads / 2 kv heads of 16, tied embeddings."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = dict(
+        vocab_size=151936, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151643)
+    kw.update(overrides)
+    model = Qwen2ForCausalLM(Qwen2Config(**kw))
+    _randomize(model)
+    return save_checkpoint(model, out, qwen2_tokenizer_files())
+
+
+def tiny_qwen3(out: Path, *, layers: int = 2, seed: int = 0, **overrides: Any) -> Path:
+    """A Qwen3-like checkpoint: q/k norms, head_dim 32 set apart from hidden/heads (64/4)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = dict(
+        vocab_size=151936, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645)
+    kw.update(overrides)
+    model = Qwen3ForCausalLM(Qwen3Config(**kw))
+    _randomize(model)
+    return save_checkpoint(model, out, qwen2_tokenizer_files())
+
+
+def _randomize(model: Any) -> None:
+    """Norm weights and biases away from their 1 / 0 initial values, so that a wrong mapping
+    (a norm read as another, a dropped bias) changes the logits."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
+
+
+def llama_cpp_convert(model_dir: Path, out: Path, outtype: str = "f32") -> Path:
+    """Run llama.cpp's own ``convert_hf_to_gguf.py`` (the vendored copy) on a checkpoint."""
+    env = dict(os.environ, NO_LOCAL_GGUF="")
+    env.pop("NO_LOCAL_GGUF")
+    r = subprocess.run(
+        [sys.executable, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(model_dir),
+         "--outfile", str(out), "--outtype", outtype],
+        capture_output=True, text=True, env=env, cwd=str(LLAMA_CPP))
+    if r.returncode:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{r.stderr[-3000:]}")
+    return out

@@ -1,0 +1,196 @@
+"""Qwen2 and Qwen3: HF -> GGUF equals llama.cpp's own converter, llama.cpp runs it with
+transformers' logits, GGUF -> HF imports it back, quantized presets equal llama-quantize's.
+
+Tiny random checkpoints (``_tiny.py``) with Qwen2's real BPE vocabulary, rebuilt from llama.cpp's
+``ggml-vocab-qwen2.gguf``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantport.formats.gguf_file import read_tensor, scan_gguf
+from quantport.ir import QuantizedTensor, dequantize
+from quantport.readers import GGUFSource, open_path
+from quantport.recipe import make_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _tiny  # noqa: E402
+
+# keys that must differ from llama.cpp's converter output, and why
+DIFFERENT = {
+    # the converter's naming heuristics (directory name title-cased, a parameter-count label);
+    # quantport names the model after its source and writes no size label
+    "general.name", "general.size_label",
+    # provenance quantport adds (llama-quantize adds general.quantized_by too)
+    "general.quantized_by", "quantport.version", "quantport.recipe", "quantport.source",
+    # the vendored gguf-py SpecialVocab infers add_bos/add_eos = false from the ByteLevel
+    # post-processor; the installed gguf 0.19 that quantport's vocabulary code uses writes
+    # nothing, and llama.cpp's default for pre=qwen2 is the same false (llama-vocab.cpp)
+    "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+}
+
+BUILDERS = {"qwen2": _tiny.tiny_qwen2, "qwen3": _tiny.tiny_qwen3}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("qwen")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+def _convert(src: Path, out: Path, preset: str) -> Path:
+    from quantport.pipeline.convert import convert
+
+    convert(open_path(src), make_recipe("gguf", preset), out, threads=1)
+    return out
+
+
+def _tensor(path: Path, info) -> np.ndarray:
+    t = read_tensor(path, info)
+    return dequantize(t) if isinstance(t, QuantizedTensor) else np.asarray(t)
+
+
+def test_qwen2_tokenizer_gives_llamacpp_test_vectors() -> None:
+    """The rebuilt tokenizer.json is Qwen2's: llama.cpp's own test vectors, every one."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(_tiny.qwen2_tokenizer_files()["tokenizer.json"])
+    cases = _tiny.vocab_tests("qwen2")
+    assert len(cases) > 40
+    for text, ids in cases:
+        assert tok.encode(text, add_special_tokens=False).ids == ids, repr(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "outtype", "preset"),
+                         [("qwen2", "f32", "F32"), ("qwen2", "bf16", "BF16"),
+                          ("qwen3", "f32", "F32"), ("qwen3", "f16", "F16")])
+def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, outtype: str,
+                                        preset: str) -> None:
+    """Key by key (value and GGUF type) and tensor by tensor (name, shape, type, bytes)."""
+    src = checkpoints[arch]
+    ref = _tiny.llama_cpp_convert(src, tmp_path / "ref.gguf", outtype)
+    ours = _convert(src, tmp_path / "ours.gguf", preset)
+    a, b = scan_gguf(ours, keep_arrays=True), scan_gguf(ref, keep_arrays=True)
+    assert b.metadata["general.architecture"] == arch
+    for k in sorted(set(a.metadata) | set(b.metadata)):
+        if k in DIFFERENT:
+            continue
+        assert k in a.metadata and k in b.metadata, f"{k} only in {'ours' if k in a.metadata else 'llama.cpp'}"
+        assert a.types[k] == b.types[k], k
+        assert a.metadata[k] == b.metadata[k], k
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert list(ta) == list(tb) or sorted(ta) == sorted(tb)
+    for name, info in tb.items():
+        mine = ta[name]
+        assert (mine.shape, mine.type_name) == (info.shape, info.type_name), name
+        assert bytes(_raw(ours, mine)) == bytes(_raw(ref, info)), name
+    if arch == "qwen3":
+        assert "blk.1.attn_k_norm.weight" in ta and "blk.0.attn_q.bias" not in ta
+    else:
+        assert "blk.1.attn_v.bias" in ta
+
+
+def _raw(path: Path, info) -> memoryview:
+    with open(path, "rb") as f:
+        f.seek(info.offset)
+        return memoryview(f.read(info.nbytes))
+
+
+@pytest.mark.llamacpp
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_llamacpp_runs_it_as_transformers_does(checkpoints, tmp_path: Path, arch: str) -> None:
+    """llama.cpp's logits on quantport's F32 GGUF agree with transformers' on the checkpoint
+    (max difference small against the logit scale, same argmax at every position), and
+    llama.cpp tokenizes as transformers does."""
+    pytest.importorskip("llama_cpp")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantport.validate.runner import LlamaCppLM
+
+    src = checkpoints[arch]
+    gguf = _convert(src, tmp_path / "f32.gguf", "F32")
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    lm = LlamaCppLM(gguf, n_ctx=128)
+    try:
+        for text in _tiny.SENTENCES:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert lm.tokenize(text) == ids
+            with torch.no_grad():
+                ref = model(torch.tensor([ids])).logits[0]
+            got = lm.logits(np.array(ids))
+            scale = float(ref.abs().max())
+            assert float((got - ref).abs().max()) < 2e-3 * scale, text
+            assert torch.equal(got.argmax(-1), ref.argmax(-1)), text
+    finally:
+        lm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_gguf_import_runs_in_transformers(checkpoints, tmp_path: Path, arch: str) -> None:
+    """GGUF -> HF: the imported config builds the same transformers class, and with the
+    imported tensors it gives the checkpoint's logits (F16 GGUF: weights rounded once)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src = checkpoints[arch]
+    gguf = _convert(src, tmp_path / "f32.gguf", "F32")
+    imported = GGUFSource(gguf)
+    assert imported.architecture.name == arch
+    cfg = dict(imported.config)
+    hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = AutoModelForCausalLM.from_config(hf_cfg).eval()
+    assert type(model).__name__ == imported.config["architectures"][0]
+    state = {n: torch.from_numpy(np.array(imported.get(n))) for n in imported.names()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.tensor([[785, 3974, 13876, 38835, 34208, 916, 279, 15678, 5562, 13]])
+    with torch.no_grad():
+        got, want = model(ids).logits, ref(ids).logits
+    assert torch.equal(got, want)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_q4_k_m_equals_llama_quantize_and_loads(checkpoints, tmp_path: Path, arch: str) -> None:
+    """Q4_K_M straight from the checkpoint: every tensor byte-identical to llama-quantize run
+    on llama.cpp's converter's F32 GGUF, and llama.cpp loads and runs it."""
+    pytest.importorskip("llama_cpp")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _llamacpp import llama_quantize
+
+    from quantport.validate.runner import LlamaCppLM
+
+    src = checkpoints[arch]
+    ref_f32 = _tiny.llama_cpp_convert(src, tmp_path / "ref-f32.gguf", "f32")
+    ref = tmp_path / "ref-q4km.gguf"
+    llama_quantize(ref_f32, ref, "Q4_K_M")
+    ours = _convert(src, tmp_path / "ours-q4km.gguf", "Q4_K_M")
+    a, b = scan_gguf(ours), scan_gguf(ref)
+    tb = {t.name: t for t in b.tensors}
+    assert sorted(t.name for t in a.tensors) == sorted(tb)
+    types = set()
+    for t in a.tensors:
+        assert t.type_name == tb[t.name].type_name, t.name
+        assert bytes(_raw(ours, t)) == bytes(_raw(ref, tb[t.name])), t.name
+        types.add(t.type_name)
+    # widths 64 and 160 are not multiples of 256: llama.cpp's fallbacks (Q5_0, Q8_0) apply
+    assert types - {"F32"}
+    lm = LlamaCppLM(ours, n_ctx=64)
+    try:
+        logits = lm.logits(np.array(lm.tokenize(_tiny.SENTENCES[0])))
+    finally:
+        lm.close()
+    assert bool(np.isfinite(logits.numpy()).all())
