@@ -8,6 +8,9 @@ writes (vendored llama.cpp of llama-cpp-python 0.3.36):
   CONTROL when ``special`` or when they look special (``<|...|>``...), USER_DEFINED otherwise;
   everything else NORMAL. Non-normalized added tokens are encoded and decoded once, as llama.cpp
   assumes pre-normalized added tokens.
+* ``_set_vocab_sentencepiece`` / ``_set_vocab_llama_hf`` (SentencePiece, ``"llama"``: scores,
+  token types, ``<0xXX>`` byte tokens; see :mod:`quantport.readers.spm`), chosen per
+  architecture as the converter's ``set_vocab`` chooses (:func:`vocab_from_hf`);
 * ``_set_vocab_gpt2`` (byte-level BPE, ``tokenizer.ggml.model = "gpt2"``) and
   ``BertModel.set_vocab`` (WordPiece, ``"bert"``: the "phantom space" rewrite -- ``##x`` ->
   ``x``, other normal tokens get a leading U+2581, control tokens stay as they are).
@@ -173,7 +176,7 @@ class GGUFVocab:
     """Everything the GGUF needs about a tokenizer.
 
     Attributes:
-        model: ``tokenizer.ggml.model`` (``"gpt2"`` or ``"bert"``).
+        model: ``tokenizer.ggml.model`` (``"gpt2"``, ``"bert"`` or ``"llama"``: SentencePiece).
         pre: ``tokenizer.ggml.pre``.
         tokens: token strings in id order (already in llama.cpp's form).
         token_types: gguf ``TokenType`` per token.
@@ -182,6 +185,8 @@ class GGUFVocab:
         add_special: ``add_bos``/``add_eos``/``add_sep`` flags (keys without ``add_``/``_token``).
         chat_template: a template string, a list of ``{"name", "template"}`` or ``None``.
         token_type_count: BERT segment count (``tokenizer.ggml.token_type_count``), else ``None``.
+        scores: ``tokenizer.ggml.scores`` (SentencePiece), else ``None``.
+        add_space_prefix: ``tokenizer.ggml.add_space_prefix`` when the converter writes it.
     """
 
     model: str
@@ -193,6 +198,8 @@ class GGUFVocab:
     add_special: dict[str, bool] = field(default_factory=dict)
     chat_template: Any = None
     token_type_count: int | None = None
+    scores: list[float] | None = None
+    add_space_prefix: bool | None = None
 
 
 def _write_files(d: Path, files: Mapping[str, str], config: Mapping[str, Any] | None) -> None:
@@ -338,11 +345,46 @@ def _special_vocab(
     """Run gguf-py's SpecialVocab on the checkpoint directory (or on the files in a temp dir)."""
     from gguf import SpecialVocab
 
-    if model_dir is not None and (model_dir / "tokenizer.json").is_file():
+    if model_dir is not None and any(
+        (model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
+    ):
         return SpecialVocab(model_dir, load_merges=load_merges, n_vocab=n_vocab)
     with tempfile.TemporaryDirectory(prefix="quantport-vocab-") as tmp:
         _write_files(Path(tmp), files, None)
         return SpecialVocab(tmp, load_merges=load_merges, n_vocab=n_vocab)
+
+
+def _json_file(files: Mapping[str, str], model_dir: Path | None, name: str) -> Any:
+    """A JSON file of the checkpoint (from ``files``, else from ``model_dir``), or ``None``."""
+    text = files.get(name)
+    if text is None and model_dir is not None and (model_dir / name).is_file():
+        text = (model_dir / name).read_text(encoding="utf-8")
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{name}: invalid JSON ({exc}); fix or regenerate the file") from None
+
+
+def _spm_result(
+    tokens: list[str], scores: list[float], types: list[int], files: Mapping[str, str],
+    model_dir: Path | None, add_space_prefix: bool | None,
+) -> GGUFVocab:
+    # _set_vocab_sentencepiece / _set_vocab_llama_hf: pre "default", SpecialVocab without merges
+    sv = _special_vocab(files, model_dir, len(tokens), load_merges=False)
+    return GGUFVocab(
+        "llama",
+        "default",
+        tokens,
+        types,
+        [],
+        dict(sv.special_token_ids),
+        dict(sv.add_special_token),
+        sv.chat_template,
+        scores=scores,
+        add_space_prefix=add_space_prefix,
+    )
 
 
 def vocab_from_hf(
@@ -351,24 +393,113 @@ def vocab_from_hf(
     *,
     arch: str,
     model_dir: Path | None = None,
+    tokenizer_model: bytes | None = None,
 ) -> GGUFVocab:
-    """Build the GGUF vocabulary of a Hugging Face tokenizer.
+    """Build the GGUF vocabulary of a Hugging Face tokenizer, as llama.cpp's converter would.
+
+    The tokenizer model follows the converter's ``set_vocab`` of the GGUF architecture:
+
+    * ``"llama"`` (Llama, Mistral; ``LlamaModel.set_vocab``): SentencePiece from
+      ``tokenizer.model`` (``"llama"``); else a byte-fallback BPE ``tokenizer.json``
+      (``_set_vocab_llama_hf``, ``"llama"``); else byte-level BPE (``"gpt2"``).
+      ``tokenizer_config.json``'s ``add_prefix_space`` becomes ``add_space_prefix``.
+    * ``"gemma3"`` (``Gemma3Model.set_vocab``): ``tokenizer.model`` with
+      ``add_space_prefix = false``, else ``"gpt2"``.
+    * ``"phi3"`` (``Phi3MiniModel.set_vocab``): ``"gpt2"`` when ``tokenizer_class`` is
+      ``GPT2Tokenizer`` (Phi-4), else ``tokenizer.model`` (required).
+    * ``"bert"``: WordPiece (``"bert"``).
+    * any other (``"qwen2"``, ``"qwen3"``...; ``Qwen2Model.set_vocab``): ``tokenizer.model`` if
+      present, else ``"gpt2"``.
 
     Args:
-        tokenizer_files: file name -> text (``tokenizer.json`` required;
-            ``tokenizer_config.json`` and ``special_tokens_map.json`` used when present).
+        tokenizer_files: file name -> text (``tokenizer.json``, ``tokenizer_config.json``,
+            ``special_tokens_map.json``, ``added_tokens.json`` when present).
         config: the model's ``config.json`` (``vocab_size``, ``type_vocab_size``).
-        arch: ``"llama"`` (byte-level BPE -> ``gpt2``) or ``"bert"`` (WordPiece -> ``bert``).
-        model_dir: the checkpoint directory, if any (lets SpecialVocab also see
-            ``chat_template.jinja``).
+        arch: the GGUF architecture (``general.architecture``).
+        model_dir: the checkpoint directory, if any (``tokenizer.model``, ``added_tokens.json``
+            and ``chat_template.jinja`` are read from it).
+        tokenizer_model: the bytes of ``tokenizer.model`` when there is no ``model_dir``.
 
     Returns:
         The vocabulary.
 
     Raises:
-        ConfigError: no ``tokenizer.json``, a tokenizer model that does not fit ``arch``, or
-            a BPE pre-tokenizer llama.cpp's converter does not recognise.
+        ConfigError: no usable tokenizer file, a tokenizer model that does not fit ``arch``,
+            or a BPE pre-tokenizer llama.cpp's converter does not recognise.
+        FormatError: a ``tokenizer.model`` that is not a SentencePiece model.
     """
+    from quantport.readers import spm
+
+    if arch == "bert":
+        return _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
+    if tokenizer_model is None and model_dir is not None and (model_dir / "tokenizer.model").is_file():
+        tokenizer_model = (model_dir / "tokenizer.model").read_bytes()
+    tc = _json_file(tokenizer_files, model_dir, "tokenizer_config.json") or {}
+    if not isinstance(tc, dict):
+        raise ConfigError("tokenizer_config.json: not a JSON object; fix or regenerate the file")
+    vocab_size = config.get("vocab_size")
+    vocab_size = int(vocab_size) if vocab_size else None
+
+    def from_model(flavor: str, add_space_prefix: bool | None) -> GGUFVocab:
+        assert tokenizer_model is not None
+        added = _json_file(tokenizer_files, model_dir, "added_tokens.json")
+        tj = _json_file(tokenizer_files, model_dir, "tokenizer.json") if flavor == "phi3" else None
+        tokens, scores, types = spm.sentencepiece_vocab(
+            tokenizer_model, vocab_size, added_tokens=added if isinstance(added, dict) else None,
+            tokenizer_config=tc, tokenizer_json=tj if isinstance(tj, dict) else None,
+            flavor=flavor,  # type: ignore[arg-type]
+        )
+        return _spm_result(tokens, scores, types, tokenizer_files, model_dir, add_space_prefix)
+
+    if arch == "phi3":
+        if tc.get("tokenizer_class") == "GPT2Tokenizer":
+            return _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
+        if tokenizer_model is None:
+            # Phi3MiniModel.set_vocab: "Error: Missing tokenizer.model"
+            raise ConfigError("no tokenizer.model in the checkpoint; llama.cpp's converter needs "
+                              "it for Phi-3 (copy the original checkpoint's tokenizer.model)")
+        return from_model("phi3", None)
+    if arch in ("gemma3", "gemma", "gemma2"):
+        if tokenizer_model is not None:
+            return from_model("llama", False if arch == "gemma3" else None)
+        return _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
+    if arch != "llama":
+        # Qwen2Model.set_vocab: _set_vocab_sentencepiece, else _set_vocab_gpt2
+        if tokenizer_model is not None:
+            return from_model("llama", None)
+        return _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
+
+    # LlamaModel.set_vocab (conversion/llama.py)
+    prefix = tc.get("add_prefix_space")
+    prefix = bool(prefix) if prefix is not None else None
+    if tokenizer_model is not None:
+        v = from_model("llama", prefix)
+    else:
+        tj = _json_file(tokenizer_files, model_dir, "tokenizer.json")
+        if isinstance(tj, dict) and spm.is_spm_tokenizer_json(tj):
+            tokens, scores, types = spm.llama_hf_vocab(tokenizer_files, model_dir)
+            v = _spm_result(tokens, scores, types, tokenizer_files, model_dir, prefix)
+        else:
+            v = _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
+            v.add_space_prefix = prefix
+    if vocab_size == 32016:
+        # "Apply to CodeLlama only": a SpecialVocab with prefix/suffix/middle/eot set to
+        # 32007..32010; GGUFWriter has no add_{prefix,suffix,middle}_token_id, so SpecialVocab
+        # skips those ("No handler") and only eot is written
+        v.special_ids["eot"] = 32010
+    if vocab_size == 49152:
+        v.add_special["bos"] = False  # "Apply to granite small models only"
+    return v
+
+
+def _vocab_from_tokenizer_json(
+    tokenizer_files: Mapping[str, str],
+    config: Mapping[str, Any],
+    *,
+    arch: str,
+    model_dir: Path | None = None,
+) -> GGUFVocab:
+    """Byte-level BPE (``gpt2``) or WordPiece (``bert``) from ``tokenizer.json``."""
     from tokenizers import Tokenizer
 
     text = tokenizer_files.get("tokenizer.json")
@@ -427,8 +558,9 @@ def vocab_from_hf(
         )
     if kind != "BPE":
         raise ConfigError(
-            f"tokenizer.json: model type {kind!r} is not supported for {arch}; supported: "
-            "byte-level BPE (tokenizer.ggml.model gpt2)"
+            f"tokenizer.json: model type {kind!r} is not supported for {arch} without a "
+            "tokenizer.model; supported: byte-level BPE (gpt2), SentencePiece (tokenizer.model, "
+            "or a byte-fallback BPE tokenizer.json for llama)"
         )
     # _set_vocab_gpt2 -> get_vocab_base -> get_vocab_base_pre: by the probe hash only
     pre = detect_pre_tokenizer(tokenizer_files, config, model_dir=model_dir)
@@ -462,6 +594,9 @@ def vocab_metadata(v: GGUFVocab) -> list[GGUFKV]:
     )
     kvs = [GGUFKV("tokenizer.ggml.model", v.model, S), GGUFKV("tokenizer.ggml.pre", v.pre, S)]
     kvs.append(GGUFKV("tokenizer.ggml.tokens", v.tokens, A, S))
+    if v.scores is not None:
+        # GGUFWriter.add_token_scores: FLOAT32 array, between the tokens and their types
+        kvs.append(GGUFKV("tokenizer.ggml.scores", v.scores, A, GGUFValueType.FLOAT32))
     kvs.append(GGUFKV("tokenizer.ggml.token_type", v.token_types, A, I32))
     if v.token_type_count is not None:
         kvs.append(GGUFKV("tokenizer.ggml.token_type_count", v.token_type_count, U32))
@@ -486,6 +621,8 @@ def vocab_metadata(v: GGUFVocab) -> list[GGUFKV]:
             log.warning("no GGUF key for special token type %s (id %d); skipped", typ, tid)
     for typ, flag in v.add_special.items():
         kvs.append(GGUFKV(f"tokenizer.ggml.add_{typ}_token", bool(flag), B))
+    if v.add_space_prefix is not None:
+        kvs.append(GGUFKV("tokenizer.ggml.add_space_prefix", bool(v.add_space_prefix), B))
     ct = v.chat_template
     if isinstance(ct, str):
         kvs.append(GGUFKV("tokenizer.chat_template", ct, S))

@@ -2,8 +2,10 @@
 
 GGUF -> HF rebuilds a ``tokenizers`` byte-level BPE from ``tokenizer.ggml.tokens/merges`` with
 the pre-tokenizer that ``tokenizer.ggml.pre`` names (llama.cpp ``llama-vocab.cpp``
-``LLAMA_VOCAB_PRE_TYPE_*`` regexes). HF -> GGUF (for the writer) goes the other way and
-recognises the pre-tokenizer from the ``tokenizer.json`` structure.
+``LLAMA_VOCAB_PRE_TYPE_*`` regexes), or, for ``tokenizer.ggml.model = "llama"`` (SentencePiece),
+a byte-fallback BPE whose merges come from ``tokenizer.ggml.scores``
+(:func:`quantport.readers.spm.spm_tokenizer_json`). HF -> GGUF (for the writer) is
+:mod:`quantport.readers.gguf_vocab`.
 """
 
 from __future__ import annotations
@@ -131,15 +133,18 @@ def hf_tokenizer_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -
         File name -> file text.
 
     Raises:
-        UnsupportedArchitectureError: for tokenizer models other than ``gpt2`` (byte-level BPE).
+        UnsupportedArchitectureError: for tokenizer models other than ``gpt2`` (byte-level BPE)
+            and ``llama`` (SentencePiece).
         FormatError: when required keys are missing or values have the wrong type.
     """
     check_gguf_vocab(meta, where)
     model = meta.get("tokenizer.ggml.model")
+    if model == "llama":
+        return _spm_files(meta, where)
     if model != "gpt2":
         raise UnsupportedArchitectureError(
             f"{where}: GGUF tokenizer model {model!r} is not supported for import; supported: "
-            "gpt2 (byte-level BPE)"
+            "gpt2 (byte-level BPE), llama (SentencePiece)"
         )
     missing = [k for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges") if k not in meta]
     if missing:
@@ -206,3 +211,62 @@ def hf_tokenizer_from_gguf(meta: dict[str, Any], where: str = "GGUF metadata") -
         "tokenizer.json": json.dumps(tokenizer, ensure_ascii=False),
         "tokenizer_config.json": json.dumps(config, ensure_ascii=False, indent=2),
     }
+
+
+def _spm_files(meta: dict[str, Any], where: str) -> dict[str, str]:
+    """``tokenizer.json`` / ``tokenizer_config.json`` of a SentencePiece (``llama``) vocabulary."""
+    from quantport.readers.spm import rstrip_tokens, spm_tokenizer_json
+
+    missing = [k for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores") if k not in meta]
+    if missing:
+        raise FormatError(f"{where}: GGUF metadata lacks {missing[0]}, needed to rebuild the "
+                          "SentencePiece tokenizer")
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    if "tokenizer.ggml.token_type" not in meta:
+        raise FormatError(f"{where}: GGUF metadata lacks tokenizer.ggml.token_type, needed to "
+                          "rebuild the SentencePiece tokenizer")
+    types = list(meta["tokenizer.ggml.token_type"])
+
+    def tok(key: str) -> tuple[int, str] | None:
+        i = meta.get(key)
+        return (i, tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else None
+
+    # llama-vocab.cpp defaults for LLAMA_VOCAB_TYPE_SPM: add_space_prefix, add_bos true,
+    # add_eos false (overridden by the keys when present)
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    bos, eos = tok("tokenizer.ggml.bos_token_id"), tok("tokenizer.ggml.eos_token_id")
+    unk, pad = tok("tokenizer.ggml.unknown_token_id"), tok("tokenizer.ggml.padding_token_id")
+    tj = spm_tokenizer_json(
+        tokens, meta["tokenizer.ggml.scores"], types, add_space_prefix=prefix,
+        bos=bos if add_bos else None, eos=eos if add_eos else None,
+        unk=unk[1] if unk else None, where=where,
+        rstrip=rstrip_tokens(meta.get("general.name"), tokens, types),
+    )
+    config: dict[str, Any] = {
+        # TokenizersBackend: transformers loads tokenizer.json as written (LlamaTokenizer would
+        # rebuild a Metaspace pre-tokenizer, which does not prepend to text starting with a space)
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": _context_length(meta, where),
+        "bos_token": bos[1] if bos else None,
+        "eos_token": eos[1] if eos else None,
+        "unk_token": unk[1] if unk else None,
+        "pad_token": pad[1] if pad else None,
+        "additional_special_tokens": [a["content"] for a in tj["added_tokens"] if a["special"]],
+    }
+    if "tokenizer.chat_template" in meta:
+        config["chat_template"] = meta["tokenizer.chat_template"]
+    return {
+        "tokenizer.json": json.dumps(tj, ensure_ascii=False),
+        "tokenizer_config.json": json.dumps(config, ensure_ascii=False, indent=2),
+    }
+
+
+def _context_length(meta: dict[str, Any], where: str) -> int:
+    arch = meta.get("general.architecture")
+    key = f"{arch}.context_length" if isinstance(arch, str) else "llama.context_length"
+    return positive_int(meta, key, where, default=2048)
