@@ -7,6 +7,7 @@ Tiny random checkpoints (``_tiny.py``) with Qwen2's real BPE vocabulary, rebuilt
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -34,7 +35,14 @@ DIFFERENT = {
     "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
 }
 
-BUILDERS = {"qwen2": _tiny.tiny_qwen2, "qwen3": _tiny.tiny_qwen3}
+BUILDERS = {
+    "qwen2": _tiny.tiny_qwen2,
+    "qwen3": _tiny.tiny_qwen3,
+    # Qwen2.5's long-context setting (rope_scaling yarn, factor 4 over 32k in the real config)
+    "qwen2-yarn": functools.partial(_tiny.tiny_qwen2, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
+        "rope_theta": 1000000.0}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,7 @@ def test_qwen2_tokenizer_gives_llamacpp_test_vectors() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("arch", "outtype", "preset"),
                          [("qwen2", "f32", "F32"), ("qwen2", "bf16", "BF16"),
+                          ("qwen2-yarn", "f32", "F32"),
                           ("qwen3", "f32", "F32"), ("qwen3", "f16", "F16")])
 def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, outtype: str,
                                         preset: str) -> None:
@@ -77,7 +86,7 @@ def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, 
     ref = _tiny.llama_cpp_convert(src, tmp_path / "ref.gguf", outtype)
     ours = _convert(src, tmp_path / "ours.gguf", preset)
     a, b = scan_gguf(ours, keep_arrays=True), scan_gguf(ref, keep_arrays=True)
-    assert b.metadata["general.architecture"] == arch
+    assert b.metadata["general.architecture"] == arch.split("-")[0]
     for k in sorted(set(a.metadata) | set(b.metadata)):
         if k in DIFFERENT:
             continue
@@ -90,6 +99,8 @@ def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, 
         mine = ta[name]
         assert (mine.shape, mine.type_name) == (info.shape, info.type_name), name
         assert bytes(_raw(ours, mine)) == bytes(_raw(ref, info)), name
+    if arch == "qwen2-yarn":
+        assert a.metadata["qwen2.rope.scaling.type"] == "yarn"
     if arch == "qwen3":
         assert "blk.1.attn_k_norm.weight" in ta and "blk.0.attn_q.bias" not in ta
     else:
