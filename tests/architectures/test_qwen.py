@@ -205,3 +205,32 @@ def test_q4_k_m_equals_llama_quantize_and_loads(checkpoints, tmp_path: Path, arc
     finally:
         lm.close()
     assert bool(np.isfinite(logits.numpy()).all())
+
+
+@pytest.mark.llamacpp
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_validate_verdict_in_both_runtimes(checkpoints, tmp_path: Path, arch: str) -> None:
+    """``quantport validate``: a Q8_0 GGUF in llama.cpp and a w4 compressed-tensors checkpoint
+    in transformers are both correct (runtime vs their own weights, tokenizer ids) and within
+    the default quality limits."""
+    import json
+
+    from click.testing import CliRunner
+
+    from quantport.cli.main import cli
+
+    src = checkpoints[arch]
+    for to, quant, out in (("gguf", "Q8_0", tmp_path / "q8.gguf"),
+                           ("safetensors", "w4-g32-sym", tmp_path / "w4")):
+        res = CliRunner().invoke(cli, ["convert", str(src), "--to", to, "--quant", quant,
+                                       "-o", str(out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(cli, ["validate", str(out), "--against", str(src),
+                                       "--windows", "2", "--ctx", "64", "--json"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert report["correct"] and report["passed"], report["failures"]
+        assert {c["name"] for c in report["checks"]} >= {"tokenizer_ids_match",
+                                                          "weights_kld_mean", "kld_mean"}

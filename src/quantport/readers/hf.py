@@ -119,7 +119,10 @@ class HFCheckpoint:
             if why is not None:
                 raise ConfigError(f"{cfg_path}: tensor {name!r} {why}")
         n_layer = self.config.get("num_hidden_layers")
-        if arch.required and isinstance(n_layer, int):
+        # a quantized checkpoint (compressed-tensors, GPTQ) names its weights weight_packed,
+        # qweight...: only float checkpoints are checked for completeness
+        quantized = self.config.get("quantization_config") is not None
+        if arch.required and isinstance(n_layer, int) and not quantized:
             missing = arch.missing_error(list(gguf_of), n_layer)
             if missing is not None:
                 hf = arch.hf_name(missing, "model.layers.{}.") or missing
