@@ -5,11 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 from quantport.quant.scheme import EXAMPLE_SCHEMES
-from quantport.architectures import ARCHITECTURES
+from quantport.architectures import ARCHITECTURES, Architecture
 from quantport.recipe import METHODS
 from quantport.writers import WRITERS
 
-__all__ = ["catalog"]
+__all__ = ["architecture_support", "catalog"]
+
+
+def architecture_support(arch: Architecture) -> dict[str, str]:
+    """What each format does with one architecture: ``gguf`` (export as which GGUF
+    architecture; import back), ``safetensors`` / ``gptq`` (Linear weights by HF name),
+    ``onnx`` (a graph builder)."""
+    from quantport.formats.onnx_graph import BUILDERS
+
+    gguf = []
+    if arch.hparams is not None:
+        gguf.append(f"export ({arch.gguf_arch})")
+    if arch.from_gguf is not None:
+        gguf.append("import")
+    else:
+        via = [a for a in ARCHITECTURES.values()
+               if a.gguf_arch == arch.gguf_arch and a.from_gguf is not None]
+        if via:
+            gguf.append(f"import (as {via[0].name})")
+    return {
+        "gguf": ", ".join(gguf) or "no",
+        "safetensors": "yes",
+        "gptq": "yes" if arch.causal else "no (encoder)",
+        "onnx": "yes" if arch.name in BUILDERS else "no",
+    }
 
 
 def catalog() -> dict[str, list[Any]]:
@@ -18,7 +42,7 @@ def catalog() -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {
         "architectures": [
             {"name": a.name, "hf_classes": ", ".join(a.hf_classes),
-             "kind": "causal LM" if a.causal else "encoder"}
+             "kind": "causal LM" if a.causal else "encoder", **architecture_support(a)}
             for a in ARCHITECTURES.values()
         ],
         "formats": [

@@ -21,5 +21,6 @@ ARCH = replace(
     gguf_arch="llama",
     tokenizer=("llama",),
     # GGUF llama -> HF: the llama module imports it (one GGUF architecture, one importer)
+    from_gguf=None,
     import_class="LlamaForCausalLM",
 )

@@ -102,6 +102,9 @@ def _print_onnx(info: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------- list
+_BARE = ("name", "hf_classes", "kind", "status", "quant", "description")
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def list_(as_json: bool) -> None:
@@ -121,6 +124,8 @@ def list_(as_json: bool) -> None:
         click.echo(f"{section}:")
         for item in items:
             if isinstance(item, dict):
-                click.echo("  " + "  ".join(f"{v}" for v in item.values()))
+                # name/description columns bare, per-format support labelled ("onnx: no")
+                click.echo("  " + "  ".join(
+                    f"{v}" if k in _BARE else f"{k}: {v}" for k, v in item.items()))
             else:
                 click.echo(f"  {item}")
