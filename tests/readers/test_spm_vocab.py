@@ -289,6 +289,27 @@ def _llama_ids(path: Path, texts: list[str], special: bool = False) -> list[list
     return [llm.tokenize(t.encode("utf-8"), add_bos=False, special=special) for t in texts]
 
 
+@pytest.mark.parametrize("model", ["smollm2", "minilm"])
+def test_bpe_and_wordpiece_vocab_equal_llama_cpp_converter(
+    model: str, llamacpp_dir: Path, default_model_dir: Path, tmp_path: Path
+) -> None:
+    """The other tokenizer models through the same SpecialVocab port (the converter's vendored
+    gguf-py, not the installed gguf 0.19): SmolLM2's byte-level BPE (add_bos/add_eos false from
+    the ByteLevel post-processor, add_space_prefix from add_prefix_space) and MiniLM's WordPiece
+    (normalizer.lowercase; no cls_token_id, which the converter's GGUFWriter has no handler
+    for), key by key."""
+    from quantport.models import open_source
+
+    src = default_model_dir if model == "smollm2" else open_source("minilm").path
+    ckpt = tmp_path / model
+    shutil.copytree(src, ckpt, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    arch = "llama" if model == "smollm2" else "bert"
+    ours, theirs = _our_metadata(ckpt, arch), _converter_metadata(llamacpp_dir, ckpt)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert ours[key] == theirs[key], key
+
+
 # ------------------------------------------------------------------------------------------
 # GGUF -> HF
 # ------------------------------------------------------------------------------------------

@@ -187,6 +187,8 @@ class GGUFVocab:
         token_type_count: BERT segment count (``tokenizer.ggml.token_type_count``), else ``None``.
         scores: ``tokenizer.ggml.scores`` (SentencePiece), else ``None``.
         add_space_prefix: ``tokenizer.ggml.add_space_prefix`` when the converter writes it.
+        normalizer: ``tokenizer.ggml.normalizer.lowercase`` / ``.strip_accents`` (keys
+            ``lowercase``, ``strip_accents``) read from ``tokenizer.json``'s normalizer.
     """
 
     model: str
@@ -200,6 +202,7 @@ class GGUFVocab:
     token_type_count: int | None = None
     scores: list[float] | None = None
     add_space_prefix: bool | None = None
+    normalizer: dict[str, bool] = field(default_factory=dict)
 
 
 def _write_files(d: Path, files: Mapping[str, str], config: Mapping[str, Any] | None) -> None:
@@ -342,8 +345,10 @@ def _base_vocab(tok: Any, tj: Mapping[str, Any], vocab_size: int) -> tuple[list[
 def _special_vocab(
     files: Mapping[str, str], model_dir: Path | None, n_vocab: int, load_merges: bool
 ) -> Any:
-    """Run gguf-py's SpecialVocab on the checkpoint directory (or on the files in a temp dir)."""
-    from gguf import SpecialVocab
+    """Run gguf-py's SpecialVocab, as the converter's vendored gguf-py has it
+    (:mod:`quantport.readers._special_vocab`), on the checkpoint directory (or on the files in a
+    temp dir)."""
+    from quantport.readers._special_vocab import SpecialVocab
 
     if model_dir is not None and any(
         (model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")
@@ -352,6 +357,12 @@ def _special_vocab(
     with tempfile.TemporaryDirectory(prefix="quantport-vocab-") as tmp:
         _write_files(Path(tmp), files, None)
         return SpecialVocab(tmp, load_merges=load_merges, n_vocab=n_vocab)
+
+
+def _normalizer(sv: Any) -> dict[str, bool]:
+    # SpecialVocab.add_to_gguf: add_normalizer_lowercase / add_normalizer_strip_accents when set
+    flags = {"lowercase": sv.normalizer_lowercase, "strip_accents": sv.normalizer_strip_accents}
+    return {k: bool(v) for k, v in flags.items() if v is not None}
 
 
 def _json_file(files: Mapping[str, str], model_dir: Path | None, name: str) -> Any:
@@ -384,6 +395,7 @@ def _spm_result(
         sv.chat_template,
         scores=scores,
         add_space_prefix=add_space_prefix,
+        normalizer=_normalizer(sv),
     )
 
 
@@ -415,7 +427,8 @@ def vocab_from_hf(
         tokenizer_files: file name -> text (``tokenizer.json``, ``tokenizer_config.json``,
             ``special_tokens_map.json``, ``added_tokens.json`` when present).
         config: the model's ``config.json`` (``vocab_size``, ``type_vocab_size``).
-        arch: the GGUF architecture (``general.architecture``).
+        arch: the GGUF architecture (``general.architecture``; ``"mistral"`` is taken as
+            ``"llama"``, as llama.cpp writes it).
         model_dir: the checkpoint directory, if any (``tokenizer.model``, ``added_tokens.json``
             and ``chat_template.jinja`` are read from it).
         tokenizer_model: the bytes of ``tokenizer.model`` when there is no ``model_dir``.
@@ -430,6 +443,9 @@ def vocab_from_hf(
     """
     from quantport.readers import spm
 
+    # quantport architecture names whose GGUF architecture (and converter class) is llama's:
+    # convert_hf_to_gguf.py registers MistralForCausalLM as a LlamaModel
+    arch = {"mistral": "llama"}.get(arch, arch)
     if arch == "bert":
         return _vocab_from_tokenizer_json(tokenizer_files, config, arch=arch, model_dir=model_dir)
     if tokenizer_model is None and model_dir is not None and (model_dir / "tokenizer.model").is_file():
@@ -555,6 +571,7 @@ def _vocab_from_tokenizer_json(
             dict(sv.add_special_token),
             sv.chat_template,
             int(config.get("type_vocab_size", 1)),
+            normalizer=_normalizer(sv),
         )
     if kind != "BPE":
         raise ConfigError(
@@ -576,6 +593,7 @@ def _vocab_from_tokenizer_json(
         dict(sv.special_token_ids),
         dict(sv.add_special_token),
         sv.chat_template,
+        normalizer=_normalizer(sv),
     )
 
 
@@ -602,14 +620,15 @@ def vocab_metadata(v: GGUFVocab) -> list[GGUFKV]:
         kvs.append(GGUFKV("tokenizer.ggml.token_type_count", v.token_type_count, U32))
     if v.merges:
         kvs.append(GGUFKV("tokenizer.ggml.merges", v.merges, A, S))
-    # gguf-py Keys.Tokenizer names (note llama.cpp's spelling "seperator")
+    # gguf-py Keys.Tokenizer names (note llama.cpp's spelling "seperator"), for the types the
+    # vendored GGUFWriter has an add_<type>_token_id for: SpecialVocab.add_to_gguf skips the
+    # others ("No handler for special token type ..."), cls among them
     id_keys = {
         "bos": "bos_token_id",
         "eos": "eos_token_id",
         "unk": "unknown_token_id",
         "sep": "seperator_token_id",
         "pad": "padding_token_id",
-        "cls": "cls_token_id",
         "mask": "mask_token_id",
         "eot": "eot_token_id",
         "eom": "eom_token_id",
@@ -618,9 +637,11 @@ def vocab_metadata(v: GGUFVocab) -> list[GGUFKV]:
         if typ in id_keys:
             kvs.append(GGUFKV(f"tokenizer.ggml.{id_keys[typ]}", int(tid), U32))
         else:
-            log.warning("no GGUF key for special token type %s (id %d); skipped", typ, tid)
+            log.debug("no GGUF key for special token type %s (id %d); skipped", typ, tid)
     for typ, flag in v.add_special.items():
         kvs.append(GGUFKV(f"tokenizer.ggml.add_{typ}_token", bool(flag), B))
+    for name, flag in v.normalizer.items():
+        kvs.append(GGUFKV(f"tokenizer.ggml.normalizer.{name}", bool(flag), B))
     if v.add_space_prefix is not None:
         kvs.append(GGUFKV("tokenizer.ggml.add_space_prefix", bool(v.add_space_prefix), B))
     ct = v.chat_template
