@@ -164,3 +164,61 @@ def llama_cpp_convert(model_dir: Path, out: Path, outtype: str = "f32") -> Path:
     if r.returncode:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{r.stderr[-3000:]}")
     return out
+
+
+MISTRAL_COMMON = "1.13.1"
+# the mistral-common wheel's SentencePiece models: v1 (Mistral 7B v0.1, 32000 pieces), v3
+# (32768 pieces, control tokens [INST], [TOOL_CALLS]...)
+MISTRAL_MODELS = {"v1": "tokenizer.model.v1", "v3": "mistral_instruct_tokenizer_240323.model.v3"}
+
+
+def mistral_tokenizer_model(version: str = "v3") -> Path:
+    """A Mistral ``tokenizer.model`` out of the mistral-common wheel (``pip download`` once
+    into the cache; the package itself is not installed: it pins numpy < 2.4)."""
+    import zipfile
+
+    cache = Path(os.environ.get("QUANTPORT_CACHE", str(ROOT / ".cache")))
+    dest = cache / f"mistral-common-{MISTRAL_COMMON}"
+    path = dest / MISTRAL_MODELS[version]
+    if not path.is_file():
+        wheels = dest / "wheel"
+        wheels.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                            "--only-binary", ":all:", "-d", str(wheels),
+                            f"mistral-common=={MISTRAL_COMMON}"], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"pip download mistral-common failed: {r.stderr[-500:]}")
+        wheel = next(wheels.glob("mistral_common-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            path.write_bytes(zf.read(f"mistral_common/data/{MISTRAL_MODELS[version]}"))
+    return path
+
+
+def tiny_mistral(out: Path, *, layers: int = 2, seed: int = 0, version: str = "v3",
+                 **overrides: Any) -> Path:
+    """A Mistral-7B-like checkpoint (4 heads / 1 kv head of 16: Mistral's 4:1 GQA) with the
+    real SentencePiece tokenizer: ``tokenizer.model`` plus what transformers' LlamaTokenizer
+    saves from it, as hub checkpoints have them."""
+    import shutil
+
+    import torch
+    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
+
+    model_file = mistral_tokenizer_model(version)
+    src = out.parent / (out.name + "-tokenizer")
+    src.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_file, src / "tokenizer.model")
+    tok = LlamaTokenizer.from_pretrained(src, add_bos_token=True, add_eos_token=False)
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
+        rope_theta=1000000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None,
+        bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    model = MistralForCausalLM(MistralConfig(**kw))
+    _randomize(model)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    shutil.copy(model_file, out / "tokenizer.model")
+    return out
