@@ -16,7 +16,7 @@ from quantport.errors import ConfigError, UnsupportedQuantError
 from quantport.pipeline import convert, make_recipe
 from quantport.pipeline import layerwise
 from quantport.pipeline.layerwise import LayerwiseModel, calibration_windows, cache_key
-from quantport.pipeline.transforms import awq_layer, llama_groups, smooth_layer
+from quantport.pipeline.transforms import awq_clip, awq_layer, llama_groups, smooth_layer
 from quantport.quant.gptq import grid_for, hessian_error
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import parse_scheme
@@ -90,6 +90,70 @@ def test_awq_and_smoothquant_folding_leave_the_float_logits_unchanged(tiny_llama
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
         # the scales are not all ones: the check above is not vacuous
         assert max(float(np.abs(s - 1).max()) for s in folded[name]) > 0.05, name
+
+
+def _clip_reference(w: np.ndarray, x: np.ndarray, grid) -> tuple[np.ndarray, np.ndarray]:
+    """AutoAWQ ``_compute_best_clip`` written as loops (float64 products): per output row and
+    group, the first threshold max|w|(1 - i/20), i < 10, with the least mean squared error of
+    x_g·w_g; also every candidate's error ``[rows, groups, 10]``."""
+    rows, cols = w.shape
+    gs = grid.block
+    best = np.zeros((rows, cols // gs), np.float32)
+    errs = np.zeros((rows, cols // gs, 10))
+    x = x.astype(np.float64)
+    for r in range(rows):
+        for g in range(cols // gs):
+            sl = slice(g * gs, (g + 1) * gs)
+            ref = x[:, sl] @ w[r, sl]
+            top, err_best = np.abs(w[r, sl]).max(), float("inf")
+            for i in range(10):
+                t = top * np.float32(1 - i / 20)  # float32, as AutoAWQ's tensor product
+                row = np.clip(w[r], -t, t)[None]  # other groups do not change this group's code
+                q = dequantize(quantize_rtn(row, grid_for(parse_scheme("w4-g32-sym"),
+                                                          row.shape)))[0, sl]
+                err = errs[r, g, i] = float(np.mean((x[:, sl] @ q - ref) ** 2))
+                if err < err_best:
+                    err_best, best[r, g] = err, t
+    return best, errs
+
+
+def test_awq_clip_search_matches_a_loop_reference_and_clamps(tiny_llama: Path) -> None:
+    src = open_path(tiny_llama)
+    windows = calibration_windows(src, samples=2, length=64)
+    model = LayerwiseModel(src)
+    layer = model.load(0)
+    h = model.embed(windows)
+    grid = grid_for(parse_scheme("w4-g32-sym"), (1, 64))
+    names = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+    inputs = model.capture(0, layer, h, list(names))
+    before = {n: layer.get_submodule(n).weight.detach().numpy().copy() for n in names}
+    grids = {n: grid for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                               "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                               "mlp.down_proj")}
+    chosen = awq_clip(layer, dict(inputs), grids, tokens=10**6)
+    # q/k are not clipped (AutoAWQ skips them); v reads q's input, up reads gate's
+    assert set(chosen) == {f"clip:{n}" for n in ("self_attn.v_proj", "self_attn.o_proj",
+                                                 "mlp.gate_proj", "mlp.up_proj",
+                                                 "mlp.down_proj")}
+    for name in ("self_attn.o_proj", "mlp.down_proj"):
+        x = inputs[name].reshape(-1, before[name].shape[1]).numpy()
+        want, errs = _clip_reference(before[name], x, grid)
+        got_t = chosen[f"clip:{name}"]
+        # float32 products may flip a near tie: then the chosen threshold's error must equal
+        # the best one's to float32 precision
+        tops = np.abs(before[name]).reshape(*want.shape, 32).max(-1)
+        for r, g in zip(*np.nonzero(~np.isclose(got_t, want, rtol=1e-6)), strict=True):
+            i = int(round((1 - got_t[r, g] / tops[r, g]) * 20))
+            assert errs[r, g, i] <= errs[r, g].min() * (1 + 1e-4), (name, r, g)
+        got = layer.get_submodule(name).weight.detach().numpy()
+        t = np.repeat(chosen[f"clip:{name}"], 32, axis=1)
+        np.testing.assert_array_equal(got, np.clip(before[name], -t, t))
+    # the search chose a real clip somewhere: the check above is not vacuous
+    tops = np.abs(before["mlp.down_proj"]).reshape(64, 4, 32).max(-1)
+    assert (chosen["clip:mlp.down_proj"] < tops).any()
+    q_after = layer.get_submodule("self_attn.q_proj").weight.detach().numpy()
+    np.testing.assert_array_equal(q_after,
+                                  before["self_attn.q_proj"])
 
 
 def test_gptq_to_safetensors_lowers_every_layers_error_and_loads(

@@ -37,7 +37,14 @@ from quantport.pipeline.layerwise import (
     cache_key,
     calibration_windows,
 )
-from quantport.pipeline.transforms import apply_scales, awq_layer, llama_groups, smooth_layer
+from quantport.pipeline.transforms import (
+    CLIP_TOKENS,
+    apply_scales,
+    awq_clip,
+    awq_layer,
+    llama_groups,
+    smooth_layer,
+)
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
@@ -144,7 +151,7 @@ def run_calibrated(
     settings = {"method": recipe.method, "dtype": recipe.calib_dtype,
                 "inputs": recipe.calib_inputs, "damp": recipe.damp,
                 "act_order": recipe.act_order, "alpha": recipe.smooth_alpha,
-                "awq_tokens": AWQ_SAMPLE_TOKENS,
+                "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
                 "targets": [[r.source, str(r.target), r.edit] for r in plan.rows]}
     cache = StatsCache(cache_key(source, windows, settings))
     cached = cache.complete(model.n_layers)
@@ -168,9 +175,11 @@ def run_calibrated(
             apply_scales(layer, hit[1])
         elif "awq" in recipe.method:
             sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
+            firsts = [g.linears[0] for g in llama_groups(layer)]
             inputs = model.capture(li, layer, sample,
-                                   [g.linears[0] for g in llama_groups(layer)])
+                                   list(dict.fromkeys([*firsts, "self_attn.o_proj"])))
             scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+            scales.update(awq_clip(layer, inputs, grids))
             del inputs
         elif recipe.method == "smoothquant":
             _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)

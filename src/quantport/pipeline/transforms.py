@@ -10,6 +10,9 @@ rounding method takes. They differ in how ``s`` is chosen:
 * AWQ (AutoAWQ ``_search_best_scale``, llm-compressor ``AWQModifier``): a grid search over
   ``s = mean|x|^α / mean|W|^(1-α)`` for α in ``{0, 1/20, ..., 19/20}`` minimising the squared
   error of the group's output after rounding ``W*s`` onto its planned grid;
+  then AWQ's clip search (AutoAWQ ``_search_best_clip``): per output row and group of every
+  Linear but q/k, the clipping threshold ``max|W|·(1 - i/20)``, i < 10, whose rounded group
+  best reproduces that group's share of the output on the (scaled) sample inputs;
 * SmoothQuant (``smoothquant/smooth.py`` ``smooth_ln_fcs_llama_like``):
   ``s = max|x|^α / max|W|^(1-α)`` (α = 0.5), which moves activation outliers into the weights
   so int8 activations lose less.
@@ -33,13 +36,24 @@ from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
 
-__all__ = ["AWQ_GRID", "ScaleGroup", "apply_scales", "awq_layer", "llama_groups",
-           "smooth_layer"]
+__all__ = ["AWQ_GRID", "CLIP_PREFIX", "ScaleGroup", "apply_scales", "awq_clip", "awq_layer",
+           "llama_groups", "smooth_layer"]
 
 log = logging.getLogger(__name__)
 
 #: AWQ's grid of exponents (AutoAWQ / llm-awq ``n_grid = 20``: α = 0, 0.05, ..., 0.95)
 AWQ_GRID = 20
+
+#: AutoAWQ ``_compute_best_clip`` defaults: thresholds ``1 - i/20`` for ``i < 0.5·20``, on at
+#: most 512 sample tokens, output rows in batches
+CLIP_GRID, CLIP_MAX_SHRINK, CLIP_TOKENS, CLIP_ROW_BATCH = 20, 0.5, 512, 256
+
+#: key prefix of a clipping threshold among the folded scales (``clip:self_attn.o_proj``)
+CLIP_PREFIX = "clip:"
+
+# AutoAWQ ``_search_best_clip`` skips the query and key projections: their rounding error is
+# seen through the softmax, not the group-wise output share the search measures
+_NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
 
 
 @dataclass
@@ -91,15 +105,30 @@ def _fold(layer: Any, group: ScaleGroup, s: Any) -> None:
         layer.get_submodule(name).weight.mul_(s.view(1, -1))
 
 
+def _clip(layer: Any, name: str, max_val: Any) -> None:
+    """Clamp Linear ``name``'s weight to ``±max_val`` per (output row, group) (AutoAWQ
+    ``apply_clip``); ``max_val`` is ``[out, n_groups]``."""
+    w = layer.get_submodule(name).weight
+    rows, groups = max_val.shape
+    wg = w.view(rows, groups, -1)
+    m = max_val.unsqueeze(-1)
+    wg.copy_(wg.clamp(-m, m))
+
+
 def apply_scales(layer: Any, scales: dict[str, np.ndarray]) -> None:
     """Fold scales chosen earlier (by :func:`awq_layer` or :func:`smooth_layer`, e.g. read
-    from the calibration cache) into ``layer``: ``prev`` name -> ``s``."""
+    from the calibration cache) into ``layer``: ``prev`` name -> ``s``, then the clipping
+    thresholds (``clip:NAME`` -> ``[out, n_groups]``) in the order they were chosen."""
     import torch
 
     with torch.no_grad():
         for group in llama_groups(layer):
             if group.prev in scales:
                 _fold(layer, group, torch.from_numpy(np.asarray(scales[group.prev], np.float32)))
+        for key, value in scales.items():
+            if key.startswith(CLIP_PREFIX):
+                _clip(layer, key[len(CLIP_PREFIX):],
+                      torch.from_numpy(np.asarray(value, np.float32)))
 
 
 def _fake_quant(w: np.ndarray, grid: Grid) -> np.ndarray:
@@ -167,7 +196,69 @@ def awq_layer(
         chosen[group.prev] = best_s.numpy()
         log.debug("AWQ %s: alpha %.2f, loss %.4g", group.prev, best_alpha, best)
         # the later groups' cached inputs are unchanged: each group's input comes from a
-        # different producer, and folding keeps the float function identical
+        # different producer, and folding keeps the float function identical; this group's
+        # Linear layers now read x/s (AutoAWQ ``apply_scale(..., input_feat_dict)``)
+        for name in group.linears:
+            if name in inputs:
+                inputs[name] = inputs[name] / best_s
+    return chosen
+
+
+def awq_clip(layer: Any, inputs: dict[str, Any], grids: dict[str, Grid], *,
+             tokens: int = CLIP_TOKENS) -> dict[str, np.ndarray]:
+    """AWQ's clip search (AutoAWQ ``_search_best_clip`` / ``_compute_best_clip``), in place.
+
+    For every Linear but q/k rounded onto an integer grid with groups, and every output row
+    and group, the threshold ``t = max|w|·(1 - i/20)`` (``i < 10``) whose rounding of
+    ``clamp(w, -t, t)`` minimises the mean squared error of the group's share of the output,
+    ``x_g·w_g``, over a sample of the inputs; the weight is then clamped to it. The k-quant
+    and legacy ggml grids search their own scales and minimums, so they are left alone.
+
+    Args:
+        layer: the decoder layer, its AWQ scales already folded.
+        inputs: local Linear name -> its (scaled) inputs ``[windows, tokens, in]``; a Linear
+            reads the input of the first Linear of its group.
+        grids: local Linear name -> its planned grid.
+        tokens: sample tokens the error is measured on (evenly strided).
+
+    Returns:
+        ``clip:NAME`` -> the thresholds ``[out, n_groups]`` (float32), for the cache.
+    """
+    import torch
+
+    from quantport.quant.grid import IntGrid
+
+    chosen: dict[str, np.ndarray] = {}
+    shared = {n: g.linears[0] for g in llama_groups(layer) for n in g.linears}
+    shared.setdefault("self_attn.o_proj", "self_attn.o_proj")
+    with torch.no_grad():
+        for name, first in shared.items():
+            grid = grids.get(name)
+            x = inputs.get(first)
+            if name in _NO_CLIP or x is None or not isinstance(grid, IntGrid):
+                continue
+            w = layer.get_submodule(name).weight
+            rows, cols = w.shape
+            gs = grid.block
+            x = x.reshape(-1, cols)
+            x = x[:: max(1, x.shape[0] // tokens)].float().view(-1, cols // gs, gs)
+            best_all = []
+            for r0 in range(0, rows, CLIP_ROW_BATCH):
+                wb = w[r0:r0 + CLIP_ROW_BATCH].view(-1, cols // gs, gs)  # [o, G, gs]
+                org_max = wb.abs().amax(-1)  # [o, G]
+                best, best_err = org_max.clone(), torch.full_like(org_max, float("inf"))
+                ref = torch.einsum("tgk,ogk->tog", x, wb)
+                for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
+                    t = org_max * (1 - i / CLIP_GRID)
+                    cur = wb.clamp(-t.unsqueeze(-1), t.unsqueeze(-1)).reshape(-1, cols)
+                    q = torch.from_numpy(_fake_quant(cur.numpy(), grid)).view_as(wb)
+                    err = (torch.einsum("tgk,ogk->tog", x, q) - ref).pow(2).mean(0)
+                    better = err < best_err
+                    best_err[better], best[better] = err[better], t[better]
+                best_all.append(best)
+            max_val = torch.cat(best_all, 0)
+            _clip(layer, name, max_val)
+            chosen[CLIP_PREFIX + name] = max_val.numpy()
     return chosen
 
 
