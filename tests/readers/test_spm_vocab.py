@@ -95,7 +95,13 @@ def _mistral_checkpoint(out: Path, model: Path, *, keep_model: bool = True,
                         added_tokens: dict[str, int] | None = None) -> Path:
     """A checkpoint directory as the hub has it: tokenizer.model plus what transformers'
     LlamaTokenizer saves from it (tokenizer.json, tokenizer_config.json) and a config.json."""
-    from transformers import LlamaTokenizer, MistralConfig, Phi3Config
+    from transformers import (
+        Gemma3TextConfig,
+        LlamaTokenizer,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+    )
 
     src = out.parent / (out.name + "-src")
     src.mkdir(parents=True)
@@ -107,7 +113,8 @@ def _mistral_checkpoint(out: Path, model: Path, *, keep_model: bool = True,
     if keep_model:
         shutil.copy(model, out / "tokenizer.model")
     n = vocab_size or len(tok)
-    cls = Phi3Config if arch == "Phi3ForCausalLM" else MistralConfig
+    cls = {"Phi3ForCausalLM": Phi3Config, "Gemma3ForCausalLM": Gemma3TextConfig,
+           "Qwen2ForCausalLM": Qwen2Config}.get(arch, MistralConfig)
     cls(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, architectures=[arch]).save_pretrained(out)
     if tokenizer_config:
@@ -234,6 +241,23 @@ def test_phi3_vocab_equals_llama_cpp_converter(
     for key in theirs:
         assert ours[key] == theirs[key], key
     assert ours["tokenizer.ggml.token_type"][32010] == 4  # not special, though it looks it
+
+
+@pytest.mark.parametrize(("hf_arch", "arch"), [("Gemma3ForCausalLM", "gemma3"),
+                                               ("Qwen2ForCausalLM", "qwen2")])
+def test_other_architectures_take_the_converters_route(
+    hf_arch: str, arch: str, mistral_models: dict[str, Path], llamacpp_dir: Path,
+    tmp_path: Path
+) -> None:
+    """Gemma3Model.set_vocab (SentencePiece with add_space_prefix false) and Qwen2Model.set_vocab
+    (SentencePiece when tokenizer.model exists) on a checkpoint with a tokenizer.model."""
+    ckpt = _mistral_checkpoint(tmp_path / arch, mistral_models["v1"], arch=hf_arch)
+    ours, theirs = _our_metadata(ckpt, arch), _converter_metadata(llamacpp_dir, ckpt)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert ours[key] == theirs[key], key
+    assert ours["tokenizer.ggml.model"] == "llama"
+    assert ours.get("tokenizer.ggml.add_space_prefix") is (False if arch == "gemma3" else None)
 
 
 @pytest.mark.llamacpp
