@@ -431,6 +431,22 @@ def test_malformed_tokenizer_model_is_one_line_format_error(
     assert "\n" not in str(ei.value)
 
 
+def test_no_tokenizer_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no tokenizer.json in the checkpoint") as ei:
+        vocab_from_hf({}, {"vocab_size": 8}, arch="llama", model_dir=tmp_path)
+    assert "\n" not in str(ei.value) and "tokenizer.model" in str(ei.value)
+
+
+def test_bad_added_token_id_is_one_line_config_error(
+    mistral_models: dict[str, Path], tmp_path: Path
+) -> None:
+    shutil.copy(mistral_models["v1"], tmp_path / "tokenizer.model")
+    (tmp_path / "added_tokens.json").write_text('{"<x>": "seven"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="added_tokens.json: '<x>' has token id 'seven'") as ei:
+        vocab_from_hf({}, {"vocab_size": 32000}, arch="llama", model_dir=tmp_path)
+    assert "\n" not in str(ei.value)
+
+
 def test_phi3_without_tokenizer_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no tokenizer.model") as ei:
         vocab_from_hf({}, {"vocab_size": 8}, arch="phi3", model_dir=tmp_path)

@@ -522,7 +522,8 @@ def _vocab_from_tokenizer_json(
     if text is None:
         raise ConfigError(
             "no tokenizer.json in the checkpoint; quantport builds GGUF vocabularies from "
-            "tokenizer.json (save the tokenizer with a fast tokenizer to create it)"
+            "tokenizer.json or a SentencePiece tokenizer.model (copy the original checkpoint's "
+            "tokenizer files, or save the tokenizer with transformers to create tokenizer.json)"
         )
     try:
         tj = json.loads(text)
