@@ -222,3 +222,75 @@ def tiny_mistral(out: Path, *, layers: int = 2, seed: int = 0, version: str = "v
     tok.save_pretrained(out)
     shutil.copy(model_file, out / "tokenizer.model")
     return out
+
+
+# Phi-3's added tokens (ids 32000..32010, all special) as its tokenizer_config.json has them
+PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
+              "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>",
+              "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
+
+
+def phi3_tokenizer_model() -> bytes:
+    """Phi-3's ``tokenizer.model`` (Llama 2's 32000-piece SentencePiece BPE) rebuilt from
+    llama.cpp's ``ggml-vocab-phi-3.gguf``: its pieces and scores in a model proto with Llama's
+    settings (byte fallback, dummy prefix, no whitespace folding, split digits). The GGUF
+    marks <unk>/<s>/</s> as the converter rewrote them from added_tokens_decoder; the proto
+    gets SentencePiece's own types and scores for them."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    meta = scan_gguf(VOCABS / "ggml-vocab-phi-3.gguf", keep_arrays=True).metadata
+    tokens, scores = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"]
+    types = meta["tokenizer.ggml.token_type"]
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.vocab_size = 32000
+    m.trainer_spec.byte_fallback = True
+    m.trainer_spec.split_digits = True
+    m.trainer_spec.allow_whitespace_only_pieces = True
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id = 0, 1, 2
+    m.trainer_spec.pad_id = -1
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = True
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    fixed = {0: pb.ModelProto.SentencePiece.UNKNOWN, 1: pb.ModelProto.SentencePiece.CONTROL,
+             2: pb.ModelProto.SentencePiece.CONTROL}
+    for i in range(32000):
+        p = m.pieces.add()
+        p.piece = tokens[i]
+        p.score = 0.0 if i in fixed else float(scores[i])
+        p.type = fixed.get(i, types[i])
+    return m.SerializeToString()
+
+
+def tiny_phi3(out: Path, *, layers: int = 2, seed: int = 0, **overrides: Any) -> Path:
+    """A Phi-3-mini-like checkpoint: fused qkv_proj and gate_up_proj, 4 heads / 2 kv heads of
+    16, untied head, with Phi-3's tokenizer (tokenizer.model + its 11 special added tokens,
+    vocab_size 32064 as the real config pads it)."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import LlamaTokenizer, Phi3Config, Phi3ForCausalLM
+
+    src = out.parent / (out.name + "-tokenizer")
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "tokenizer.model").write_bytes(phi3_tokenizer_model())
+    tok = LlamaTokenizer.from_pretrained(src, add_bos_token=False, add_eos_token=False,
+                                         legacy=False)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in PHI3_ADDED],
+                   special_tokens=True)
+    tok.eos_token = "<|endoftext|>"
+    tok.pad_token = "<|endoftext|>"
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = dict(
+        vocab_size=32064, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        original_max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, sliding_window=2047, bos_token_id=1, eos_token_id=32000,
+        pad_token_id=32000)
+    kw.update(overrides)
+    model = Phi3ForCausalLM(Phi3Config(**kw))
+    _randomize(model)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "tokenizer.model").write_bytes((src / "tokenizer.model").read_bytes())
+    return out

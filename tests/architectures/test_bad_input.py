@@ -46,6 +46,14 @@ def _checkpoint(d: Path, arch: str, *, config: dict[str, Any] | None = None,
         for p in ("q", "k"):
             tensors[f"model.layers.0.self_attn.{p}_norm.weight"] = np.ones(tiny.HEAD_DIM,
                                                                           np.float32)
+    elif arch == "phi3":
+        cfg.update(architectures=["Phi3ForCausalLM"], model_type="phi3",
+                   original_max_position_embeddings=64, sliding_window=None)
+        pre = "model.layers.0."
+        tensors[pre + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [tensors.pop(f"{pre}self_attn.{p}_proj.weight") for p in "qkv"])
+        tensors[pre + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [tensors.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")])
     cfg.update(config or {})
     for name in drop:
         del tensors[name]
@@ -74,6 +82,16 @@ def test_registry_names_every_module() -> None:
         lookup("GPTNeoXForCausalLM")
 
 
+def test_fused_phi3_shapes() -> None:
+    phi3 = ARCHITECTURES["phi3"]
+    cfg = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+           "num_key_value_heads": 2}
+    assert phi3.shape_error("blk.0.ffn_up.weight", (128, 32), cfg) is None
+    assert "(128, 32)" in phi3.shape_error("blk.0.ffn_up.weight", (64, 32), cfg)
+    assert phi3.shape_error("blk.0.attn_qkv.weight", (32 + 2 * 16, 32), cfg) is None
+    assert phi3.shape_error("blk.0.attn_qkv.weight", (96, 32), cfg) is not None
+
+
 @pytest.mark.parametrize("to", ["gguf", "safetensors"])
 def test_unknown_architecture_is_refused_with_the_known_ones(tmp_path: Path, to: str) -> None:
     src = _checkpoint(tmp_path / "m", "llama", config={
@@ -90,6 +108,10 @@ def test_unknown_architecture_is_refused_with_the_known_ones(tmp_path: Path, to:
     # a head_dim of 16 means q_proj has 64 rows
     ("qwen3", {"head_dim": 16}, "model.layers.0.self_attn.q_proj.weight"),
     ("qwen2", {"intermediate_size": 128}, "model.layers.0.mlp.gate_proj.weight"),
+    # Phi-3's fused projections: qkv rows follow from the head counts, gate_up from 2 * ff
+    ("phi3", {"num_key_value_heads": 4}, "model.layers.0.self_attn.qkv_proj.weight"),
+    # (down_proj comes first in the file and contradicts it too)
+    ("phi3", {"intermediate_size": 64}, "model.layers.0.mlp.down_proj.weight"),
 ])
 def test_config_contradicting_tensors_names_the_tensor(tmp_path: Path, arch: str,
                                                        config: dict[str, Any],
@@ -103,6 +125,7 @@ def test_config_contradicting_tensors_names_the_tensor(tmp_path: Path, arch: str
     ("qwen3", "model.layers.0.self_attn.q_norm.weight"),
     ("qwen3", "model.layers.0.self_attn.k_norm.weight"),
     ("qwen2", "model.layers.0.self_attn.v_proj.bias"),
+    ("phi3", "model.layers.0.mlp.gate_up_proj.weight"),
 ])
 def test_missing_per_layer_tensor_is_named(tmp_path: Path, arch: str, missing: str) -> None:
     src = _checkpoint(tmp_path / "m", arch, drop=(missing,))
@@ -113,6 +136,8 @@ def test_missing_per_layer_tensor_is_named(tmp_path: Path, arch: str, missing: s
 @pytest.mark.parametrize(("arch", "rope"), [
     ("qwen2", {"rope_type": "dynamic", "factor": 2.0}),
     ("qwen3", {"rope_type": "longrope", "factor": 2.0}),
+    # Phi-3-mini-128k: LongRoPE needs rope_factors tensors quantport does not generate
+    ("phi3", {"rope_type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4}),
     ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
     ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),

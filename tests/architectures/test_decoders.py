@@ -45,10 +45,13 @@ BUILDERS = {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
         "rope_theta": 1000000.0}),
     "mistral": _tiny.tiny_mistral,
+    "phi3": _tiny.tiny_phi3,
 }
 #: the GGUF architecture each is written as, and the architecture its GGUF imports as
-GGUF_ARCH = {"qwen2": "qwen2", "qwen2-yarn": "qwen2", "qwen3": "qwen3", "mistral": "llama"}
-IMPORTS_AS = {"qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama"}
+GGUF_ARCH = {"qwen2": "qwen2", "qwen2-yarn": "qwen2", "qwen3": "qwen3", "mistral": "llama",
+             "phi3": "phi3"}
+IMPORTS_AS = {"qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama", "phi3": "phi3"}
+DECODERS = ["qwen2", "qwen3", "mistral", "phi3"]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,8 @@ def test_qwen2_tokenizer_gives_llamacpp_test_vectors() -> None:
                          [("qwen2", "f32", "F32"), ("qwen2", "bf16", "BF16"),
                           ("qwen2-yarn", "f32", "F32"),
                           ("qwen3", "f32", "F32"), ("qwen3", "f16", "F16"),
-                          ("mistral", "f32", "F32"), ("mistral", "bf16", "BF16")])
+                          ("mistral", "f32", "F32"), ("mistral", "bf16", "BF16"),
+                          ("phi3", "f32", "F32"), ("phi3", "f16", "F16")])
 def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, outtype: str,
                                         preset: str) -> None:
     """Key by key (value and GGUF type) and tensor by tensor (name, shape, type, bytes)."""
@@ -112,6 +116,10 @@ def test_gguf_equals_llamacpp_converter(checkpoints, tmp_path: Path, arch: str, 
         assert "blk.1.attn_k_norm.weight" in ta and "blk.0.attn_q.bias" not in ta
     elif arch.startswith("qwen2"):
         assert "blk.1.attn_v.bias" in ta
+    elif arch == "phi3":  # fused projections stay fused
+        assert ta["blk.0.attn_qkv.weight"].shape == (64 + 2 * 32, 64)
+        assert ta["blk.0.ffn_up.weight"].shape == (2 * 160, 64)
+        assert a.metadata["tokenizer.ggml.tokens"][32000] == "<|endoftext|>"
     else:  # Mistral: the SentencePiece vocabulary, Q/K permuted as for llama
         assert a.metadata["tokenizer.ggml.model"] == "llama"
 
@@ -124,7 +132,7 @@ def _raw(path: Path, info) -> memoryview:
 
 @pytest.mark.llamacpp
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", DECODERS)
 def test_llamacpp_runs_it_as_transformers_does(checkpoints, tmp_path: Path, arch: str) -> None:
     """llama.cpp's logits on quantport's F32 GGUF agree with transformers' on the checkpoint
     (max difference small against the logit scale, same argmax at every position), and
@@ -164,7 +172,7 @@ def test_llamacpp_runs_it_as_transformers_does(checkpoints, tmp_path: Path, arch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", DECODERS)
 def test_gguf_import_runs_in_transformers(checkpoints, tmp_path: Path, arch: str) -> None:
     """GGUF -> HF: the imported config builds the same transformers class, and with the
     imported tensors it gives the checkpoint's logits (Mistral comes back as
@@ -193,7 +201,7 @@ def test_gguf_import_runs_in_transformers(checkpoints, tmp_path: Path, arch: str
 
 @pytest.mark.llamacpp
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", DECODERS)
 def test_q4_k_m_equals_llama_quantize_and_loads(checkpoints, tmp_path: Path, arch: str) -> None:
     """Q4_K_M straight from the checkpoint: every tensor byte-identical to llama-quantize run
     on llama.cpp's converter's F32 GGUF, and llama.cpp loads and runs it."""
@@ -228,7 +236,7 @@ def test_q4_k_m_equals_llama_quantize_and_loads(checkpoints, tmp_path: Path, arc
 
 @pytest.mark.llamacpp
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", DECODERS)
 def test_validate_verdict_in_both_runtimes(checkpoints, tmp_path: Path, arch: str) -> None:
     """``quantport validate``: a Q8_0 GGUF in llama.cpp and a w4 compressed-tensors checkpoint
     in transformers are both correct (runtime vs their own weights, tokenizer ids) and within
@@ -251,7 +259,7 @@ def test_validate_verdict_in_both_runtimes(checkpoints, tmp_path: Path, arch: st
         report = json.loads(res.stdout)
         checks = {c["name"]: c for c in report["checks"]}
         assert {"tokenizer_ids_match", "weights_kld_mean", "kld_mean"} <= set(checks)
-        if arch == "mistral" and to == "gguf":
+        if (src / "tokenizer.model").is_file() and to == "gguf":  # Mistral, Phi-3
             # the source's reference tokenizer is the tokenizer.json transformers 5 saves for
             # a SentencePiece model, which does not tokenize as SentencePiece does (a leading
             # space: "▁=" where SentencePiece and llama.cpp give "▁", "▁="); llama.cpp's ids
