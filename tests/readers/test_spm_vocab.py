@@ -471,7 +471,8 @@ def _spm_meta() -> dict[str, Any]:
     (lambda m: m["tokenizer.ggml.scores"].__setitem__(3, float("nan")), r"scores\[3\] is nan"),
     (lambda m: m["tokenizer.ggml.token_type"].__setitem__(5, 9), r"token_type\[5\] is 9"),
     (lambda m: m["tokenizer.ggml.tokens"].__setitem__(7, "<0xZZ>"), "BYTE token 7"),
-    (lambda m: m["tokenizer.ggml.tokens"].__setitem__(263, "a"), "listed twice"),
+    (lambda m: m["tokenizer.ggml.tokens"].__setitem__(263, "a"), "'a' is listed twice"),
+    (lambda m: m["tokenizer.ggml.tokens"].__setitem__(2, "<s>"), "'<s>' is listed twice"),
     (lambda m: m.pop("tokenizer.ggml.scores"), "lacks tokenizer.ggml.scores"),
     (lambda m: m.pop("tokenizer.ggml.token_type"), "lacks tokenizer.ggml.token_type"),
 ])

@@ -347,7 +347,7 @@ def spm_tokenizer_json(
 
     Raises:
         FormatError: scores that are not finite numbers, token types outside gguf's
-            ``TokenType``, or a NORMAL token listed twice.
+            ``TokenType``, or a token listed twice.
     """
     n = len(tokens)
     if len(scores) != n or len(types) != n:
@@ -361,14 +361,14 @@ def spm_tokenizer_json(
         if not math.isfinite(s):
             raise FormatError(f"{where}: tokenizer.ggml.scores[{i}] is {s!r}, not a finite "
                               "number; the GGUF vocabulary is corrupt, regenerate the file")
+    # llama_vocab::impl::load asserts id_to_token.size() == token_to_id.size(): llama.cpp
+    # aborts on a token listed twice
     seen: dict[str, int] = {}
-    for i, (t, ty) in enumerate(zip(tokens, types, strict=True)):
-        if ty == NORMAL:
-            if t in seen:
-                raise FormatError(f"{where}: NORMAL token {t!r:.40} is listed twice (ids "
-                                  f"{seen[t]} and {i}); the GGUF vocabulary is corrupt, "
-                                  "regenerate the file")
-            seen[t] = i
+    for i, t in enumerate(tokens):
+        if t in seen:
+            raise FormatError(f"{where}: token {t!r:.40} is listed twice (ids {seen[t]} and {i}); "
+                              "llama.cpp refuses such a vocabulary too, regenerate the file")
+        seen[t] = i
     bad = next((i for i in range(n) if types[i] == BYTE and not _BYTE_RE.fullmatch(tokens[i])),
                None)
     if bad is not None:
@@ -376,9 +376,7 @@ def spm_tokenizer_json(
                           "vocabulary is corrupt, regenerate the file")
     # the BPE vocabulary holds every id (tokenizers needs id -> token for decoding); tokens that
     # are not NORMAL cannot be reached by merges, which are built from NORMAL tokens only
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        vocab.setdefault(t, i)
+    vocab = seen
     # llama.cpp matches every CONTROL, USER_DEFINED and UNKNOWN token in text before the
     # SentencePiece tokenizer runs (llama-vocab.cpp cache_special_tokens, tokenizer_st_partition)
     added = [
