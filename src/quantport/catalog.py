@@ -14,8 +14,9 @@ __all__ = ["architecture_support", "catalog"]
 
 def architecture_support(arch: Architecture) -> dict[str, str]:
     """What each format does with one architecture: ``gguf`` (export as which GGUF
-    architecture; import back), ``safetensors`` / ``gptq`` (Linear weights by HF name),
-    ``onnx`` (a graph builder)."""
+    architecture; import back), ``safetensors`` / ``gptq`` (Linear weights by HF name, rounded
+    to nearest), ``onnx`` (a graph builder), ``calibrated`` (``--method gptq|awq|smoothquant``:
+    the layer-by-layer engine runs it)."""
     from quantport.formats.onnx_graph import BUILDERS
 
     gguf = []
@@ -33,6 +34,7 @@ def architecture_support(arch: Architecture) -> dict[str, str]:
         "safetensors": "yes",
         "gptq": "yes" if arch.causal else "no (encoder)",
         "onnx": "yes" if arch.name in BUILDERS else "no",
+        "calibrated": "yes" if arch.calibrated and arch.causal else "no",
     }
 
 

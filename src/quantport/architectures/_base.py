@@ -84,6 +84,9 @@ class Architecture:
         import_class: the HF class a GGUF import writes (default ``hf_classes[0]``).
         normalize: HF name -> the name the maps use, ``None`` for a tensor GGUF conversion
             drops (``filter_tensors``: BERT's ``bert.`` prefix, heads llama.cpp never runs).
+        calibrated: the layer-by-layer engine of the calibrated methods (GPTQ, AWQ,
+            SmoothQuant: ``pipeline/layerwise.py``) runs it; it stages llama's separate
+            q/k/v and gate/up projections, so fused ones (Phi-3) and encoders are not.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Architecture:
         default=None, repr=False)
     import_class: str = ""
     normalize: Callable[[str], str | None] | None = field(default=None, repr=False)
+    calibrated: bool = True
 
     def __post_init__(self) -> None:
         if not self.gguf_arch:

@@ -94,4 +94,5 @@ ARCH = Architecture(
     pooling=True,
     hparams=bert_hparams,
     normalize=bert_normalize,
+    calibrated=False,
 )

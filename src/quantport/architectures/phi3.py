@@ -136,4 +136,5 @@ ARCH = Architecture(
     hparams=phi3_hparams,
     shapes=phi3_shapes,
     from_gguf=phi3_from_gguf,
+    calibrated=False,
 )
