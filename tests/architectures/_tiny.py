@@ -294,3 +294,46 @@ def tiny_phi3(out: Path, *, layers: int = 2, seed: int = 0, **overrides: Any) ->
     tok.save_pretrained(out)
     (out / "tokenizer.model").write_bytes((src / "tokenizer.model").read_bytes())
     return out
+
+
+def tiny_gemma3(out: Path, *, layers: int = 6, seed: int = 0, **overrides: Any) -> Path:
+    """A Gemma-3-1B-like text checkpoint: 6 layers (5 local, the 6th global), 4 heads / 1 kv
+    head of 32 (head_dim set apart from hidden / heads, Gemma 3 1B's 4:1 GQA), q/k norms, four
+    norms a layer, tied embeddings, a sliding window of 8 tokens (so that the test sentences
+    cross it). Saved in float32: the converter adds Gemma's ``+1`` to norms in the
+    checkpoint's dtype, quantport in float32, and the two agree exactly only for float32.
+
+    Tokenizer: Llama 2's SentencePiece pieces (Phi-3's, rebuilt from llama.cpp's
+    ``ggml-vocab-phi-3.gguf``) with Gemma's setting ``add_dummy_prefix = false``; no Gemma 3
+    vocabulary ships in the test vocabularies or on PyPI.
+    """
+    import torch
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaTokenizer
+
+    m = pb.ModelProto()
+    m.ParseFromString(phi3_tokenizer_model())
+    m.normalizer_spec.add_dummy_prefix = False
+    src = out.parent / (out.name + "-tokenizer")
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "tokenizer.model").write_bytes(m.SerializeToString())
+    tok = LlamaTokenizer.from_pretrained(src, add_bos_token=True, add_eos_token=False,
+                                         add_prefix_space=False)
+    torch.manual_seed(seed)
+    kw: dict[str, Any] = dict(
+        vocab_size=32000, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+        sliding_window=8, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    kw.update(overrides)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**kw))
+    _randomize(model)
+    with torch.no_grad():
+        # unit-scale embeddings (tied to the head): the 0.02 init gives near-flat logits, on
+        # which llama.cpp's own rounding (its GELU is an fp16 table, vec.h GGML_GELU_FP16)
+        # flips argmaxes; real Gemma residual streams are of this order (embeddings * sqrt(d))
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    model.to(torch.float32).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "tokenizer.model").write_bytes((src / "tokenizer.model").read_bytes())
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quantport.architectures import bert, llama, mistral, phi3, qwen2, qwen3
+from quantport.architectures import bert, gemma3, llama, mistral, phi3, qwen2, qwen3
 from quantport.architectures._base import (
     Architecture,
     GGUFImport,
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: the architecture modules, in the order ``quantport list`` shows them
-MODULES = (llama, mistral, qwen2, qwen3, phi3, bert)
+MODULES = (llama, mistral, qwen2, qwen3, phi3, gemma3, bert)
 
 #: quantport name -> architecture
 ARCHITECTURES: dict[str, Architecture] = {m.ARCH.name: m.ARCH for m in MODULES}

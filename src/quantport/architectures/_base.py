@@ -84,6 +84,8 @@ class Architecture:
         import_class: the HF class a GGUF import writes (default ``hf_classes[0]``).
         normalize: HF name -> the name the maps use, ``None`` for a tensor GGUF conversion
             drops (``filter_tensors``: BERT's ``bert.`` prefix, heads llama.cpp never runs).
+        norm_shift: added to every ``*norm.weight`` HF -> GGUF (Gemma's ``1 + weight`` RMS
+            norms: ``Gemma3Model.norm_shift``), subtracted on import.
         calibrated: the layer-by-layer engine of the calibrated methods (GPTQ, AWQ,
             SmoothQuant: ``pipeline/layerwise.py``) runs it; it stages llama's separate
             q/k/v and gate/up projections, so fused ones (Phi-3) and encoders are not.
@@ -113,6 +115,7 @@ class Architecture:
     import_class: str = ""
     normalize: Callable[[str], str | None] | None = field(default=None, repr=False)
     calibrated: bool = True
+    norm_shift: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.gguf_arch:
@@ -161,6 +164,9 @@ class Architecture:
 
     def edit(self, hf_name: str) -> str | None:
         """The layout edit HF -> GGUF of one tensor (see :func:`apply_edit`), or ``None``."""
+        # Gemma3Model.modify_tensors: "Gemma3RMSNorm adds 1.0 to the norm value"
+        if self.norm_shift and hf_name.endswith("norm.weight"):
+            return "add_one"
         # LlamaModel.modify_tensors: HF's rotary permutation of q/k (weights and biases) is undone
         if self.permute_qk:
             if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -252,8 +258,8 @@ def llama_unpermute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) ->
     )
 
 
-#: the layout edits :meth:`Architecture.edit` names
-EDITS = ("permute_q", "permute_k")
+#: the edits :meth:`Architecture.edit` names
+EDITS = ("permute_q", "permute_k", "add_one")
 
 
 def apply_edit(w: np.ndarray, edit: str | None, n_head: int, n_head_kv: int,
@@ -262,11 +268,16 @@ def apply_edit(w: np.ndarray, edit: str | None, n_head: int, n_head_kv: int,
 
     ``permute_q`` / ``permute_k``: ``LlamaModel.permute`` with the query / key-value head count.
     They permute output rows only, so importance columns (and Hessians) are unchanged.
+    ``add_one``: Gemma's norm weights are stored as ``1 + weight`` (in float32, as
+    ``Gemma3RMSNorm`` computes ``1.0 + self.weight.float()``).
     """
     if edit is None:
         return w
     if edit not in EDITS:
         raise ValueError(f"unknown layout edit {edit!r}; known: {', '.join(EDITS)}")
+    if edit == "add_one":
+        w = np.asarray(w, dtype=np.float32)
+        return w - np.float32(1) if undo else w + np.float32(1)
     kv = n_head if edit == "permute_q" else n_head_kv
     return (llama_unpermute if undo else llama_permute)(w, n_head, kv)
 

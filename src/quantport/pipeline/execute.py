@@ -31,7 +31,7 @@ from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.quant.ggml import quantize_ggml, set_num_threads
 from quantport.quant.scheme import IntScheme
-from quantport.readers.arch import llama_permute, llama_unpermute
+from quantport.architectures import apply_edit as _arch_apply_edit
 from quantport.readers.source import ModelSource
 
 __all__ = ["CHUNK_ELEMS", "Sink", "Task", "apply_edit", "default_workers", "execute",
@@ -130,15 +130,12 @@ def _read(source: ModelSource, row: PlanRow, rows: tuple[int, int] | None,
 
 def apply_edit(w: np.ndarray, edit: str | None, n_head: int, n_head_kv: int,
                *, undo: bool = False) -> np.ndarray:
-    """A plan row's layout edit on a Hugging Face weight (``undo``: back to HF layout)."""
-    if edit is None:
-        return w
-    # LlamaModel.modify_tensors: undo HF's rotary permutation of q/k BEFORE quantization;
-    # it permutes output rows only, so importance columns (and Hessians) are unchanged
-    kv = n_head if edit == "permute_q" else n_head_kv
-    if edit not in ("permute_q", "permute_k"):
-        raise QuantportError(f"unknown layout edit {edit!r}")
-    return (llama_unpermute if undo else llama_permute)(w, n_head, kv)
+    """A plan row's layout edit on a Hugging Face weight (``undo``: back to HF layout); the
+    edits are the architecture modules' (:func:`quantport.architectures.apply_edit`)."""
+    try:
+        return _arch_apply_edit(w, edit, n_head, n_head_kv, undo=undo)
+    except ValueError as exc:  # an edit name no architecture defines
+        raise QuantportError(str(exc)) from None
 
 
 @dataclass

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: GGUF ``general.architecture`` values the rules below are checked for
-SUPPORTED_ARCHS = ("llama", "bert", "qwen2", "qwen3", "phi3")
+SUPPORTED_ARCHS = ("llama", "bert", "qwen2", "qwen3", "phi3", "gemma3")
 
 
 def _is_70b(arch: str, n_layer: int, n_head: int, n_head_kv: int) -> bool:
