@@ -54,6 +54,17 @@ def _checkpoint(d: Path, arch: str, *, config: dict[str, Any] | None = None,
             [tensors.pop(f"{pre}self_attn.{p}_proj.weight") for p in "qkv"])
         tensors[pre + "mlp.gate_up_proj.weight"] = np.concatenate(
             [tensors.pop(f"{pre}mlp.{p}_proj.weight") for p in ("gate", "up")])
+    elif arch == "gemma3":
+        cfg.update(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+                   head_dim=tiny.HEAD_DIM, query_pre_attn_scalar=tiny.HEAD_DIM,
+                   sliding_window=16, layer_types=["sliding_attention"],
+                   hidden_activation="gelu_pytorch_tanh")
+        del cfg["hidden_act"]
+        pre = "model.layers.0."
+        for n in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            tensors[pre + n + ".weight"] = np.zeros(tiny.HIDDEN, np.float32)
+        for p in ("q", "k"):
+            tensors[f"{pre}self_attn.{p}_norm.weight"] = np.zeros(tiny.HEAD_DIM, np.float32)
     cfg.update(config or {})
     for name in drop:
         del tensors[name]
@@ -126,6 +137,7 @@ def test_config_contradicting_tensors_names_the_tensor(tmp_path: Path, arch: str
     ("qwen3", "model.layers.0.self_attn.k_norm.weight"),
     ("qwen2", "model.layers.0.self_attn.v_proj.bias"),
     ("phi3", "model.layers.0.mlp.gate_up_proj.weight"),
+    ("gemma3", "model.layers.0.post_feedforward_layernorm.weight"),
 ])
 def test_missing_per_layer_tensor_is_named(tmp_path: Path, arch: str, missing: str) -> None:
     src = _checkpoint(tmp_path / "m", arch, drop=(missing,))
@@ -147,6 +159,35 @@ def test_rope_scaling_not_implemented_is_refused(tmp_path: Path, arch: str,
     src = _checkpoint(tmp_path / "m", arch, config={"rope_scaling": rope})
     _refused(["convert", src, "--to", "gguf", "--quant", "F16", "-o", tmp_path / "x.gguf",
               "--dry-run"], f"rope scaling '{rope['rope_type']}' is not supported")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    # llama.cpp scales attention by 1/sqrt(head_dim) (1/sqrt(n_embd/n_head) for 62 layers)
+    ({"query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256"),
+    # llama.cpp makes every 6th layer global, whatever the config says
+    ({"layer_types": ["full_attention"]}, "is not llama.cpp's pattern"),
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ({"hidden_activation": "silu"}, "hidden_activation 'silu'"),
+])
+def test_gemma3_runtime_differences_are_refused(tmp_path: Path, config: dict[str, Any],
+                                                message: str) -> None:
+    src = _checkpoint(tmp_path / "m", "gemma3", config=config)
+    _refused(["convert", src, "--to", "gguf", "--quant", "F16", "-o", tmp_path / "x.gguf",
+              "--dry-run"], message)
+
+
+def test_gemma3_tiny_checkpoint_opens(tmp_path: Path) -> None:
+    """The torch-free Gemma checkpoint opens (so the refusals above are about their key), with
+    1 added to every norm and the four norms a layer kept apart."""
+    from quantport.readers import open_path
+
+    src = open_path(_checkpoint(tmp_path / "m", "gemma3"))
+    arch = src.architecture
+    assert arch.name == "gemma3"
+    assert arch.edit("model.layers.0.post_feedforward_layernorm.weight") == "add_one"
+    assert arch.edit("model.layers.0.self_attn.q_proj.weight") is None
+    assert arch.gguf_name("model.layers.0.pre_feedforward_layernorm.weight") == \
+        "blk.0.ffn_norm.weight"
 
 
 def test_sliding_window_is_refused_for_qwen(tmp_path: Path) -> None:
