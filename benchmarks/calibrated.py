@@ -387,6 +387,13 @@ def gguf_layout(p: Path) -> dict[str, str]:
     return {t.name: t.type_name for t in scan_gguf(p).tensors}
 
 
+def tensor_bytes(p: Path) -> int:
+    """Bytes of tensor data in a GGUF (the sum of its tensors' sizes)."""
+    from quantport.formats.gguf_file import scan_gguf
+
+    return sum(t.nbytes for t in scan_gguf(p).tensors)
+
+
 # ------------------------------------------------------------------------------------------
 # the report
 # ------------------------------------------------------------------------------------------
@@ -660,9 +667,13 @@ def main() -> None:
         lg, lc = gguf_layout(artifact_file(g, ctx)), gguf_layout(artifact_file(c, ctx))
         diff = [n for n in lc if lg.get(n) != lc[n]] + [n for n in lg if n not in lc]
         sg, sc = g.score["_size"], c.score["_size"]
-        layout_note = (f"{'met' if not diff and sg == sc else '**not met**'} "
-                       f"({len(lc) - len(diff)}/{len(lc)} tensors of the same type; "
-                       f"{sg} vs {sc} bytes)")
+        # the tensor data is what the preset sizes; the header differs by the recipe text
+        # quantport records (`quantport.recipe`, which llama.cpp copies from its F32 input)
+        dg, dc = tensor_bytes(artifact_file(g, ctx)), tensor_bytes(artifact_file(c, ctx))
+        layout_note = (f"{'met' if not diff and dg == dc else '**not met**'} "
+                       f"({len(lc) - len(diff)}/{len(lc)} tensors of the same type; tensor "
+                       f"data {dg} vs {dc} bytes; whole file {sg} vs {sc} bytes, the "
+                       f"difference in the metadata header)")
         print(f"GGUF GPTQ vs llama.cpp layout: {layout_note}", file=sys.stderr, flush=True)
     a = by_key.get("gguf-ar")
     if a and c and not a.skip and not c.skip and a.score:

@@ -160,3 +160,38 @@ def test_group_that_does_not_divide_names_tensor_and_working_sizes():
     assert "layer.q" in msg and "576" in msg and "64" in msg and "192" in msg
     assert "--keep-unquantized" in msg
     assert math.isfinite(len(msg)) and "\n" not in msg
+
+
+@pytest.mark.parametrize("bits,block", [(4, 32), (4, 128), (8, 32), (8, 64)])
+def test_signed_symmetric_rule_equals_onnx_runtimes_own_quantizer(bits: int, block: int) -> None:
+    """``rule="signed"`` is ONNX Runtime's symmetric blockwise quantizer (MLAS
+    ``MlasQuantizeBlockwise``, behind ``MatMulNBitsQuantizer``): same scales, same codes."""
+    from onnxruntime.capi import _pybind_state as ort
+
+    rng = np.random.default_rng(bits * block)
+    n, k = 48, 256
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 2, (n, 1))).astype(np.float32)
+    w[3, :block] = 0.0  # an all-zero block
+    kb = k // block
+    per_byte = 8 // bits
+    packed = np.zeros((n, kb, block // per_byte), np.uint8)
+    scales = np.zeros(n * kb, np.float32)
+    zp = np.zeros(n * ((kb * bits + 7) // 8), np.uint8)
+    quant = {4: ort.quantize_matmul_4bits, 8: ort.quantize_matmul_8bits}[bits]
+    quant(packed, np.ascontiguousarray(w.T), scales, zp, block, n, k, True)
+    if bits == 4:
+        codes = np.stack([packed & 0xF, packed >> 4], -1).reshape(n, k).astype(np.int16) - 8
+    else:
+        codes = packed.reshape(n, k).astype(np.int16) - 128
+    rec = quantize_rtn(w, IntGrid(bits, True, block, "signed"))
+    nonzero = scales != 0  # MLAS leaves an all-zero block's scale at 0, quantport writes 1
+    np.testing.assert_array_equal(rec.scale.reshape(-1)[nonzero], scales[nonzero])
+    diff = rec.codes.astype(np.int16) - codes
+    if bits == 4:
+        np.testing.assert_array_equal(diff, 0)
+    else:  # MLAS's vectorised 8-bit path rounds a rare value the other way (1 in 12288 here)
+        assert np.abs(diff).max() <= 1 and np.count_nonzero(diff) <= diff.size // 1000
+    assert (rec.codes == -(2 ** (bits - 1))).any()  # the whole code range is used
+    # and it is a better fit than compressed-tensors' absmax/((qmax-qmin)/2) on the same grid
+    minmax = quantize_rtn(w, IntGrid(bits, True, block))
+    assert np.mean((dequantize(rec) - w) ** 2) < np.mean((dequantize(minmax) - w) ** 2)

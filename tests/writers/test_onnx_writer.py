@@ -4,6 +4,8 @@ onnxruntime-genai's greedy generation, plan sizes, refusals."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -132,6 +134,8 @@ def test_graph_holds_exactly_quantports_rounding(exports, tiny_llama: Path, vari
     from quantport.quant.scheme import parse_scheme
 
     scheme = parse_scheme(variant[0])
+    if scheme.symmetric:  # ONNX takes ONNX Runtime's symmetric rule (IntGrid rule "signed")
+        scheme = dataclasses.replace(scheme, rule="signed")
     src = open_path(tiny_llama)
     held = onnx_weights(exports[variant])
     for name in ("model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight",

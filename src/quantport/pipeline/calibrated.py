@@ -152,7 +152,8 @@ def run_calibrated(
                 "inputs": recipe.calib_inputs, "damp": recipe.damp,
                 "act_order": recipe.act_order, "alpha": recipe.smooth_alpha,
                 "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
-                "targets": [[r.source, str(r.target), r.edit] for r in plan.rows]}
+                "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
+                            for r in plan.rows]}
     cache = StatsCache(cache_key(source, windows, settings))
     cached = cache.complete(model.n_layers)
     report.cached = cached

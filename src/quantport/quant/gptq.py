@@ -111,9 +111,9 @@ def grid_for(target: Any, shape: tuple[int, int], *, name: str = "tensor") -> Gr
     if isinstance(target, IntScheme):
         target.check(name, tuple(shape))
         if target.granularity == "tensor":
-            return TensorIntGrid(target.bits, target.symmetric, cols)
+            return TensorIntGrid(target.bits, target.symmetric, cols, target.rule)
         block = cols if target.granularity == "channel" else int(target.group_size)
-        return IntGrid(target.bits, target.symmetric, block)
+        return IntGrid(target.bits, target.symmetric, block, target.rule)
     if isinstance(target, str):
         grid = GGML_GRIDS.get(target)
         if grid is None:
@@ -350,6 +350,7 @@ class TensorIntGrid:
     bits: int
     symmetric: bool
     block: int
+    rule: str = "minmax"
 
     @property
     def name(self) -> str:
@@ -357,7 +358,7 @@ class TensorIntGrid:
         return "int"
 
     def _rows(self) -> IntGrid:
-        return IntGrid(self.bits, self.symmetric, self.block)
+        return IntGrid(self.bits, self.symmetric, self.block, self.rule)
 
     def row_stats(self, x: np.ndarray) -> Params:
         """The tensor's extremes (``x`` must hold every row): ``min``, ``max`` as ``[1]``."""

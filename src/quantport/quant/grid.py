@@ -40,7 +40,12 @@ import numpy as np
 from quantport.errors import ShapeError
 from quantport.ir import QuantizedTensor, ZeroPointDomain, code_range
 
-__all__ = ["Grid", "IntGrid", "Params", "block_columns", "concat_params"]
+__all__ = ["INT_RULES", "Grid", "IntGrid", "Params", "block_columns", "concat_params"]
+
+#: symmetric scale rules of :class:`IntGrid`: ``minmax`` (compressed-tensors
+#: ``calculate_qparams``: absmax over half the code range) and ``signed`` (ONNX Runtime's
+#: MLAS / llama.cpp Q4_0 rule: the signed value of largest magnitude over ``qmin``)
+INT_RULES = ("minmax", "signed")
 
 Params = dict[str, np.ndarray]
 
@@ -170,7 +175,12 @@ class IntGrid:
     """Uniform integer grid, symmetric or asymmetric, as compressed-tensors defines it.
 
     Symmetric: ``s = absmax / ((qmax - qmin) / 2)`` (absmax/7.5 for int4), signed codes
-    ``clamp(round(x/s), qmin, qmax)``; no zero-point. Asymmetric: min/max widened to include 0,
+    ``clamp(round(x/s), qmin, qmax)``; no zero-point. With ``rule="signed"`` (ONNX Runtime's
+    symmetric rule, MLAS ``MlasQuantizeBlockwise`` as ``MatMulNBitsQuantizer`` and the
+    onnxruntime-genai builder use it, and llama.cpp's ``quantize_row_q4_0_ref``) the block's
+    value of largest magnitude ``v`` gives ``s = v / qmin``: it maps onto ``qmin`` exactly and
+    all ``2^bits`` codes are used (the scale is negative when ``v`` is). Asymmetric: min/max
+    widened to include 0,
     ``s = (max - min) / (qmax - qmin)``, ``z = clamp(round(qmin - min/s), qmin, qmax)`` in the
     integer domain. Matches ``compressed_tensors.quantization.utils.helpers.calculate_qparams``
     and ``fake_quantize`` (round half to even, as ``torch.round``).
@@ -179,11 +189,17 @@ class IntGrid:
         bits: code width, 2..8.
         symmetric: symmetric (no zero-point) or asymmetric.
         block: group size along the input axis (the full width for per-channel).
+        rule: how a symmetric block's scale is fitted, one of :data:`INT_RULES`.
     """
 
     bits: int
     symmetric: bool
     block: int
+    rule: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.rule not in INT_RULES:
+            raise ValueError(f"IntGrid rule must be one of {INT_RULES}, got {self.rule!r}")
 
     @property
     def name(self) -> str:
@@ -204,6 +220,11 @@ class IntGrid:
         """Fit scale (and zero-point) per block from min/max; ``importance`` is unused."""
         qmin, qmax = code_range(self.bits, True)
         x = x.astype(np.float32, copy=False)
+        if self.symmetric and self.rule == "signed":
+            at = np.abs(x).argmax(axis=-1)[..., None]
+            scale = np.take_along_axis(x, at, axis=-1)[..., 0] / np.float32(qmin)
+            scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+            return {"scale": scale}
         if self.symmetric:
             amax = np.abs(x).max(axis=-1)
             scale = amax / np.float32((qmax - qmin) / 2)

@@ -43,12 +43,16 @@ class IntScheme:
         granularity: ``"group"``, ``"channel"`` or ``"tensor"``.
         group_size: columns per group for ``"group"``, else ``None``.
         symmetric: symmetric or asymmetric.
+        rule: a symmetric scheme's scale rule (:data:`~quantport.quant.grid.INT_RULES`): the
+            writer chooses it (ONNX takes ONNX Runtime's ``signed`` rule); the scheme string
+            is the same.
     """
 
     bits: int
     granularity: str
     group_size: int | None
     symmetric: bool
+    rule: str = "minmax"
 
     def __str__(self) -> str:
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
@@ -73,7 +77,7 @@ class IntScheme:
         self.check(name, w.shape)
         rows, cols = w.shape
         if self.granularity == "tensor":
-            grid = IntGrid(self.bits, self.symmetric, rows * cols)
+            grid = IntGrid(self.bits, self.symmetric, rows * cols, self.rule)
             flat = quantize_rtn(w.reshape(1, rows * cols), grid, name=name)
             return QuantizedTensor(
                 shape=(rows, cols),
@@ -88,7 +92,7 @@ class IntScheme:
                 encoding=flat.encoding,
             )
         block = cols if self.granularity == "channel" else self.group_size
-        return quantize_rtn(w, IntGrid(self.bits, self.symmetric, block), name=name)
+        return quantize_rtn(w, IntGrid(self.bits, self.symmetric, block, self.rule), name=name)
 
 
 def parse_scheme(text: str) -> IntScheme:

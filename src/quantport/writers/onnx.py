@@ -329,6 +329,10 @@ class ONNXWriter(DirectoryWriter):
                         f"got {shape} (or pass --keep-unquantized to leave it in float)"
                     )
                 target, reason = "F32", f"width {shape[-1]} is not a multiple of 32"
+            if isinstance(target, IntScheme) and target.symmetric and recipe.act_quant is None:
+                # ONNX Runtime's own symmetric rule (MLAS MlasQuantizeBlockwise, as
+                # MatMulNBitsQuantizer and the genai builder quantize): all 2^bits codes used
+                target = dataclasses.replace(target, rule="signed")
             if isinstance(target, IntScheme):
                 try:
                     target.check(name, shape)
