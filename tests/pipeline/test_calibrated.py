@@ -224,6 +224,18 @@ def test_gptq_gguf_has_the_presets_types_and_size(tiny_llama: Path, tmp_path: Pa
     a, b = scan_gguf(tmp_path / "rtn.gguf"), scan_gguf(tmp_path / "gptq.gguf")
     assert [(t.name, t.type_name) for t in a.tensors] == [(t.name, t.type_name)
                                                             for t in b.tensors]
+    # the tied token table is the LM head: GPTQ rounds it on the final norm's Hessian (cached
+    # after the layers), below round-to-nearest's error on the same Hessian
+    row = next(r for r in gptq.plan.rows if r.name == "token_embd.weight")
+    assert row.quantized and "token_embd.weight" in gptq.calibration.errors
+    (head,) = [p / "layer-2.npz" for p in calib_cache.iterdir() if (p / "layer-2.npz").exists()]
+    stats, _ = layerwise.StatsCache(head.parent.name, calib_cache).load(2)
+    (g,) = stats.groups
+    assert g.modules == ["model.embed_tokens.weight"]
+    w = np.array(src.get("model.embed_tokens.weight"))
+    rtn_err = hessian_error(w, dequantize(quantize_rtn(w, grid_for(row.target, w.shape))),
+                            g.hessian)
+    assert gptq.calibration.errors["token_embd.weight"] < rtn_err
 
 
 def test_awq_and_smoothquant_convert_end_to_end(tiny_llama: Path, tmp_path: Path,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,8 +144,13 @@ def run_calibrated(
     n_head = int(cfg.get("num_attention_heads") or 1)
     n_head_kv = int(cfg.get("num_key_value_heads") or n_head)
 
+    # GPTQ also rounds the LM head (GPTQModel's lm_head=True) when the plan quantizes it --
+    # the tied token table of a GGUF or ONNX file is that head -- on its input's Hessian
+    head = _head(model, plan, by_source) if "gptq" in recipe.method else None
+
     # 1. everything outside the decoder layers: round-to-nearest, as without calibration
-    others = [i for i in range(len(plan.rows)) if i not in in_layers]
+    others = [i for i in range(len(plan.rows))
+              if i not in in_layers and (head is None or plan.rows[i].source != head)]
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
     # 2. the layers, in order (from the cache when this very calibration ran before)
@@ -155,7 +161,7 @@ def run_calibrated(
                 "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
                             for r in plan.rows]}
     cache = StatsCache(cache_key(source, windows, settings))
-    cached = cache.complete(model.n_layers)
+    cached = cache.complete(model.n_layers + (head is not None))
     report.cached = cached
     if cached:
         log.info("calibration statistics from the cache %s: no forward passes", cache.dir)
@@ -224,8 +230,32 @@ def run_calibrated(
         model.unload(li)
         if on_progress:
             on_progress("calibrate", li + 1, model.n_layers)
+    if head is not None:
+        hit = cache.load(model.n_layers) if cached else None
+        stats = hit[0] if hit is not None else model.head_stats(h, head)
+        if hit is None:
+            cache.save(stats, {}, model.n_layers)
+        import torch
+
+        weight = torch.nn.Parameter(model._tensor(head), requires_grad=False)
+        source.release()
+        _LayerRounder(plan, sink, report, by_source, {head: SimpleNamespace(weight=weight)},
+                      (n_head, n_head_kv)).one(head, stats.of(head).hessian)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _head(model: LayerwiseModel, plan: Plan, by_source: dict[str, int]) -> str | None:
+    """The source name of the LM head's weight if the plan quantizes it: ``lm_head.weight``,
+    or the token table when the head is tied to it (no ``lm_head.weight`` in the source)."""
+    root = model.prefix.split(".layers.")[0]
+    for name in ("lm_head.weight", f"{root}.embed_tokens.weight"):
+        idx = by_source.get(name)
+        if idx is not None:
+            return name if plan.rows[idx].quantized else None
+        if name == "lm_head.weight" and name in model.source.names():
+            return None  # an untied head the plan drops or keeps elsewhere
+    return None
 
 
 class _LayerRounder:

@@ -399,6 +399,27 @@ class LayerwiseModel:
         return out, stats
 
 
+    def head_stats(self, h: Any, weight: str) -> LayerStats:
+        """The statistics of the LM head's input (the final norm of ``h``, the last layer's
+        output), as :meth:`run` collects a layer's, under index :attr:`n_layers`."""
+        torch = self.torch
+        norm = self.body.norm.to_empty(device="cpu")
+        root = self.prefix.split(".layers.")[0]
+        with torch.no_grad():
+            for name, p in norm.named_parameters():
+                p.copy_(self._tensor(f"{root}.norm.{name}"))
+        acc = _Accumulator(torch.nn.Module(), "", True, False)  # no hooks: fed directly
+        acc.members = {weight: [weight]}
+        try:
+            with torch.inference_mode(), self.autocast():
+                for b in self._batches(h):
+                    acc._add(weight, norm(h[b]))
+        finally:
+            stats = acc.close(self.n_layers)
+            self.body.norm.to("meta")
+            self.source.release()
+        return stats
+
     def caller(self, tokens: int) -> Callable[[Any, Any], Any]:
         """``call(module, x)``: run a submodule of a layer on its input ``x`` (the attention
         with its rotary embeddings and the causal mask, anything else directly), under the
