@@ -2,7 +2,7 @@
 interface (HF tensor names, config, tokenizer files, one float32 tensor at a time).
 
 Where things go: a new source format is one module here plus a branch in :func:`open_path`; a
-new architecture is a row of :data:`quantport.readers.arch.ARCHITECTURES`.
+new architecture is one module of :mod:`quantport.architectures`.
 """
 
 from __future__ import annotations
