@@ -191,15 +191,36 @@ class _Builder:
             return self.op("MatMul", [x, w], name="lm_head")
         return self.linear(x, name)
 
-    def rms_norm(self, x: ir.Value, weight: str, eps: float) -> ir.Value:
-        return self.op("SimplifiedLayerNormalization", [x, self.dense(weight)],
+    def norm_weight(self, weight: str, offset: float = 0.0) -> ir.Value:
+        """An RMS norm's scale: the stored weight, plus ``offset`` for Gemma's ``1 + weight``
+        (added in the graph, so the file holds the Hugging Face value; ORT folds the Add)."""
+        w = self.dense(weight)
+        if offset:
+            w = self.op("Add", [w, self.const(np.array(offset, np.float32))],
+                        name=weight + "_offset")
+        return w
+
+    def rms_norm(self, x: ir.Value, weight: str, eps: float, offset: float = 0.0) -> ir.Value:
+        return self.op("SimplifiedLayerNormalization", [x, self.norm_weight(weight, offset)],
                        {"epsilon": eps, "axis": -1, "stash_type": 1}, name=weight)
 
-    def skip_rms_norm(self, x: ir.Value, skip: ir.Value, weight: str, eps: float) -> tuple[ir.Value, ir.Value]:
+    def skip_rms_norm(self, x: ir.Value, skip: ir.Value, weight: str, eps: float,
+                      offset: float = 0.0) -> tuple[ir.Value, ir.Value]:
         """(normalized ``x + skip``, ``x + skip``): the builder's SkipSimplifiedLayerNormalization."""
-        out = self.op("SkipSimplifiedLayerNormalization", [x, skip, self.dense(weight)],
+        out = self.op("SkipSimplifiedLayerNormalization",
+                      [x, skip, self.norm_weight(weight, offset)],
                       {"epsilon": eps}, domain=_MS, name=weight, outputs=4)
         return out[0], out[3]
+
+    def head_norm(self, x: ir.Value, weight: str, head_dim: int, n_heads: int, eps: float,
+                  offset: float = 0.0) -> ir.Value:
+        """RMS norm over each head of ``x`` ``[batch, seq, n_heads * head_dim]`` (the builder's
+        ``make_qk_norm``: reshape to ``[batch, seq * n_heads, head_dim]``, normalize, reshape
+        back)."""
+        h = self.op("Reshape", [x, self.const(np.array([0, -1, head_dim], np.int64))])
+        h = self.rms_norm(h, weight, eps, offset)
+        return self.op("Reshape", [h, self.const(np.array([0, -1, n_heads * head_dim],
+                                                          np.int64))])
 
     def layer_norm(self, x: ir.Value, prefix: str, eps: float) -> ir.Value:
         return self.op("LayerNormalization",
@@ -210,18 +231,22 @@ class _Builder:
 # --------------------------------------------------------------------------------- rotary
 
 def rope_caches(cfg: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``cos_cache`` and ``sin_cache`` ``[max_positions, head_dim // 2]`` as transformers'
+    """``cos_cache`` and ``sin_cache`` ``[max_positions, rotary_dim // 2]`` as transformers'
     ``LlamaRotaryEmbedding`` computes them (float32; ``rope_scaling`` types ``default``,
-    ``linear`` and ``llama3`` as ``modeling_rope_utils``).
+    ``linear`` and ``llama3`` as ``modeling_rope_utils``). ``rotary_dim`` is
+    ``int(head_dim * partial_rotary_factor)`` (``_compute_default_rope_parameters``);
+    GroupQueryAttention rotates the first ``2 * cos_cache.shape[1]`` dimensions of each head.
 
     Raises:
         UnsupportedArchitectureError: another rope scaling type.
     """
     rp = cfg.get("rope_parameters") or {}
     theta = float(cfg.get("rope_theta") or rp.get("rope_theta") or 10000.0)
-    scaling = cfg.get("rope_scaling") or ({k: v for k, v in rp.items() if k != "rope_theta"}
+    scaling = cfg.get("rope_scaling") or ({k: v for k, v in rp.items()
+                                           if k not in ("rope_theta", "partial_rotary_factor")}
                                           if rp else None)
-    dim = head_dim
+    partial = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor")) or 1.0
+    dim = int(head_dim * float(partial))
     inv = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
            ).astype(np.float32)
     kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
@@ -264,12 +289,115 @@ def _dims(cfg: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
     return hidden, heads, kv, hd, layers
 
 
-def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir.Value]]:
+@dataclass(frozen=True)
+class _Family:
+    """What a decoder family changes against llama (onnxruntime-genai's builder classes).
+
+    Attributes:
+        qk_norm: per-head RMS norms of q and k before the rotary embedding (``q_norm`` /
+            ``k_norm``: the builder's ``make_qk_norm``, Qwen3 and Gemma 3).
+        norm_offset: added to every RMS norm weight in the graph (Gemma's ``1 + weight``:
+            the builder's ``layernorm_attrs["add_offset"]``).
+        sandwich: post-attention and post-feed-forward norms on the branch outputs before
+            the residual sum (``Gemma2Model.make_layer``).
+        embed_scale: the token embedding is scaled by ``sqrt(hidden_size)``.
+        acts: the ``hidden_act`` / ``hidden_activation`` values its MLP is built for.
+        windows: how the sliding-window layers are chosen (see :func:`_windows`).
+    """
+
+    qk_norm: bool = False
+    norm_offset: float = 0.0
+    sandwich: bool = False
+    embed_scale: bool = False
+    acts: tuple[str, ...] = ("silu",)
+    windows: str = "none"
+
+
+_FAMILIES = {
+    "llama": _Family(),
+    # MistralForCausalLM / Phi3ForCausalLM: sliding_window, when set, on every layer
+    # (modeling_mistral / modeling_phi3: create_sliding_window_causal_mask)
+    "mistral": _Family(windows="all"),
+    "phi3": _Family(windows="all"),
+    # Qwen2Config / Qwen3Config: layer_types (sliding from max_window_layers on, and only with
+    # use_sliding_window)
+    "qwen2": _Family(windows="qwen"),
+    "qwen3": _Family(qk_norm=True, windows="qwen"),
+    # Gemma3TextModel: four norms a layer, (1 + w) norms, scaled embedding, gelu (tanh)
+    "gemma3": _Family(qk_norm=True, norm_offset=1.0, sandwich=True, embed_scale=True,
+                      acts=("gelu_pytorch_tanh", "gelu"), windows="gemma3"),
+}
+
+
+def _windows(arch: str, cfg: Mapping[str, Any], n_layers: int) -> list[int]:
+    """Per layer, the number of tokens a query attends to (its own included) as transformers'
+    masks compute them (``sliding_window_overlay``: ``q - window < kv <= q``), 0 for all."""
+    fam = _FAMILIES[arch]
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if fam.windows == "none":
+        return [0] * n_layers
+    if fam.windows == "all":
+        # MistralModel ignores layer_types; the window applies to every layer
+        return [int(window) if window else 0] * n_layers
+    if fam.windows == "qwen":
+        if not cfg.get("use_sliding_window"):
+            return [0] * n_layers  # Qwen2Config sets sliding_window None without it
+        if types is None:
+            first = int(cfg.get("max_window_layers") or 0)
+            types = ["sliding_attention" if i >= first else "full_attention"
+                     for i in range(n_layers)]
+    elif types is None:  # gemma3: Gemma3TextConfig's default pattern, every 6th layer global
+        pattern = int(cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern")
+                      or 6)
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                 for i in range(n_layers)]
+    if len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise UnsupportedArchitectureError(
+            f"{arch} layer_types {list(types)!r}: the ONNX writer builds one of "
+            f"sliding_attention / full_attention per layer, {n_layers} layers"
+        )
+    if "sliding_attention" in types and not window:
+        raise ConfigError(f"config.json: {arch} has sliding_attention layers but no "
+                          "sliding_window; set it")
+    return [int(window) if t == "sliding_attention" else 0 for t in types]
+
+
+def _rope_config(arch: str, cfg: Mapping[str, Any], sliding: bool) -> dict[str, Any]:
+    """The rotary settings of a layer, as a config mapping :func:`rope_caches` reads: Gemma 3's
+    local layers have their own base (``rope_parameters["sliding_attention"]``, or
+    ``rope_local_base_freq`` in configs written before transformers 5) and no scaling."""
+    n = cfg.get("max_position_embeddings")
+    partial = cfg.get("partial_rotary_factor")
+    if arch != "gemma3":
+        return dict(cfg)
+    rp = cfg.get("rope_parameters") or {}
+    if "full_attention" in rp or "sliding_attention" in rp:
+        params = dict(rp.get("sliding_attention" if sliding else "full_attention") or {})
+        return {"rope_parameters": params, "max_position_embeddings": n,
+                "partial_rotary_factor": partial}
+    if sliding:
+        return {"rope_theta": float(cfg.get("rope_local_base_freq") or 10000.0),
+                "max_position_embeddings": n}
+    return {k: cfg.get(k) for k in ("rope_theta", "rope_scaling", "rope_parameters",
+                                    "max_position_embeddings")}
+
+
+def _decoder(b: _Builder, cfg: Mapping[str, Any], arch: str) -> tuple[list[ir.Value], list[ir.Value]]:
+    """A decoder as the genai builder's ``Model.make_model`` lays it out, with what
+    :data:`_FAMILIES` says ``arch`` changes."""
+    fam = _FAMILIES[arch]
     hidden, heads, kv, hd, n_layers = _dims(cfg)
     eps = float(cfg.get("rms_norm_eps") or 1e-6)
-    if cfg.get("hidden_act", "silu") != "silu":
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or fam.acts[0]
+    if act not in fam.acts:
         raise UnsupportedArchitectureError(
-            f"llama with hidden_act {cfg.get('hidden_act')!r}: the ONNX writer builds silu MLPs"
+            f"{arch} with hidden_act {act!r}: the ONNX writer builds {', '.join(fam.acts)} MLPs"
+        )
+    if cfg.get("attn_logit_softcapping"):
+        raise UnsupportedArchitectureError(
+            f"{arch} with attn_logit_softcapping: the ONNX writer builds attention without "
+            "logit soft-capping; supported: null"
         )
     f32, i64 = ir.TensorType(ir.DataType.FLOAT), ir.TensorType(ir.DataType.INT64)
     ids = ir.Value(name="input_ids", type=i64, shape=ir.Shape(["batch_size", "sequence_length"]))
@@ -290,51 +418,120 @@ def _llama(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir
                    {"to": ir.DataType.INT32}, name="seqlens_k")
     total = b.op("Cast", [b.op("Gather", [b.op("Shape", [mask]), b.const(np.array(1, np.int64))],
                                {"axis": 0})], {"to": ir.DataType.INT32}, name="total_seq_len")
-    cos, sin = rope_caches(cfg, hd)
-    cos_v, sin_v = b.const(cos, "cos_cache"), b.const(sin, "sin_cache")
+    windows = _windows(arch, cfg, n_layers)
+    caches: dict[bool, tuple[ir.Value, ir.Value]] = {}
+    for sliding in sorted({w > 0 and arch == "gemma3" for w in windows}):
+        # Gemma3Model.make_rotary_embedding_multi_cache: global and local caches
+        cos, sin = rope_caches(_rope_config(arch, cfg, sliding), hd)
+        tag = ("_local" if sliding else "_global") if arch == "gemma3" else ""
+        caches[sliding] = (b.const(cos, "cos_cache" + tag), b.const(sin, "sin_cache" + tag))
+    # Gemma: query_pre_attn_scalar ** -0.5 (Gemma2Model: attention_attrs["scale"])
+    scale = float(cfg["query_pre_attn_scalar"]) ** -0.5 if arch == "gemma3" and \
+        cfg.get("query_pre_attn_scalar") else 1.0 / math.sqrt(hd)
+    off = fam.norm_offset
+
+    def norm(x: ir.Value, w: str) -> ir.Value:
+        return b.rms_norm(x, w, eps, off)
+
+    def skip_norm(x: ir.Value, skip: ir.Value, w: str) -> tuple[ir.Value, ir.Value]:
+        return b.skip_rms_norm(x, skip, w, eps, off)
+
     embed = "model.embed_tokens.weight"
     x = b.embedding(ids, embed)
+    if fam.embed_scale:
+        # Gemma3TextScaledWordEmbedding: embeddings * sqrt(hidden_size) in float32 (the genai
+        # builder rounds the factor to 2 decimals; transformers does not, and validation
+        # compares with transformers)
+        x = b.op("Mul", [x, b.const(np.array(math.sqrt(hidden), np.float32))],
+                 name="embed_scale")
     residual = x
-    normed = b.rms_norm(x, "model.layers.0.input_layernorm.weight", eps)
+    normed = norm(x, "model.layers.0.input_layernorm.weight")
     for i in range(n_layers):
         p = f"model.layers.{i}."
         a = p + "self_attn."
         if b.has(a + "qkv_proj.weight"):  # one MatMul, GroupQueryAttention's packed input
-            q, k, v = b.linear(normed, a + "qkv_proj.weight"), None, None
+            q, k, v = b.linear(normed, a + "qkv_proj.weight", a + "qkv_proj.bias"), None, None
+            if fam.qk_norm:
+                # per-head norms need q and k apart (make_attention_unpacked's Split)
+                q, k, v = b.op("Split", [q, b.const(np.array([heads * hd, kv * hd, kv * hd],
+                                                             np.int64))],
+                               {"axis": -1}, name=a + "qkv_split", outputs=3)
         else:
             q = b.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
             k = b.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
             v = b.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
+        if fam.qk_norm:
+            q = b.head_norm(q, a + "q_norm.weight", hd, heads, eps, off)
+            k = b.head_norm(k, a + "k_norm.weight", hd, kv, eps, off)
         present_k = ir.Value(name=f"present.{i}.key", type=f32,
                              shape=ir.Shape(["batch_size", kv, "total_sequence_length", hd]))
         present_v = ir.Value(name=f"present.{i}.value", type=f32,
                              shape=ir.Shape(["batch_size", kv, "total_sequence_length", hd]))
         attn = ir.Value(name=f"{a}attn_output")
+        cos_v, sin_v = caches[windows[i] > 0 and arch == "gemma3"]
         b.n += 1
         b.tape.op_multi_out(
             "GroupQueryAttention",
             [q, k, v, past[2 * i], past[2 * i + 1], seqlens, total, cos_v, sin_v],
-            {"num_heads": heads, "kv_num_heads": kv, "scale": 1.0 / math.sqrt(hd),
-             "local_window_size": -1, "do_rotary": 1, "rotary_interleaved": 0},
+            {"num_heads": heads, "kv_num_heads": kv, "scale": scale,
+             # local_window_size counts the query's own token, as transformers' sliding_window
+             # (the genai builder passes config.sliding_window as it is; the tiny Gemma 3 test
+             # with window 8 matches transformers past the window only with it so)
+             "local_window_size": windows[i] if windows[i] else -1,
+             "do_rotary": 1, "rotary_interleaved": 0},
             domain=_MS, name=f"{a}GroupQueryAttention", outputs=[attn, present_k, present_v])
         outputs += [present_k, present_v]
         o = b.linear(attn, a + "o_proj.weight", a + "o_proj.bias")
-        normed, residual = b.skip_rms_norm(residual, o, p + "post_attention_layernorm.weight", eps)
+        if fam.sandwich:
+            o = norm(o, p + "post_attention_layernorm.weight")
+            normed, residual = skip_norm(residual, o, p + "pre_feedforward_layernorm.weight")
+        else:
+            normed, residual = skip_norm(residual, o, p + "post_attention_layernorm.weight")
         m = p + "mlp."
-        gate = b.linear(normed, m + "gate_proj.weight")
-        up = b.linear(normed, m + "up_proj.weight")
-        act = b.op("Mul", [gate, b.op("Sigmoid", [gate])], name=m + "act_fn")
-        down = b.linear(b.op("Mul", [act, up]), m + "down_proj.weight")
+        if b.has(m + "gate_up_proj.weight"):
+            # Phi3MLP: one MatMul, then gate, up = chunk(2, dim=-1)
+            gate, up = b.op("Split", [b.linear(normed, m + "gate_up_proj.weight")],
+                            {"axis": -1, "num_outputs": 2}, name=m + "gate_up_split",
+                            outputs=2)
+        else:
+            gate = b.linear(normed, m + "gate_proj.weight")
+            up = b.linear(normed, m + "up_proj.weight")
+        if act == "silu":
+            h = b.op("Mul", [gate, b.op("Sigmoid", [gate])], name=m + "act_fn")
+        elif act == "gelu_pytorch_tanh":
+            h = b.op("Gelu", [gate], {"approximate": "tanh"}, name=m + "act_fn")
+        else:  # gelu: exact
+            h = b.op("Gelu", [gate], name=m + "act_fn")
+        down = b.linear(b.op("Mul", [h, up]), m + "down_proj.weight")
+        if fam.sandwich:
+            down = norm(down, p + "post_feedforward_layernorm.weight")
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < n_layers else \
             "model.norm.weight"
-        normed, residual = b.skip_rms_norm(residual, down, nxt, eps)
+        normed, residual = skip_norm(residual, down, nxt)
     head = "lm_head.weight" if b.has("lm_head.weight") else embed
     logits = b.head(normed, head)
+    cap = cfg.get("final_logit_softcapping")
+    if cap:
+        # Gemma3ForCausalLM: logits = tanh(logits / cap) * cap
+        c = b.const(np.array(float(cap), np.float32))
+        logits = b.op("Mul", [b.op("Tanh", [b.op("Div", [logits, c])]), c], name="softcap")
     logits.name = "logits"
     logits.type = f32
     logits.shape = ir.Shape(["batch_size", "sequence_length", int(cfg.get("vocab_size") or
                                                                   b.storages[head].shape[0])])
     return inputs, [logits, *outputs]
+
+
+def _family(arch: str) -> Callable[[_Builder, Mapping[str, Any]],
+                                   tuple[list[ir.Value], list[ir.Value]]]:
+    def build(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir.Value]]:
+        return _decoder(b, cfg, arch)
+
+    build.__name__ = f"_{arch}"
+    return build
+
+
+_llama = _family("llama")
 
 
 def _bert(b: _Builder, cfg: Mapping[str, Any]) -> tuple[list[ir.Value], list[ir.Value]]:
@@ -405,7 +602,10 @@ def _gelu(b: _Builder, x: ir.Value) -> ir.Value:
 
 Build = Callable[[_Builder, Mapping[str, Any]], tuple[list[ir.Value], list[ir.Value]]]
 #: quantport architecture name -> graph builder
-BUILDERS: dict[str, Build] = {"llama": _llama, "bert": _bert}
+BUILDERS: dict[str, Build] = {"llama": _llama, "mistral": _family("mistral"),
+                              "qwen2": _family("qwen2"), "qwen3": _family("qwen3"),
+                              "phi3": _family("phi3"), "gemma3": _family("gemma3"),
+                              "bert": _bert}
 
 
 def build_model(arch: str, cfg: Mapping[str, Any], storages: Mapping[str, Storage],

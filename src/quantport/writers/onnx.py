@@ -124,9 +124,22 @@ def _default(source: ModelSource, recipe: Recipe, name: str, role: str,
     return "F32", "not a Linear weight"
 
 
+def _genai_type(cfg: dict[str, Any]) -> str:
+    """``model.type`` as the genai builder writes it: the Hugging Face class name up to
+    ``For``, lower case (``make_genai_config``), ``gemma3_text`` for ``Gemma3ForCausalLM``
+    (``builder.py`` ``create_model``)."""
+    classes = cfg.get("architectures") or []
+    cls = classes[0] if classes and isinstance(classes[0], str) else "LlamaForCausalLM"
+    if cls == "Gemma3ForCausalLM":
+        return "gemma3_text"
+    return cls[:cls.find("For")].lower() if "For" in cls else cls.lower()
+
+
 def genai_config(cfg: dict[str, Any], tokenizer_files: dict[str, str]) -> dict[str, Any]:
     """onnxruntime-genai's ``genai_config.json`` for a decoder graph, with the builder's fields
-    (``builders/base.py`` ``make_genai_config``) and greedy search by default."""
+    (``builders/base.py`` ``make_genai_config``) and greedy search by default. Sliding windows
+    need no entry: the graph's GroupQueryAttention masks them over the full-length cache (the
+    builder's ``sliding_window`` section is for its windowed KV cache, not written here)."""
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     ctx = int(cfg.get("max_position_embeddings") or 4096)
     gen: dict[str, Any] = {}
@@ -157,7 +170,7 @@ def genai_config(cfg: dict[str, Any], tokenizer_files: dict[str, str]) -> dict[s
             },
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "type": "llama",
+            "type": _genai_type(cfg),
             "vocab_size": int(cfg["vocab_size"]),
         },
         "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True,
