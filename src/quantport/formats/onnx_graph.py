@@ -423,6 +423,13 @@ def _decoder(b: _Builder, cfg: Mapping[str, Any], arch: str) -> tuple[list[ir.Va
     for sliding in sorted({w > 0 and arch == "gemma3" for w in windows}):
         # Gemma3Model.make_rotary_embedding_multi_cache: global and local caches
         cos, sin = rope_caches(_rope_config(arch, cfg, sliding), hd)
+        if cos.shape[1] != hd // 2 and cos.shape[1] % 8:
+            # GroupQueryAttention's check: cos_cache dimension 1 <= head_size / 2, multiple of 8
+            raise UnsupportedArchitectureError(
+                f"{arch} with partial_rotary_factor rotating {2 * cos.shape[1]} of {hd} head "
+                "dimensions: GroupQueryAttention rotates the whole head or a multiple of 16 "
+                "dimensions; supported: those"
+            )
         tag = ("_local" if sliding else "_global") if arch == "gemma3" else ""
         caches[sliding] = (b.const(cos, "cos_cache" + tag), b.const(sin, "sin_cache" + tag))
     # Gemma: query_pre_attn_scalar ** -0.5 (Gemma2Model: attention_attrs["scale"])
