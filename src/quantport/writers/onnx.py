@@ -241,13 +241,15 @@ class _Sink:
             self._gguf = {t.name: t for t in scan_gguf(self.source.path).tensors}
         gname = self.source.architecture.gguf_name(name)
         rec = read_tensor(self.source.path, self._gguf[gname])
-        if gname.endswith(("attn_q.weight", "attn_k.weight")):
-            # llama.cpp's rotary row order back to Hugging Face's (GGUFSource.get does the same
-            # to the dequantized rows); block parameters are per row, so rows move with them
+        edit = self.source.architecture.edit(name)
+        if edit in ("permute_q", "permute_k"):
+            # llama.cpp's rotary row order back to Hugging Face's, for the architectures whose
+            # q/k llama.cpp permutes (GGUFSource.get undoes the same edit on the dequantized
+            # rows; qwen2/qwen3/phi3/gemma3 are not permuted); block parameters are per row,
+            # so rows move with them
             cfg = self.source.config
             heads = int(cfg["num_attention_heads"])
-            kv = heads if gname.endswith("attn_q.weight") else \
-                int(cfg.get("num_key_value_heads") or heads)
+            kv = heads if edit == "permute_q" else int(cfg.get("num_key_value_heads") or heads)
 
             def rows(a: Any) -> Any:
                 return llama_unpermute(np.asarray(a), heads, kv)
