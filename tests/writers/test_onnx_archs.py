@@ -83,23 +83,23 @@ class _Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._ckpt: dict[str, Path] = {}
-        self._onnx: dict[tuple[str, str], Path] = {}
+        self._onnx: dict[tuple[str, str, str], Path] = {}
 
     def ckpt(self, name: str) -> Path:
         if name not in self._ckpt:
             self._ckpt[name] = CHECKPOINTS[name](self.root / name)
         return self._ckpt[name]
 
-    def onnx(self, name: str, quant: str) -> Path:
-        if (name, quant) not in self._onnx:
-            d = self.root / f"{name}-{quant}"
+    def onnx(self, name: str, quant: str, mode: str = "qdq") -> Path:
+        if (name, quant, mode) not in self._onnx:
+            d = self.root / f"{name}-{quant}-{mode}"
             # accuracy level 0: fp32 arithmetic in MatMulNBits, comparable tightly; a w8a8
             # token table stays float (the tied head then is a float MatMul)
-            r = make_recipe("onnx", quant, accuracy_level=0,
+            r = make_recipe("onnx", quant, onnx_matmul=mode, accuracy_level=0,
                             tensor_types=["embed_tokens=f32"] if quant == "w8a8" else ())
             convert(open_path(self.ckpt(name)), r, d, threads=1)
-            self._onnx[(name, quant)] = d
-        return self._onnx[(name, quant)]
+            self._onnx[(name, quant, mode)] = d
+        return self._onnx[(name, quant, mode)]
 
 
 @pytest.fixture(scope="module")
@@ -181,16 +181,23 @@ def test_f32_logits_match_transformers_prefill_and_decode(store: _Store, name: s
         assert (got.argmax(-1) == ref.argmax(-1)).all(), (name, prefill)
 
 
+# (quant, --onnx-matmul): QDQ fused by ORT, MatMulNBits written directly (asymmetric), float16
+# storage, llama.cpp's Q4_1 (float minimums)
+VARIANTS = [("w4-g32-sym", "qdq"), ("w4-g32-asym", "nbits"), ("f16", "qdq"), ("Q4_1", "qdq")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids="-".join)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_w4_ort_computes_the_weights_the_graph_holds(store: _Store, arch: str) -> None:
-    """The w4 graph's weights, read back by quantport (Gemma's norms as Hugging Face stores
+def test_ort_computes_the_weights_the_graph_holds(store: _Store, arch: str,
+                                                   variant: tuple[str, str]) -> None:
+    """The graph's weights, read back by quantport (Gemma's norms as Hugging Face stores
     them: the graph adds the 1), run in transformers: ORT's logits equal them."""
-    d = store.onnx(arch, "w4-g32-sym")
+    d = store.onnx(arch, *variant)
     got = _run_decoder(_session(d), d, IDS, prefill=7)
     ref = _torch_logits(store.ckpt(arch), IDS, onnx_weights(d))
     assert _rel(got, ref) < 1e-4
-    # and the rounding is visible against the source (the comparison is not vacuous)
-    assert _rel(got, _torch_logits(store.ckpt(arch), IDS)) > 1e-3
+    if variant[0] != "f16":  # the rounding is visible against the source: not vacuous
+        assert _rel(got, _torch_logits(store.ckpt(arch), IDS)) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ARCHS)

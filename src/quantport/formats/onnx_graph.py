@@ -12,6 +12,15 @@ so batched prompts are padded on the right, as onnxruntime-genai pads them);
 norms are ``SimplifiedLayerNormalization`` then ``SkipSimplifiedLayerNormalization`` carrying
 the residual sum. Encoders (BERT) use standard ONNX ops only.
 
+Decoder families (:data:`_FAMILIES`, after the builder's ``builders/*.py`` classes), each
+checked against transformers' logits: llama; Mistral and Phi-3 (``sliding_window`` on every
+layer as GroupQueryAttention ``local_window_size``; Phi-3's fused ``qkv_proj`` and
+``gate_up_proj``, one MatMul each, and partial rotary); Qwen2/2.5 (q/k/v biases, sliding
+layers from ``layer_types``); Qwen3 (per-head q/k RMS norms before the rotary embedding,
+``Qwen3Model``); Gemma 3 text (``Gemma3Model``: ``1 + weight`` norms, four a layer, q/k
+norms, embeddings times ``sqrt(hidden_size)``, tanh GELU, ``query_pre_attn_scalar``, local
+layers with their own window and RoPE base, final logit soft-capping).
+
 Weights are initializers whose data lies in the external file at offsets the writer's plan
 fixed (:class:`onnx_ir.ExternalTensor`), so the graph is complete before any weight is
 computed. This module imports numpy and onnx_ir only.
