@@ -68,9 +68,10 @@ CHECKPOINTS: dict[str, Callable[[Path], Path]] = {
     "gemma3-old-config": _gemma3_old_config,
 }
 ARCHS = ["qwen2", "qwen3", "mistral", "phi3", "gemma3"]
-#: MatMulNBits in a w4 graph: the weight MatMuls of a layer (q/k/v fused into one qkv_proj
-#: unless they have biases, Phi-3's own fused qkv and gate_up), times the layers, + the head
-LINEARS = {"qwen2": 7 * 2 + 1, "qwen3": 5 * 2 + 1, "mistral": 5 * 2 + 1, "phi3": 4 * 2 + 1,
+#: MatMulNBits in a w4 graph: the weight MatMuls of a layer (q/k/v fused into one qkv_proj,
+#: Qwen2's biases into one qkv bias; Phi-3's own fused qkv and gate_up), times the layers,
+#: + the head
+LINEARS = {"qwen2": 5 * 2 + 1, "qwen3": 5 * 2 + 1, "mistral": 5 * 2 + 1, "phi3": 4 * 2 + 1,
            "gemma3": 5 * 6 + 1}
 #: onnxruntime-genai's model.type for each (the genai builder's make_genai_config / builder.py)
 GENAI_TYPE = {"qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "phi3": "phi3",
@@ -361,3 +362,21 @@ def test_gguf_codes_are_copied_for_every_architecture(store: _Store, arch: str,
         np.testing.assert_array_equal(held[name], src.get(name), err_msg=name)
     got = _run_decoder(_session(d), d, IDS, prefill=7)
     assert _rel(got, _torch_logits(store.ckpt(arch), IDS, held)) < 1e-4
+
+
+def test_qwen2_qkv_biases_are_packed_with_the_weights(store: _Store) -> None:
+    """Qwen2's q/k/v weights and biases are stored as one qkv_proj weight and one bias (the
+    genai builder's packed path: one MatMul, one Add, GroupQueryAttention's packed input), and
+    read back as the source's three biases."""
+    import onnx
+
+    d = store.onnx("qwen2", "w4-g32-sym")
+    names = {i.name for i in onnx.load(str(d / "model.onnx"), load_external_data=False)
+             .graph.initializer}
+    a = "model.layers.1.self_attn."
+    assert {a + "qkv_proj.bias", a + "qkv_proj.weight_q"} <= names
+    assert not any(n.startswith((a + "q_proj", a + "k_proj", a + "v_proj")) for n in names)
+    held, src = onnx_weights(d), open_path(store.ckpt("qwen2"))
+    for p in "qkv":
+        np.testing.assert_array_equal(held[a + p + "_proj.bias"],
+                                      np.asarray(src.get(a + p + "_proj.bias"), np.float32))

@@ -41,6 +41,8 @@ from quantport.formats._io import pwrite_all
 from quantport.formats.onnx_graph import BUILDERS, GraphOptions, build_model
 from quantport.formats.onnx_pack import (
     GGML_COPY,
+    Fused,
+    Init,
     Place,
     Storage,
     element_bytes,
@@ -189,29 +191,51 @@ def _inner(init: Any) -> int:
     return n
 
 
+def _fuse_bias(name: str, members: list[Storage]) -> Fused | None:
+    """Float 1-D biases stored as one ``name`` (the genai builder's packed q/k/v bias, added
+    after the packed MatMul), or None where their storages differ."""
+    if any(m.kind != "dense" or len(m.shape) != 1 or m.inits[0].dtype != members[0].inits[0].dtype
+           for m in members):
+        return None
+    total = sum(m.shape[0] for m in members)
+    init = Init(name, members[0].inits[0].dtype, (total,))
+    places: dict[str, Place] = {}
+    start = 0
+    for m in members:
+        places[m.inits[0].name] = Place(name, 0, start, m.shape[0])
+        start += m.shape[0]
+    return Fused(Storage(name, (total,), "dense", (init,)), places)
+
+
 def _fuse_qkv(source: ModelSource, storages: list[Storage]) -> tuple[list[Storage], list[Storage]]:
     """Each layer's q/k/v stored as one ``qkv_proj`` weight (one MatMul, GroupQueryAttention's
-    packed input, as the genai builder writes it), where their storages allow; the members are
-    returned with their places in the fused initializers."""
+    packed input, as the genai builder writes it), and their biases (Qwen2) as one
+    ``qkv_proj`` bias, where their storages allow; the members are returned with their places
+    in the fused initializers."""
     by_name = {s.name: k for k, s in enumerate(storages)}
     fused: list[Storage] = []
-    names = set(source.names())
     i = 0
     while f"model.layers.{i}.self_attn.q_proj.weight" in by_name:
         a = f"model.layers.{i}.self_attn."
         i += 1
         parts = [a + p + "_proj.weight" for p in "qkv"]
-        if any(a + p + "_proj.bias" in names for p in "qkv") or not all(
-                p in by_name for p in parts):
+        biases = [a + p + "_proj.bias" for p in "qkv"]
+        has_bias = [b in by_name for b in biases]
+        if not all(p in by_name for p in parts) or (any(has_bias) and not all(has_bias)):
             continue
-        f = fuse(a + "qkv_proj.weight", [storages[by_name[p]] for p in parts])
-        if f is None:
+        groups = [(fuse(a + "qkv_proj.weight", [storages[by_name[p]] for p in parts]), parts)]
+        if all(has_bias):
+            groups.append((_fuse_bias(a + "qkv_proj.bias", [storages[by_name[b]]
+                                                             for b in biases]), biases))
+        if any(f is None for f, _ in groups):
             continue
-        fused.append(f.storage)
-        for p in parts:
-            st = storages[by_name[p]]
-            storages[by_name[p]] = dataclasses.replace(st, extra={
-                **st.extra, "places": {i.name: f.places[i.name] for i in st.inits}})
+        for f, members in groups:
+            assert f is not None
+            fused.append(f.storage)
+            for p in members:
+                st = storages[by_name[p]]
+                storages[by_name[p]] = dataclasses.replace(st, extra={
+                    **st.extra, "places": {i.name: f.places[i.name] for i in st.inits}})
     return storages, fused
 
 
