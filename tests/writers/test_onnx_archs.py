@@ -380,3 +380,31 @@ def test_qwen2_qkv_biases_are_packed_with_the_weights(store: _Store) -> None:
     for p in "qkv":
         np.testing.assert_array_equal(held[a + p + "_proj.bias"],
                                       np.asarray(src.get(a + p + "_proj.bias"), np.float32))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_files_and_sizes_follow_the_plan(store: _Store, arch: str, tmp_path: Path) -> None:
+    d = store.onnx(arch, "w4-g32-sym")
+    r = make_recipe("onnx", "w4-g32-sym", accuracy_level=0)
+    plan = convert(open_path(store.ckpt(arch)), r, tmp_path / "x", dry_run=True).plan
+    assert {p.name: p.stat().st_size for p in d.iterdir()} == plan.files
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral-window", "gemma3"])
+def test_right_padded_batch_matches_each_sequence_alone(store: _Store, name: str) -> None:
+    """Prompts of different lengths padded on the right, as onnxruntime-genai batches them:
+    GroupQueryAttention reads each row's length from attention_mask, windows included."""
+    d = store.onnx(name, "f32")
+    dec = json.loads((d / "genai_config.json").read_text())["model"]["decoder"]
+    n_layers, kv, hd = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
+    a, b = IDS[0, :18], IDS[1, :11]
+    ids = np.zeros((2, 18), np.int64)
+    mask = np.zeros((2, 18), np.int64)
+    ids[0], mask[0] = a, 1
+    ids[1, :11], mask[1, :11] = b, 1
+    feed = {"input_ids": ids, "attention_mask": mask,
+            **{f"past_key_values.{i}.{k}": np.zeros((2, kv, 0, hd), np.float32)
+               for i in range(n_layers) for k in ("key", "value")}}
+    got = _session(d).run(["logits"], feed)[0]
+    assert _rel(got[0], _torch_logits(store.ckpt(name), a[None])[0]) < 1e-4
+    assert _rel(got[1, :11], _torch_logits(store.ckpt(name), b[None])[0]) < 1e-4
