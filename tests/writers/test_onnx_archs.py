@@ -66,6 +66,10 @@ CHECKPOINTS: dict[str, Callable[[Path], Path]] = {
                                               num_attention_heads=2, num_key_value_heads=1),
     "gemma3": _tiny.tiny_gemma3,
     "gemma3-old-config": _gemma3_old_config,
+    # Qwen2.5's long-context setting (YaRN, factor 4 over 32k in the real config)
+    "qwen2-yarn": lambda p: _tiny.tiny_qwen2(p, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
+        "rope_theta": 1000000.0}),
 }
 ARCHS = ["qwen2", "qwen3", "mistral", "phi3", "gemma3"]
 #: MatMulNBits in a w4 graph: the weight MatMuls of a layer (q/k/v fused into one qkv_proj,
@@ -408,3 +412,56 @@ def test_right_padded_batch_matches_each_sequence_alone(store: _Store, name: str
     got = _session(d).run(["logits"], feed)[0]
     assert _rel(got[0], _torch_logits(store.ckpt(name), a[None])[0]) < 1e-4
     assert _rel(got[1, :11], _torch_logits(store.ckpt(name), b[None])[0]) < 1e-4
+
+
+# rotary settings, each with the transformers rotary embedding class that computes them
+ROPES = {
+    "default": ("qwen2", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}),
+    "linear": ("qwen2", {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4,
+                                             "factor": 8.0}}),
+    "llama3": ("qwen2", {"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "yarn": ("qwen2", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6,
+                                           "factor": 4.0,
+                                           "original_max_position_embeddings": 1024}}),
+    "yarn-mscale": ("qwen3", {"rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 1e4, "factor": 16.0, "beta_fast": 16,
+        "beta_slow": 2, "mscale": 1.0, "mscale_all_dim": 0.5, "truncate": False,
+        "original_max_position_embeddings": 64}}),
+    "partial": ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                             "partial_rotary_factor": 0.5}}),
+}
+
+
+@pytest.mark.parametrize("rope", list(ROPES))
+def test_rope_caches_equal_transformers_rotary_embedding(rope: str) -> None:
+    """The cos/sin tables the graph feeds GroupQueryAttention equal those of transformers'
+    rotary embedding (attention scaling included) at every position."""
+    import importlib
+
+    import torch
+    from quantport.formats.onnx_graph import rope_caches
+
+    family, changes = ROPES[rope]
+    mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    conf = importlib.import_module(f"transformers.models.{family}.configuration_{family}")
+    cls = {"qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3"}[family]
+    cfg = getattr(conf, cls + "Config")(hidden_size=128, num_attention_heads=2,
+                                        max_position_embeddings=512, **changes)
+    emb = getattr(mod, cls + "RotaryEmbedding")(cfg)
+    pos = torch.arange(512)[None]
+    with torch.no_grad():
+        cos_ref, sin_ref = (t[0].numpy() for t in emb(torch.zeros(1, dtype=torch.float32), pos))
+    hd = getattr(cfg, "head_dim", None) or 64
+    cos, sin = rope_caches(cfg.to_dict(), hd)
+    half = cos.shape[1]
+    assert half == cos_ref.shape[1] // 2
+    # numpy's and torch's float32 pow differ by an ulp for some exponents; at position p an
+    # ulp of a frequency near 1 moves the angle by p * 6e-8 (3e-5 at 511)
+    np.testing.assert_allclose(cos, cos_ref[:, :half], rtol=0, atol=5e-5)
+    np.testing.assert_allclose(sin, sin_ref[:, :half], rtol=0, atol=5e-5)
+    if rope != "default":  # the scaling changes the tables: the comparison is not vacuous
+        plain, _ = rope_caches({"rope_theta": cfg.rope_parameters["rope_theta"],
+                                "max_position_embeddings": 512}, hd)
+        assert plain.shape != cos.shape or np.abs(plain - cos).max() > 1e-3

@@ -242,7 +242,7 @@ class _Builder:
 def rope_caches(cfg: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """``cos_cache`` and ``sin_cache`` ``[max_positions, rotary_dim // 2]`` as transformers'
     ``LlamaRotaryEmbedding`` computes them (float32; ``rope_scaling`` types ``default``,
-    ``linear`` and ``llama3`` as ``modeling_rope_utils``). ``rotary_dim`` is
+    ``linear``, ``llama3`` and ``yarn`` as ``modeling_rope_utils``). ``rotary_dim`` is
     ``int(head_dim * partial_rotary_factor)`` (``_compute_default_rope_parameters``);
     GroupQueryAttention rotates the first ``2 * cos_cache.shape[1]`` dimensions of each head.
 
@@ -273,14 +273,65 @@ def rope_caches(cfg: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, np.n
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wl < high_wl) & ~(wl > low_wl)
         inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    elif kind == "yarn":
+        inv, attention = _yarn(cfg, scaling, theta, dim)
     elif kind != "default":
         raise UnsupportedArchitectureError(
             f"rope_scaling type {kind!r} is not supported by the ONNX writer; supported: "
-            "default, linear, llama3"
+            "default, linear, llama3, yarn"
         )
     n = int(cfg.get("max_position_embeddings") or 4096)
     freqs = np.arange(n, dtype=np.float32)[:, None] * inv[None, :]
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+    cos, sin = np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+    if kind == "yarn":
+        # the rotary embedding's attention_scaling multiplies cos and sin (q.k scaled by its
+        # square), as LlamaRotaryEmbedding.forward does
+        cos, sin = (cos * attention).astype(np.float32), (sin * attention).astype(np.float32)
+    return cos, sin
+
+
+def _yarn(cfg: Mapping[str, Any], sc: Mapping[str, Any], theta: float,
+          dim: int) -> tuple[np.ndarray, float]:
+    """Inverse frequencies and attention factor of YaRN, as
+    ``modeling_rope_utils._compute_yarn_parameters`` (float32 as torch computes them)."""
+    old = float(sc.get("original_max_position_embeddings")
+                or cfg.get("original_max_position_embeddings") or 0)
+    if not old:
+        raise ConfigError("config.json: yarn rope scaling without "
+                          "original_max_position_embeddings; set it")
+    factor = sc.get("factor")
+    factor = float(factor) if factor is not None else \
+        float(cfg["max_position_embeddings"]) / old
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = sc.get("attention_factor")
+    if attention is None:
+        if sc.get("mscale") and sc.get("mscale_all_dim"):
+            attention = mscale(factor, float(sc["mscale"])) / \
+                mscale(factor, float(sc["mscale_all_dim"]))
+        else:
+            attention = mscale(factor)
+    beta_fast = float(sc.get("beta_fast") or 32)
+    beta_slow = float(sc.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if sc.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # "Prevent singularity"
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - np.float32(low))
+                   / np.float32(high - low), 0, 1).astype(np.float32)
+    extrapolation = (1 - ramp).astype(np.float32)
+    pos = (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)
+           ).astype(np.float32)
+    inv = (1.0 / (np.float32(factor) * pos)) * (1 - extrapolation) + (1.0 / pos) * extrapolation
+    return inv.astype(np.float32), float(attention)
 
 
 # --------------------------------------------------------------------------- architectures
