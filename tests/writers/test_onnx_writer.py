@@ -405,7 +405,7 @@ def test_rope_types_the_graph_does_not_build_are_refused(tiny_llama: Path, tmp_p
     from quantport.errors import UnsupportedArchitectureError
 
     src = _with_config(tiny_llama, tmp_path, rope_parameters={
-        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
     with pytest.raises(UnsupportedArchitectureError, match="supported: default, linear, llama3"):
         convert(open_path(src), make_recipe("onnx", "f32"), tmp_path / "o", dry_run=True)
 
