@@ -231,3 +231,20 @@ def test_gguf_of_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
     path = tiny.write_tiny_gguf(tmp_path / "n.gguf", meta)
     _refused(["convert", path, "--to", "safetensors", "--quant", "f16", "-o", tmp_path / "o"],
              "GGUF architecture 'gptneox' cannot be imported", "qwen2", "qwen3")
+
+
+def test_mistral_sliding_window_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Mistral 7B v0.1's window (4096 of 32768) is not in the GGUF, as llama.cpp's converter
+    drops it; the conversion says so instead of dropping it silently."""
+    from quantport.architectures.mistral import mistral_hparams
+
+    cfg = {**tiny.tiny_config(), "architectures": ["MistralForCausalLM"],
+           "model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64}
+    with caplog.at_level("WARNING"):
+        kv = mistral_hparams(cfg, "config.json")
+    assert not any("sliding" in k.key for k in kv)
+    assert "sliding_window 16 is not written" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        mistral_hparams({**cfg, "sliding_window": None}, "config.json")
+    assert not caplog.text
