@@ -326,6 +326,7 @@ def _edited(store: _Store, name: str, tmp_path: Path, **changes: Any) -> Path:
                                   "partial_rotary_factor": 0.25}},
      "rotating 4 of 16 head dimensions.*supported"),
     ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping.*supported: null"),
+    ("gemma3", {"use_bidirectional_attention": True}, "causal decoders; supported: false"),
     ("gemma3", {"layer_types": ["chunked_attention"] * 6},
      "sliding_attention / full_attention per layer"),
     ("gemma3", {"hidden_activation": "silu"}, "builds gelu_pytorch_tanh, gelu MLPs"),

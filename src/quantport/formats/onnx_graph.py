@@ -454,6 +454,12 @@ def _decoder(b: _Builder, cfg: Mapping[str, Any], arch: str) -> tuple[list[ir.Va
         raise UnsupportedArchitectureError(
             f"{arch} with hidden_act {act!r}: the ONNX writer builds {', '.join(fam.acts)} MLPs"
         )
+    if cfg.get("use_bidirectional_attention"):
+        # EmbeddingGemma-style configs: every token attends to every other one
+        raise UnsupportedArchitectureError(
+            f"{arch} with use_bidirectional_attention: the ONNX writer builds causal decoders; "
+            "supported: false"
+        )
     if cfg.get("attn_logit_softcapping"):
         raise UnsupportedArchitectureError(
             f"{arch} with attn_logit_softcapping: the ONNX writer builds attention without "
