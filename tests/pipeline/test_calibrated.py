@@ -285,12 +285,13 @@ def test_bad_calibration_text_is_refused(tiny_llama: Path, tmp_path: Path) -> No
         calibration_windows(src, layerwise.DEFAULT_CALIBRATION_TEXT, 1, 4096)
 
 
-def test_encoders_are_refused_by_calibrated_methods(tmp_path: Path) -> None:
+def test_encoders_are_refused_by_awq(tmp_path: Path) -> None:
+    # GPTQ and SmoothQuant on encoders: tests/pipeline/test_calibrated_encoder.py
     from quantport.models import open_source
 
-    with pytest.raises(UnsupportedQuantError, match="encoder"):
-        convert(open_source("minilm"), make_recipe("safetensors", "w8-channel-sym",
-                                                 method="gptq", **CALIB), tmp_path / "x")
+    with pytest.raises(UnsupportedQuantError, match="AWQ's scale groups"):
+        convert(open_source("minilm"), make_recipe("safetensors", "w4-g32-sym",
+                                                 method="awq", **CALIB), tmp_path / "x")
 
 
 def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: Path) -> None:

@@ -13,6 +13,13 @@ For a calibrated recipe (``--method gptq``) the pipeline's compute stage is this
    again to feed the next layer (true-sequential; ``--calib-inputs float`` feeds the float
    layer's outputs instead).
 
+Encoders (BERT) run the same loop on calibration sentences (padded, masked; statistics over
+real tokens only): GPTQ rounds their Linear weights as a decoder's. SmoothQuant cannot fold
+its scales into a post-LayerNorm encoder (:mod:`quantport.pipeline.transforms`): the smoothed
+Linear layers need their input multiplied by ``1/s`` at run time, which a writer stores as
+``NAME.input_smooth`` plan rows (:data:`~quantport.pipeline.transforms.SMOOTH_SUFFIX`); a
+plan without them is refused before any work.
+
 Library code: progress through ``on_progress("calibrate", layer, n_layers)``; nothing printed.
 """
 
@@ -30,19 +37,24 @@ import numpy as np
 from quantport.formats import compressed_tensors as ct
 from quantport.ir import dequantize
 from quantport.pipeline.execute import Sink, apply_edit, execute
-from quantport.errors import QuantportError
+from quantport.errors import QuantportError, UnsupportedQuantError
 from quantport.pipeline.layerwise import (
     LayerStats,
     LayerwiseModel,
+    Sentences,
     StatsCache,
     cache_key,
-    calibration_windows,
+    calibration_inputs,
 )
 from quantport.pipeline.transforms import (
     CLIP_TOKENS,
+    INPUT_PREFIX,
+    SMOOTH_SUFFIX,
     apply_scales,
     awq_clip,
     awq_layer,
+    bert_groups,
+    input_scale_hooks,
     llama_groups,
     smooth_layer,
 )
@@ -132,10 +144,12 @@ def run_calibrated(
     recipe = plan.recipe
     t0 = time.perf_counter()
     model = LayerwiseModel(source, dtype=recipe.calib_dtype)
-    assert recipe.calib is not None  # make_recipe gives calibrated methods a text
-    windows = calibration_windows(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
-    report = CalibrationReport(windows=tuple(windows.shape))  # type: ignore[arg-type]
     by_source = {row.source: i for i, row in enumerate(plan.rows)}
+    if model.encoder:
+        _check_encoder(model, plan, by_source)
+    assert recipe.calib is not None  # make_recipe gives calibrated methods a text
+    windows = calibration_inputs(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
+    report = CalibrationReport(windows=tuple(windows.shape))  # type: ignore[arg-type]
     # every planned tensor of a decoder layer goes through the layer loop: a transform (AWQ,
     # SmoothQuant) changes norms as well as Linear weights
     in_layers = {by_source[n] for li in range(model.n_layers) for n in model.param_names(li)
@@ -146,7 +160,8 @@ def run_calibrated(
 
     # GPTQ also rounds the LM head (GPTQModel's lm_head=True) when the plan quantizes it --
     # the tied token table of a GGUF or ONNX file is that head -- on its input's Hessian
-    head = _head(model, plan, by_source) if "gptq" in recipe.method else None
+    head = (_head(model, plan, by_source)
+            if "gptq" in recipe.method and not model.encoder else None)
 
     # 1. everything outside the decoder layers: round-to-nearest, as without calibration
     others = [i for i in range(len(plan.rows))
@@ -160,7 +175,8 @@ def run_calibrated(
                 "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
                 "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
                             for r in plan.rows]}
-    cache = StatsCache(cache_key(source, windows, settings))
+    cache = StatsCache(cache_key(
+        source, windows.array() if isinstance(windows, Sentences) else windows, settings))
     cached = cache.complete(model.n_layers + (head is not None))
     report.cached = cached
     if cached:
@@ -179,7 +195,8 @@ def run_calibrated(
                                  "run; run the conversion again")
         scales: dict[str, np.ndarray] = {}
         if hit is not None:
-            apply_scales(layer, hit[1])
+            scales = hit[1]
+            apply_scales(layer, scales)
         elif "awq" in recipe.method:
             sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
             firsts = [g.linears[0] for g in llama_groups(layer)]
@@ -193,6 +210,15 @@ def run_calibrated(
             assert st is not None
             scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
                                           for n in linears}, alpha=recipe.smooth_alpha)
+        # unfolded scales (post-LayerNorm encoders): the writer's 1/s rows, and the same
+        # division in the forward passes below, so the layer computes what it computed before
+        hooks = input_scale_hooks(layer, scales)
+        for key, s in scales.items():
+            if key.startswith(INPUT_PREFIX):
+                for lname in next(g.linears for g in bert_groups(layer)
+                                  if g.linears[0] == key[len(INPUT_PREFIX):]):
+                    sink.put(by_source[f"{model.prefix}{li}.{lname}{SMOOTH_SUFFIX}"],
+                             (1.0 / np.asarray(s, np.float32)).astype(np.float32))
         rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv))
         gptq = "gptq" in recipe.method
         out = stats = None
@@ -227,6 +253,8 @@ def run_calibrated(
             h, _ = model.run(li, layer, h)
         else:
             h = out
+        for hd in hooks:
+            hd.remove()
         model.unload(li)
         if on_progress:
             on_progress("calibrate", li + 1, model.n_layers)
@@ -243,6 +271,31 @@ def run_calibrated(
                       (n_head, n_head_kv)).one(head, stats.of(head).hessian)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_encoder(model: LayerwiseModel, plan: Plan, by_source: dict[str, int]) -> None:
+    """Refuse, before any work, what the encoder loop cannot do: AWQ (its scale groups are
+    Llama's), and SmoothQuant into a plan without the input-scale rows its unfolded groups
+    need (see the module docstring)."""
+    recipe = plan.recipe
+    arch = model.source.architecture.name
+    if "awq" in recipe.method:
+        raise UnsupportedQuantError(f"{model.source.path}: AWQ's scale groups are defined for "
+                                    f"Llama-style decoders, not {arch}; use --method gptq or "
+                                    "smoothquant")
+    if recipe.method != "smoothquant":
+        return
+    layer = model.layers[0]
+    missing = [f"{model.prefix}{i}.{n}{SMOOTH_SUFFIX}" for i in range(model.n_layers)
+               for g in bert_groups(layer) for n in g.linears
+               if f"{model.prefix}{i}.{n}{SMOOTH_SUFFIX}" not in by_source]
+    if missing:
+        raise UnsupportedQuantError(
+            f"{model.source.path}: SmoothQuant on a post-LayerNorm {arch} encoder needs a "
+            f"per-channel input scale before each smoothed Linear (the LayerNorm output also "
+            f"feeds the residual, so the scale cannot be folded into it), and the "
+            f"{recipe.format} writer stores none ({missing[0]}); use --method rtn or gptq"
+        )
 
 
 def _head(model: LayerwiseModel, plan: Plan, by_source: dict[str, int]) -> str | None:

@@ -19,6 +19,13 @@ hidden]`` activation buffers, whatever the model's size.
 Inputs shared by several Linear layers (q/k/v read the same normed hidden states, gate/up
 another) get one set of statistics: a hook recognises the very tensor it has already seen in
 the same forward pass.
+
+Encoders (BERT) run the same loop on *sentences* instead of windows
+(:func:`calibration_sentences`: lines of the calibration text, each truncated at
+``--calib-len`` tokens with its ``[CLS]``/``[SEP]``, padded to the longest with an attention
+mask): the embeddings (word + position + token type, LayerNorm) give layer 0's input, every
+layer runs with the padding masked out of attention, and the statistics count non-padding
+tokens only -- a padded position's hidden state is never attended to, and never scored.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from quantport.readers.source import ModelSource
 
 __all__ = [
     "DEFAULT_CALIBRATION_TEXT",
+    "Sentences",
+    "calibration_inputs",
+    "calibration_sentences",
     "StatsCache",
     "cache_key",
     "InputStats",
@@ -120,17 +130,7 @@ def calibration_windows(
 
     path = Path(text_path)
     text = _read_text(path)
-    if not text.strip():
-        raise ConfigError(f"calibration text {path} is empty; give a text of at least "
-                          f"{length} tokens (e.g. {DEFAULT_CALIBRATION_TEXT.name})")
-    if _is_evaluation_text(path, text):
-        raise ConfigError(
-            f"{path} is the evaluation text validate scores on; calibrate on other text "
-            f"(default: {DEFAULT_CALIBRATION_TEXT})"
-        )
-    if "tokenizer.json" not in source.tokenizer_files:
-        raise ConfigError(f"{source.path}: no tokenizer.json; the calibration text cannot be "
-                          "tokenized")
+    _check_text(source, path, text, f"{length} tokens")
     max_pos = int(source.config.get("max_position_embeddings") or length)
     if length > max_pos:
         raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
@@ -152,6 +152,108 @@ def calibration_windows(
     if vocab.add_special.get("bos", vocab.model == "bert") and bos is not None:
         windows[:, 0] = int(bos)
     return windows
+
+
+#: a calibration sentence has at least this many words and is not a heading (`` = Title =``):
+#: the rule validate uses to pick its evaluation sentences (``validate.runner._sentences``)
+MIN_SENTENCE_WORDS = 8
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Padded calibration sentences for an encoder.
+
+    Attributes:
+        ids: ``[n, tokens]`` int64 token ids (``[CLS] ... [SEP]``, then padding).
+        mask: ``[n, tokens]`` int64, 1 on real tokens, 0 on padding.
+    """
+
+    ids: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(sentences, tokens)``, as a window array's shape."""
+        return tuple(self.ids.shape)  # type: ignore[return-value]
+
+    def array(self) -> np.ndarray:
+        """ids and mask stacked (``[2, n, tokens]``): what the cache key hashes."""
+        return np.stack([self.ids, self.mask])
+
+
+def _check_text(source: ModelSource, path: Path, text: str, what: str) -> None:
+    if not text.strip():
+        raise ConfigError(f"calibration text {path} is empty; give a text of at least "
+                          f"{what} (e.g. {DEFAULT_CALIBRATION_TEXT.name})")
+    if _is_evaluation_text(path, text):
+        raise ConfigError(
+            f"{path} is the evaluation text validate scores on; calibrate on other text "
+            f"(default: {DEFAULT_CALIBRATION_TEXT})"
+        )
+    if "tokenizer.json" not in source.tokenizer_files:
+        raise ConfigError(f"{source.path}: no tokenizer.json; the calibration text cannot be "
+                          "tokenized")
+
+
+def calibration_sentences(
+    source: ModelSource,
+    text_path: str | os.PathLike[str] = DEFAULT_CALIBRATION_TEXT,
+    samples: int = 128,
+    length: int = 512,
+) -> Sentences:
+    """Calibration sentences for an encoder: the first ``samples`` lines of the text with at
+    least :data:`MIN_SENTENCE_WORDS` words that are not headings (the rule of validate's
+    evaluation sentences), tokenized with the model's special tokens, truncated at ``length``
+    tokens (``[SEP]`` kept, as the tokenizer truncates) and padded to the longest (fewer
+    sentences than asked if the text has fewer, with a warning).
+
+    Raises:
+        ConfigError: an empty text, a text without one such line, the evaluation text
+            itself, a source without a tokenizer, or ``length`` beyond the model's context.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(text_path)
+    text = _read_text(path)
+    _check_text(source, path, text, f"one line of {MIN_SENTENCE_WORDS} words")
+    max_pos = int(source.config.get("max_position_embeddings") or length)
+    if length > max_pos:
+        raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
+                          "tokens; use a shorter window")
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines
+             if len(ln.split()) >= MIN_SENTENCE_WORDS and not ln.startswith("=")][:samples]
+    if not lines:
+        raise ConfigError(f"calibration text {path} has no line of at least "
+                          f"{MIN_SENTENCE_WORDS} words; give a text of sentences, one a line")
+    if len(lines) < samples:
+        log.warning("calibration text %s gives only %d sentences (asked for %d)",
+                    path.name, len(lines), samples)
+    tok = Tokenizer.from_str(source.tokenizer_files["tokenizer.json"])
+    tok.no_padding()
+    tok.enable_truncation(max_length=length)
+    encs = tok.encode_batch(lines, add_special_tokens=True)
+    longest = max(len(e.ids) for e in encs)
+    pad = int(source.config.get("pad_token_id") or 0)
+    ids = np.full((len(encs), longest), pad, dtype=np.int64)
+    mask = np.zeros((len(encs), longest), dtype=np.int64)
+    for k, e in enumerate(encs):
+        ids[k, : len(e.ids)] = e.ids
+        mask[k, : len(e.ids)] = 1
+    return Sentences(ids, mask)
+
+
+def calibration_inputs(
+    source: ModelSource,
+    text_path: str | os.PathLike[str] = DEFAULT_CALIBRATION_TEXT,
+    samples: int = 128,
+    length: int = 512,
+) -> np.ndarray | Sentences:
+    """The calibration data the model takes: windows for a decoder
+    (:func:`calibration_windows`), sentences for an encoder (:func:`calibration_sentences`)."""
+    if source.architecture.causal:
+        return calibration_windows(source, text_path, samples, length)
+    return calibration_sentences(source, text_path, samples, length)
 
 
 @dataclass
@@ -210,6 +312,9 @@ class _Accumulator:
         self.members: dict[str, list[str]] = {}
         self.group_of: dict[str, str] = {}
         self.seen: dict[tuple[int, tuple[int, ...]], tuple[Any, str]] = {}
+        #: the batch's non-padding token rows (flattened ``[batch * tokens]`` bool), or None:
+        #: the statistics count real tokens only
+        self.rows: Any = None
         self.handles = []
         for name, mod in layer.named_modules():
             if isinstance(mod, torch.nn.Linear):
@@ -237,6 +342,8 @@ class _Accumulator:
     def _add(self, group: str, x: Any) -> None:
         torch = self.torch
         x2 = x.detach().reshape(-1, x.shape[-1])
+        if self.rows is not None:
+            x2 = x2[self.rows]
         s = self.sums.get(group)
         if s is None:
             d = x2.shape[1]
@@ -281,12 +388,17 @@ class _Accumulator:
 
 
 class LayerwiseModel:
-    """A decoder built on the ``meta`` device, run layer by layer with weights streamed from a
-    source (see the module docstring).
+    """A decoder (or a BERT encoder) built on the ``meta`` device, run layer by layer with
+    weights streamed from a source (see the module docstring).
 
     Attributes:
         source: the model source.
-        n_layers: number of decoder layers.
+        n_layers: number of decoder (encoder) layers.
+        encoder: a BERT encoder: :meth:`embed` takes :class:`Sentences`, layers run with
+            their padding masked.
+        layers: the layer modules (``model.layers``, or ``encoder.layer``).
+        prefix: Hugging Face name prefix of layer parameters (``model.layers.``,
+            ``encoder.layer.`` or ``bert.encoder.layer.``).
     """
 
     def __init__(self, source: ModelSource, *, dtype: str = "float32") -> None:
@@ -295,10 +407,11 @@ class LayerwiseModel:
 
         from quantport._quiet import quiet_loading
 
-        if not source.architecture.causal:
+        self.encoder = not source.architecture.causal
+        if self.encoder and source.architecture.name != "bert":
             raise UnsupportedQuantError(
-                f"{source.path}: calibrated methods run on decoder models; "
-                f"{source.architecture.name} is an encoder (use --method rtn)"
+                f"{source.path}: calibrated methods run on decoders and BERT encoders, not on "
+                f"{source.architecture.name} (use --method rtn)"
             )
         self.source = source
         self.torch = torch
@@ -312,19 +425,38 @@ class LayerwiseModel:
         with quiet_loading():
             self.config = AutoConfig.for_model(model_type, **cfg)
         self.config._attn_implementation = "sdpa"
+        self.mask: Any = None  # encoders: [n, tokens] bool, the sentences' real tokens
+        if self.encoder:
+            from transformers import AutoModel
+
+            with torch.device("meta"), quiet_loading():
+                self.body = AutoModel.from_config(self.config)
+            # BertModel checkpoints name ``encoder.layer.N``; BertFor* heads ``bert.encoder...``
+            root = "bert." if any(n.startswith("bert.encoder.") for n in source.names()) else ""
+            self.root = f"{root}embeddings."
+            self.prefix = f"{root}encoder.layer."
+            self.layers = self.body.encoder.layer
+            self.n_layers = len(self.layers)
+            self.rotary = None
+            return
         with torch.device("meta"), quiet_loading():
             model = AutoModelForCausalLM.from_config(self.config)
         self.body = getattr(model, model.base_model_prefix)
         self.prefix = f"{model.base_model_prefix}.layers."
-        self.n_layers = len(self.body.layers)
+        self.layers = self.body.layers
+        self.n_layers = len(self.layers)
         # buffers (rotary inverse frequencies) are computed, not stored: build them for real
         self.rotary = type(self.body.rotary_emb)(config=self.config)
 
     def _tensor(self, name: str) -> Any:
         return self.torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
 
-    def embed(self, windows: np.ndarray) -> Any:
-        """Hidden states entering layer 0: ``[windows, tokens, hidden]``."""
+    def embed(self, windows: np.ndarray | Sentences) -> Any:
+        """Hidden states entering layer 0: ``[windows, tokens, hidden]`` (an encoder takes
+        :class:`Sentences` and keeps their mask for :meth:`run`)."""
+        if self.encoder:
+            assert isinstance(windows, Sentences)
+            return self._embed_sentences(windows)
         torch = self.torch
         w = self._tensor(f"{self.prefix.split('.layers.')[0]}.embed_tokens.weight")
         with torch.inference_mode():
@@ -335,10 +467,37 @@ class LayerwiseModel:
         self.source.release()
         return h.to(self.dtype)  # the activation buffers: half the memory in bfloat16
 
+    def _embed_sentences(self, sents: Sentences) -> Any:
+        # BertEmbeddings.forward: word + token type (0: one segment) + absolute position,
+        # then LayerNorm (dropout is inactive in eval)
+        torch = self.torch
+        r = self.root
+        n, t = sents.shape
+        with torch.inference_mode():
+            h = torch.nn.functional.embedding(torch.from_numpy(sents.ids),
+                                              self._tensor(f"{r}word_embeddings.weight"))
+            h = h + self._tensor(f"{r}token_type_embeddings.weight")[0]
+            h = h + self._tensor(f"{r}position_embeddings.weight")[:t]
+            h = torch.nn.functional.layer_norm(
+                h, (h.shape[-1],), self._tensor(f"{r}LayerNorm.weight"),
+                self._tensor(f"{r}LayerNorm.bias"),
+                eps=float(self.config.layer_norm_eps))
+        self.source.release()
+        self.mask = torch.from_numpy(sents.mask).bool()
+        return h.to(self.dtype)
+
+    def _attention_mask(self, b: slice) -> Any:
+        # the additive [batch, 1, 1, tokens] mask of create_bidirectional_mask: padding keys get
+        # the dtype's minimum, so no real token attends to them
+        torch = self.torch
+        m = self.mask[b]
+        return torch.zeros(m.shape, dtype=self.dtype).masked_fill(
+            ~m, torch.finfo(self.dtype).min)[:, None, None, :]
+
     def load(self, i: int) -> Any:
         """Layer ``i`` with its weights read from the source (float32, or ``dtype``)."""
         torch = self.torch
-        layer = self.body.layers[i].to_empty(device="cpu")
+        layer = self.layers[i].to_empty(device="cpu")
         with torch.no_grad():
             for name, p in layer.named_parameters():
                 p.copy_(self._tensor(f"{self.prefix}{i}.{name}"))
@@ -347,11 +506,11 @@ class LayerwiseModel:
 
     def unload(self, i: int) -> None:
         """Drop layer ``i``'s weights."""
-        self.body.layers[i].to("meta")
+        self.layers[i].to("meta")
 
     def param_names(self, i: int) -> list[str]:
         """Hugging Face names of every parameter of layer ``i`` (from the meta skeleton)."""
-        return [f"{self.prefix}{i}.{n}" for n, _ in self.body.layers[i].named_parameters()]
+        return [f"{self.prefix}{i}.{n}" for n, _ in self.layers[i].named_parameters()]
 
     def weight_names(self, i: int, layer: Any) -> dict[str, Any]:
         """Hugging Face weight name -> the Linear module of layer ``i``."""
@@ -381,6 +540,19 @@ class LayerwiseModel:
         acc = (_Accumulator(layer, f"{self.prefix}{i}.", hessian, activations) if collect
                else None)
         out = torch.empty_like(h)
+        if self.encoder:
+            try:
+                with torch.inference_mode(), self.autocast():
+                    for b in self._batches(h):
+                        if acc is not None:
+                            acc.rows = self.mask[b].reshape(-1)
+                        y = layer(h[b], attention_mask=self._attention_mask(b))
+                        out[b] = y[0] if isinstance(y, tuple) else y
+                        if acc is not None:
+                            acc.end_batch()
+            finally:
+                stats = acc.close(i) if acc is not None else None
+            return out, stats
         pos = torch.arange(h.shape[1]).unsqueeze(0)
         try:
             with torch.inference_mode(), self.autocast():
@@ -427,7 +599,7 @@ class LayerwiseModel:
         torch = self.torch
         pos = torch.arange(tokens).unsqueeze(0)
         cos, sin = self.rotary(torch.zeros(1, tokens, 1), position_ids=pos)
-        attention = type(self.body.layers[0].self_attn)
+        attention = type(self.layers[0].self_attn)
 
         def call(module: Any, x: Any) -> Any:
             with torch.inference_mode(), self.autocast():

@@ -21,6 +21,22 @@ The groups are the Llama mapping shared by llm-awq, AutoAWQ and llm-compressor
 (../shared/reference/algorithms.md §2.2): ``input_layernorm → q,k,v`` (loss on the attention
 output), ``v → o`` only when their shapes match (not with grouped-query attention),
 ``post_attention_layernorm → gate,up`` (loss on the MLP output), ``up → down``.
+
+BERT (:func:`bert_groups`) is *post*-LayerNorm: q/k/v read the previous LayerNorm's output
+(the embeddings' for layer 0, the previous layer's ``output.LayerNorm`` otherwise) and
+``intermediate.dense`` reads ``attention.output.LayerNorm``'s -- and each of those outputs
+also feeds the residual add of the next sub-block (``BertSelfOutput``/``BertOutput``:
+``LayerNorm(dense(x) + input)``). Dividing the LayerNorm by ``s`` would divide the residual
+too, and the LayerNorm after the add is not invariant to a per-channel scale, so no weight
+can compensate: the fold the reference does for pre-norm models does not preserve a
+post-norm model (mit-han-lab/smoothquant issue #21 "Post-LayerNorm support"; the paper, §4:
+"when the input is from a residual add, we can add an extra scaling to the residual
+branch"). Those groups are therefore smoothed as Intel Neural Compressor does when a scale
+cannot be absorbed (``folding=False``): the Linear weights are multiplied by ``s`` and the
+runtime multiplies the Linear's *input* by ``1/s`` just before quantizing it (one
+element-wise ``Mul`` per group, :data:`SMOOTH_SUFFIX`), the LayerNorm and the residual stay
+as they are. Every layer's scales then come from that layer's own input statistics: no scale
+crosses a layer boundary.
 """
 
 from __future__ import annotations
@@ -36,8 +52,9 @@ from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
 
-__all__ = ["AWQ_GRID", "CLIP_PREFIX", "ScaleGroup", "apply_scales", "awq_clip", "awq_layer",
-           "llama_groups", "smooth_layer"]
+__all__ = ["AWQ_GRID", "CLIP_PREFIX", "INPUT_PREFIX", "SMOOTH_SUFFIX", "ScaleGroup",
+           "apply_scales", "awq_clip", "awq_layer", "bert_groups", "groups_for",
+           "input_scale_hooks", "llama_groups", "smooth_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +67,15 @@ CLIP_GRID, CLIP_MAX_SHRINK, CLIP_TOKENS, CLIP_ROW_BATCH = 20, 0.5, 512, 256
 
 #: key prefix of a clipping threshold among the folded scales (``clip:self_attn.o_proj``)
 CLIP_PREFIX = "clip:"
+
+#: key prefix of an unfolded (input) scale among the scales, by the group's first Linear
+#: (``input:attention.self.query``): the Linear layers' weights carry ``s``, their input is
+#: divided by ``s`` at run time
+INPUT_PREFIX = "input:"
+
+#: suffix of the tensor a writer stores for an unfolded scale: Linear ``X.weight`` reads
+#: ``x * X.input_smooth`` (``1/s``, float32 ``[in]``), quantized after the multiplication
+SMOOTH_SUFFIX = ".input_smooth"
 
 # AutoAWQ ``_search_best_clip`` skips the query and key projections: their rounding error is
 # seen through the softmax, not the group-wise output share the search measures
@@ -67,12 +93,15 @@ class ScaleGroup:
             (``self_attn``, ``mlp`` or the single Linear).
         smooth: whether SmoothQuant balances this group (norm-fed groups only, as the
             reference: o_proj and down_proj are not smoothed).
+        residual: ``prev``'s output also feeds a residual add (post-LayerNorm), so ``s``
+            cannot be folded into it: the input is divided by ``s`` at run time instead.
     """
 
     prev: str
     linears: list[str]
     inspect: str
     smooth: bool
+    residual: bool = False
 
 
 def llama_groups(layer: Any) -> list[ScaleGroup]:
@@ -90,9 +119,60 @@ def llama_groups(layer: Any) -> list[ScaleGroup]:
     return groups
 
 
+def bert_groups(layer: Any) -> list[ScaleGroup]:
+    """The SmoothQuant groups of a BERT layer (``BertLayer``): the LayerNorm-fed ones, as
+    the reference smooths (q/k/v, and the MLP's first Linear), both feeding a residual too
+    (see the module docstring). ``attention.output.dense`` and ``output.dense`` are not
+    smoothed (the reference smooths only norm-fed groups)."""
+    del layer  # one layout for every BERT layer
+    return [ScaleGroup("", ["attention.self.query", "attention.self.key",
+                            "attention.self.value"], "attention.self", True, residual=True),
+            ScaleGroup("attention.output.LayerNorm", ["intermediate.dense"], "intermediate",
+                       True, residual=True)]
+
+
+def groups_for(layer: Any) -> list[ScaleGroup]:
+    """The scale groups of ``layer``, by its architecture (BERT, else Llama-style)."""
+    if type(layer).__name__ == "BertLayer":
+        return bert_groups(layer)
+    return llama_groups(layer)
+
+
+def input_scale_hooks(layer: Any, scales: dict[str, np.ndarray]) -> list[Any]:
+    """Forward pre-hooks dividing the input of every Linear of an unfolded group by its
+    ``s`` (``input:NAME`` keys of ``scales``), so the smoothed float layer computes what it
+    computed before. Linear layers reading one tensor get one divided tensor. Returns the
+    handles (``.remove()`` them)."""
+    import torch
+
+    handles = []
+    for group in groups_for(layer):
+        s = scales.get(INPUT_PREFIX + group.linears[0])
+        if s is None:
+            continue
+        inv = torch.from_numpy(1.0 / np.asarray(s, np.float32))
+        memo: dict[str, Any] = {}
+
+        def hook(_m: Any, args: tuple[Any, ...], _inv: Any = inv,
+                 _memo: dict[str, Any] = memo) -> tuple[Any, ...]:
+            x = args[0]
+            if _memo.get("x") is not x:  # q/k/v read the same tensor: divide it once
+                _memo["x"], _memo["y"] = x, x * _inv.to(x.dtype)
+            return (_memo["y"], *args[1:])
+
+        handles += [layer.get_submodule(n).register_forward_pre_hook(hook)
+                    for n in group.linears]
+    return handles
+
+
 def _fold(layer: Any, group: ScaleGroup, s: Any) -> None:
     """``prev /= s`` on its output channels, each Linear ``*= s`` on its input channels
-    (AutoAWQ ``scale_ln_fcs`` / ``scale_fc_fc``)."""
+    (AutoAWQ ``scale_ln_fcs`` / ``scale_fc_fc``); a residual group's ``prev`` is left alone
+    (its input is divided at run time: :func:`input_scale_hooks`)."""
+    if group.residual:
+        for name in group.linears:
+            layer.get_submodule(name).weight.mul_(s.view(1, -1))
+        return
     prev = layer.get_submodule(group.prev)
     w = prev.weight
     if w.ndim == 1:  # a norm's weight
@@ -122,9 +202,10 @@ def apply_scales(layer: Any, scales: dict[str, np.ndarray]) -> None:
     import torch
 
     with torch.no_grad():
-        for group in llama_groups(layer):
-            if group.prev in scales:
-                _fold(layer, group, torch.from_numpy(np.asarray(scales[group.prev], np.float32)))
+        for group in groups_for(layer):
+            key = INPUT_PREFIX + group.linears[0] if group.residual else group.prev
+            if key in scales:
+                _fold(layer, group, torch.from_numpy(np.asarray(scales[key], np.float32)))
         for key, value in scales.items():
             if key.startswith(CLIP_PREFIX):
                 _clip(layer, key[len(CLIP_PREFIX):],
@@ -272,13 +353,15 @@ def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *,
         alpha: migration strength (the reference's default 0.5).
 
     Returns:
-        The folded scales by group (``prev`` name).
+        The scales by group: ``prev`` name for a folded one, ``input:FIRST_LINEAR`` for an
+        unfolded one (post-LayerNorm BERT: the caller divides the input at run time,
+        :func:`input_scale_hooks`, and a writer stores ``1/s``, :data:`SMOOTH_SUFFIX`).
     """
     import torch
 
     chosen: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        for group in llama_groups(layer):
+        for group in groups_for(layer):
             if not group.smooth or group.linears[0] not in abs_max:
                 continue
             mods = [layer.get_submodule(n) for n in group.linears]
@@ -288,5 +371,5 @@ def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *,
             s = (act.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
                  ).clamp(min=1e-5)
             _fold(layer, group, s)
-            chosen[group.prev] = s.numpy()
+            chosen[INPUT_PREFIX + group.linears[0] if group.residual else group.prev] = s.numpy()
     return chosen
