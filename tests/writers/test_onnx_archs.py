@@ -466,3 +466,23 @@ def test_rope_caches_equal_transformers_rotary_embedding(rope: str) -> None:
         plain, _ = rope_caches({"rope_theta": cfg.rope_parameters["rope_theta"],
                                 "max_position_embeddings": 512}, hd)
         assert plain.shape != cos.shape or np.abs(plain - cos).max() > 1e-3
+
+
+@pytest.mark.parametrize("quant", ["f32", "w4-g32-sym", "w8a8"])
+def test_cli_convert_and_validate(store: _Store, tmp_path: Path, quant: str) -> None:
+    """``quantport convert TINY --to onnx --quant Q`` then ``quantport validate`` (Gemma 3:
+    the architecture whose graph differs most from llama's), exit status 0."""
+    from click.testing import CliRunner
+
+    from quantport.cli.main import cli
+
+    runner = CliRunner()
+    out = tmp_path / "g3"
+    res = runner.invoke(cli, ["convert", str(store.ckpt("gemma3")), "--to", "onnx", "--quant",
+                              quant, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["validate", str(out), "--against", str(store.ckpt("gemma3")),
+                              "--ctx", "64", "--windows", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout[res.stdout.index("{"):])
+    assert rep["correct"] and rep["passed"]
