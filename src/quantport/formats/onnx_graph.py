@@ -412,10 +412,13 @@ def _windows(arch: str, cfg: Mapping[str, Any], n_layers: int) -> list[int]:
                       or 6)
         types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
                  for i in range(n_layers)]
-    if len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
+    other = sorted(set(types) - {"sliding_attention", "full_attention"})
+    if len(types) != n_layers or other:
+        what = f"has {', '.join(map(repr, other))}" if other else \
+            f"lists {len(types)} layers, not {n_layers}"
         raise UnsupportedArchitectureError(
-            f"{arch} layer_types {list(types)!r}: the ONNX writer builds one of "
-            f"sliding_attention / full_attention per layer, {n_layers} layers"
+            f"config.json: {arch} layer_types {what}; the ONNX writer builds one of "
+            "sliding_attention / full_attention per layer"
         )
     if "sliding_attention" in types and not window:
         raise ConfigError(f"config.json: {arch} has sliding_attention layers but no "
