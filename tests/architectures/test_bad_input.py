@@ -150,8 +150,7 @@ def test_missing_per_layer_tensor_is_named(tmp_path: Path, arch: str, missing: s
     ("qwen3", {"rope_type": "longrope", "factor": 2.0}),
     # Phi-3-mini-128k: LongRoPE needs rope_factors tensors quantport does not generate
     ("phi3", {"rope_type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4}),
-    ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    ("llama", {"rope_type": "dynamic", "factor": 2.0}),
     ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
 ])
 def test_rope_scaling_not_implemented_is_refused(tmp_path: Path, arch: str,

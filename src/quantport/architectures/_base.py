@@ -84,6 +84,8 @@ class Architecture:
         import_class: the HF class a GGUF import writes (default ``hf_classes[0]``).
         normalize: HF name -> the name the maps use, ``None`` for a tensor GGUF conversion
             drops (``filter_tensors``: BERT's ``bert.`` prefix, heads llama.cpp never runs).
+        extra_tensors: HF config -> tensors the converter generates, ``(GGUF name, float32
+            array)`` (``generate_extra_tensors``: llama3 RoPE's ``rope_freqs.weight``).
         norm_shift: added to every ``*norm.weight`` HF -> GGUF (Gemma's ``1 + weight`` RMS
             norms: ``Gemma3Model.norm_shift``), subtracted on import.
         calibrated: the layer-by-layer engine of the calibrated methods (GPTQ, AWQ,
@@ -116,6 +118,8 @@ class Architecture:
     normalize: Callable[[str], str | None] | None = field(default=None, repr=False)
     calibrated: bool = True
     norm_shift: float = 0.0
+    extra_tensors: Callable[[Mapping[str, Any], str], list[tuple[str, np.ndarray]]] | None = \
+        field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.gguf_arch:

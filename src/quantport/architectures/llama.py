@@ -6,8 +6,11 @@ llama.cpp: ``conversion/llama.py`` ``LlamaModel`` (set_gguf_parameters, permute)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from quantport.architectures._base import (
     DECODER_GLOBAL_MAP,
@@ -52,14 +55,14 @@ def llama_hparams(cfg: Mapping[str, Any], where: str, prefix: str = "llama") -> 
         GGUFKV(f"{prefix}.attention.layer_norm_rms_epsilon",
                float(need(cfg, "rms_norm_eps", where)), F32),
     ]
-    if rope_type not in (None, "default"):
+    if rope_type not in (None, "default", "llama3"):
         factor = rope.get("factor", rope_params.get("factor"))
-        # llama3 / yarn / dynamic scaling change the graph (llama3 needs a rope_freqs tensor):
-        # refused, never written unscaled
+        # yarn / dynamic scaling change the graph: refused, never written unscaled (llama3 is
+        # written as the rope_freqs tensor, llama_rope_freqs)
         if rope_type != "linear" or factor is None:
             raise UnsupportedArchitectureError(
                 f"{where}: rope scaling {rope_type!r} is not supported for {prefix}; "
-                "supported: none, linear")
+                "supported: none, linear, llama3")
         kv += [
             GGUFKV(f"{prefix}.rope.scaling.type", "linear", S),
             GGUFKV(f"{prefix}.rope.scaling.factor", float(factor), F32),
@@ -76,6 +79,37 @@ def llama_hparams(cfg: Mapping[str, Any], where: str, prefix: str = "llama") -> 
         GGUFKV(f"{prefix}.rope.dimension_count", int(head_dim or n_embd // n_head), U32),
     ]
     return kv
+
+
+def llama_rope_freqs(cfg: Mapping[str, Any], where: str) -> list[tuple[str, np.ndarray]]:
+    """``LlamaModel.generate_extra_tensors``: Llama 3.1+'s ``llama3`` RoPE scaling as the
+    per-dimension ``rope_freqs.weight`` factors llama.cpp divides the frequencies by (computed
+    as the converter computes them: float32 frequencies, Python float factors)."""
+    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    params = params.get("full_attention", params)
+    rope_type = str(params.get("rope_type", params.get("type")) or "").lower()
+    if rope_type != "llama3":
+        return []
+    base = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    dim = cfg.get("head_dim") or int(need(cfg, "hidden_size", where)) // int(
+        need(cfg, "num_attention_heads", where))
+    freqs = (1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32)
+                                         / np.float32(dim)))).astype(np.float32)
+    factor = params.get("factor", 8.0)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    old = params.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old / low, old / high
+    out = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(1)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return [("rope_freqs.weight", np.asarray(out, dtype=np.float32))]
 
 
 def llama_from_gguf(m: Mapping[str, Any], where: str) -> GGUFImport:
@@ -102,4 +136,5 @@ ARCH = Architecture(
     hparams=llama_hparams,
     shapes=decoder_shapes,
     from_gguf=llama_from_gguf,
+    extra_tensors=llama_rope_freqs,
 )

@@ -10,7 +10,7 @@ import numpy as np
 
 from quantport.architectures import apply_edit, for_gguf
 from quantport.architectures.config import check_config, optional_str
-from quantport.errors import ConfigError, FormatError
+from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
 from quantport.formats._io import ReadMap
 from quantport.formats.gguf_file import GGUFTensorInfo, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
@@ -68,6 +68,13 @@ class GGUFSource:
         self._gguf_of: dict[str, str] = {}
         for t in scan.tensors:
             n = t.name
+            if n == "rope_freqs.weight":
+                # generated from the config's llama3 RoPE parameters, which the factors alone
+                # do not give back (original_max_position_embeddings is not in the file)
+                raise UnsupportedArchitectureError(
+                    f"{where}: tensor 'rope_freqs.weight' (llama3 RoPE scaling) cannot be "
+                    "imported: its config parameters are not in the GGUF; convert from the "
+                    "Hugging Face checkpoint instead")
             hf = arch.hf_name(n, "model.layers.{}.")
             if hf is None or hf in self._gguf_of:
                 raise FormatError(f"{where}: tensor {n!r} has no Hugging Face counterpart")

@@ -405,7 +405,12 @@ class GGUFWriter:
             rows.append(PlanRow(g, hf, shape, t.type, t.reason, t.nbytes, arch.edit(hf)))
         metadata = gguf_metadata(source, recipe, imatrix=imatrix)
         specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in rows]
+        # tensors the converter generates from the config (generate_extra_tensors: llama3's
+        # rope_freqs): F32, after the plan rows, written when the file is opened
+        generated = [] if arch.extra_tensors is None else arch.extra_tensors(cfg, where)
+        specs += [GGUFTensor(n, tuple(a.shape), "F32") for n, a in generated]
         plan = Plan(recipe, rows, dropped, {})
+        plan.extra["generated"] = generated
         plan.extra["metadata"] = metadata
         plan.extra["layout"] = layout = gguf_layout(metadata, specs)
         # checked now, so that a dry run refuses an importance matrix of another model too
@@ -426,7 +431,11 @@ class GGUFWriter:
     @contextlib.contextmanager
     def open(self, out: Path, source: ModelSource, plan: Plan) -> Iterator[_Sink]:
         """The GGUF under a temporary name, header written; renamed into place on success."""
+        generated = plan.extra.get("generated", [])
         specs = [GGUFTensor(r.name, r.shape, r.type_name) for r in plan.rows]
+        specs += [GGUFTensor(n, tuple(a.shape), "F32") for n, a in generated]
         log.info("writing %s (%s, %d tensors)", out, plan.recipe.quant_name, len(specs))
         with open_gguf(out, plan.extra["metadata"], specs, plan.extra["layout"]) as f:
+            for j, (_, a) in enumerate(generated):
+                f.write(len(plan.rows) + j, encode_dense(a, "F32"))
             yield _Sink(f, plan)
