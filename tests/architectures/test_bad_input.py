@@ -148,8 +148,7 @@ def test_missing_per_layer_tensor_is_named(tmp_path: Path, arch: str, missing: s
 @pytest.mark.parametrize(("arch", "rope"), [
     ("qwen2", {"rope_type": "dynamic", "factor": 2.0}),
     ("qwen3", {"rope_type": "longrope", "factor": 2.0}),
-    # Phi-3-mini-128k: LongRoPE needs rope_factors tensors quantport does not generate
-    ("phi3", {"rope_type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4}),
+    ("phi3", {"rope_type": "yarn", "factor": 2.0}),
     ("llama", {"rope_type": "dynamic", "factor": 2.0}),
     ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
 ])
@@ -187,6 +186,14 @@ def test_gemma3_tiny_checkpoint_opens(tmp_path: Path) -> None:
     assert arch.edit("model.layers.0.self_attn.q_proj.weight") is None
     assert arch.gguf_name("model.layers.0.pre_feedforward_layernorm.weight") == \
         "blk.0.ffn_norm.weight"
+
+
+def test_phi3_longrope_factors_of_the_wrong_length_are_refused(tmp_path: Path) -> None:
+    # rope dimensions 8 (head size): 4 factors each, as Phi3MiniModel checks
+    rope = {"rope_type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 3}
+    src = _checkpoint(tmp_path / "m", "phi3", config={"rope_scaling": rope})
+    _refused(["convert", src, "--to", "gguf", "--quant", "F16", "-o", tmp_path / "x.gguf",
+              "--dry-run"], "must be lists of 4 numbers")
 
 
 def test_sliding_window_is_refused_for_qwen(tmp_path: Path) -> None:

@@ -5,15 +5,18 @@ up, ``2 * intermediate_size`` rows). NEOX RoPE over ``rope.dimension_count`` dim
 
 llama.cpp: ``conversion/phi.py`` ``Phi3MiniModel.set_gguf_parameters`` (which does not call the
 base class: no key_length, its own key order), the loader's ``LLM_ARCH_PHI3`` tensors. LongRoPE
-checkpoints (Phi-3-*-128k, Phi-3.5) need generated ``rope_factors_long/short`` tensors, which
-quantport does not write: they are refused. Tokenizer: SentencePiece (``llama``) with the
+checkpoints (Phi-3-*-128k, Phi-3.5) get the generated ``rope_factors_long/short`` tensors and
+``rope.scaling.attn_factor`` (``generate_extra_tensors``); a GGUF holding them is not imported. Tokenizer: SentencePiece (``llama``) with the
 ``<|endoftext|>`` token llama.cpp looks up for Phi-3 models.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from quantport.architectures._base import (
     DECODER_GLOBAL_MAP,
@@ -48,10 +51,10 @@ def phi3_hparams(cfg: Mapping[str, Any], where: str) -> list[GGUFKV]:
     """``Phi3MiniModel.set_gguf_parameters``, in its order and types."""
     check_act(cfg, where, "phi3")
     rope = rope_params(cfg)
-    if rope.get("rope_type") not in (None, "default"):
+    if rope.get("rope_type") not in (None, "default", "longrope", "su"):
         raise UnsupportedArchitectureError(
-            f"{where}: rope scaling {short(rope.get('rope_type'))} is not supported for phi3 "
-            "(LongRoPE needs rope_factors tensors quantport does not write); supported: none")
+            f"{where}: rope scaling {short(rope.get('rope_type'))} is not supported for phi3; "
+            "supported: none, longrope")
     orig = rope.get("original_max_position_embeddings")
     if orig is None:
         raise ConfigError(f"{where}: config.json has no 'original_max_position_embeddings'; "
@@ -61,7 +64,8 @@ def phi3_hparams(cfg: Mapping[str, Any], where: str) -> list[GGUFKV]:
         raise ConfigError(f"{where}: config.json has no 'rope_theta'; llama.cpp's converter "
                           "requires it for phi3")
     window = cfg.get("sliding_window")
-    return [
+    attn = _longrope(cfg, where)
+    kv = [
         GGUFKV("phi3.context_length", int(need(cfg, "max_position_embeddings", where)), U32),
         GGUFKV("phi3.rope.scaling.original_context_length", int(orig), U32),
         GGUFKV("phi3.embedding_length", int(need(cfg, "hidden_size", where)), U32),
@@ -79,6 +83,41 @@ def phi3_hparams(cfg: Mapping[str, Any], where: str) -> list[GGUFKV]:
                0 if window is None else int_({"w": window}, "w", where, name="sliding_window"),
                U32),
     ]
+    if attn is not None:
+        kv.append(GGUFKV("phi3.rope.scaling.attn_factor", attn[0], F32))
+    return kv
+
+
+def _longrope(cfg: Mapping[str, Any], where: str) -> tuple[float, list[float], list[float]] | None:
+    """LongRoPE's attention factor and long / short factors, checked as
+    ``Phi3MiniModel.generate_extra_tensors`` checks them (``None``: no LongRoPE)."""
+    rope = rope_params(cfg)
+    long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
+    if not long_f:
+        return None
+    if str(rope.get("rope_type") or "").lower() not in ("su", "longrope"):
+        raise UnsupportedArchitectureError(
+            f"{where}: phi3 rope factors with rope scaling {short(rope.get('rope_type'))}; "
+            "supported: longrope")
+    dims = _rope_dims(cfg, where)
+    if (not isinstance(long_f, list) or not isinstance(short_f, list)
+            or len(long_f) != len(short_f) or len(long_f) * 2 != dims):
+        raise ConfigError(
+            f"{where}: rope long_factor and short_factor must be lists of {dims // 2} numbers "
+            f"(rope dimensions / 2), got {short(long_f)} and {short(short_f)}")
+    orig = int(need(rope, "original_max_position_embeddings", where))
+    scale = int(need(cfg, "max_position_embeddings", where)) / orig
+    attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    return attn, [float(x) for x in long_f], [float(x) for x in short_f]
+
+
+def phi3_rope_factors(cfg: Mapping[str, Any], where: str) -> list[tuple[str, np.ndarray]]:
+    """``Phi3MiniModel.generate_extra_tensors``: LongRoPE's per-dimension factors."""
+    lr = _longrope(cfg, where)
+    if lr is None:
+        return []
+    return [("rope_factors_long.weight", np.asarray(lr[1], dtype=np.float32)),
+            ("rope_factors_short.weight", np.asarray(lr[2], dtype=np.float32))]
 
 
 def phi3_shapes(cfg: Mapping[str, Any]) -> Shapes:
@@ -136,5 +175,6 @@ ARCH = Architecture(
     hparams=phi3_hparams,
     shapes=phi3_shapes,
     from_gguf=phi3_from_gguf,
+    extra_tensors=phi3_rope_factors,
     calibrated=False,
 )

@@ -68,13 +68,14 @@ class GGUFSource:
         self._gguf_of: dict[str, str] = {}
         for t in scan.tensors:
             n = t.name
-            if n == "rope_freqs.weight":
-                # generated from the config's llama3 RoPE parameters, which the factors alone
-                # do not give back (original_max_position_embeddings is not in the file)
+            if n in ("rope_freqs.weight", "rope_factors_long.weight",
+                     "rope_factors_short.weight"):
+                # generated from the config's RoPE scaling parameters (llama3, LongRoPE);
+                # quantport does not rebuild those parameters from the factors
                 raise UnsupportedArchitectureError(
-                    f"{where}: tensor 'rope_freqs.weight' (llama3 RoPE scaling) cannot be "
-                    "imported: its config parameters are not in the GGUF; convert from the "
-                    "Hugging Face checkpoint instead")
+                    f"{where}: tensor {n!r} (RoPE scaling factors) cannot be imported: "
+                    "quantport does not rebuild the config's RoPE parameters from it; convert "
+                    "from the Hugging Face checkpoint instead")
             hf = arch.hf_name(n, "model.layers.{}.")
             if hf is None or hf in self._gguf_of:
                 raise FormatError(f"{where}: tensor {n!r} has no Hugging Face counterpart")
