@@ -164,8 +164,11 @@ def run_calibrated(
             if "gptq" in recipe.method and not model.encoder else None)
 
     # 1. everything outside the decoder layers: round-to-nearest, as without calibration
+    # (a writer's input-scale rows, SMOOTH_SUFFIX, are no source tensors: the layer loop puts
+    # them)
     others = [i for i in range(len(plan.rows))
-              if i not in in_layers and (head is None or plan.rows[i].source != head)]
+              if i not in in_layers and (head is None or plan.rows[i].source != head)
+              and not plan.rows[i].source.endswith(SMOOTH_SUFFIX)]
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
     # 2. the layers, in order (from the cache when this very calibration ran before)
