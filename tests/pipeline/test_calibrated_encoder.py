@@ -259,3 +259,20 @@ def test_cli_gptq_on_an_encoder_and_smoothquant_refused(tiny_bert: Path, tmp_pat
                               "w4-g32-sym", "--method", "awq", *calib, "-o",
                               str(tmp_path / "awq")])
     assert res.exit_code == 1 and "AWQ's scale groups" in res.output
+
+
+def test_encoder_gptq_cache_hit_gives_the_same_file(tiny_bert: Path, tmp_path: Path,
+                                                     calib_cache: Path) -> None:
+    from quantport.pipeline import convert, make_recipe
+
+    src = open_path(tiny_bert)
+    recipe = make_recipe("safetensors", "w8-channel-sym", method="gptq", calib_samples=8,
+                         calib_len=32)
+    first = convert(src, recipe, tmp_path / "a", threads=1)
+    second = convert(src, recipe, tmp_path / "b", threads=1)
+    assert not first.calibration.cached and second.calibration.cached
+    assert first.calibration.windows == second.calibration.windows
+    assert first.calibration.windows[0] == 8  # sentences, not windows
+    assert first.calibration.errors and all(e >= 0 for e in first.calibration.errors.values())
+    assert ((tmp_path / "a" / "model.safetensors").read_bytes()
+            == (tmp_path / "b" / "model.safetensors").read_bytes())
