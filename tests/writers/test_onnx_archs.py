@@ -290,25 +290,18 @@ def test_validate_weights_and_generation_checks_pass(store: _Store, arch: str) -
     assert rep.extra["generate_tokens"] == rep.extra["ir_generate_tokens"]
 
 
-# onnxruntime-genai's tokenizer (onnxruntime-extensions) and the tokenizer.json transformers 5
-# writes from a SentencePiece BPE tokenizer.model disagree at whitespace: on runs of spaces
-# genai follows SentencePiece itself ("an  actor": sentencepiece and genai [385, 29871, 11339],
-# tokenizers [385, 259, 7168]), at a leading space it differs from both (" x": sentencepiece
-# [29871, 921], genai [259, 29916], tokenizers' Metaspace(prepend_scheme="first") [921]).
-# validate compares with the source's AutoTokenizer, so the Mistral and Phi-3 checks fail;
-# Gemma (add_dummy_prefix false) and Qwen (byte-level BPE) agree. Upstream report of the
-# difference: microsoft/onnxruntime-extensions#984.
-_SPM_SPLIT = pytest.mark.xfail(strict=True, reason="SentencePiece BPE at whitespace: genai's "
-                               "tokenizer differs from transformers' (onnxruntime-extensions#984)")
-
-
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3",
-                                  pytest.param("mistral", marks=_SPM_SPLIT),
-                                  pytest.param("phi3", marks=_SPM_SPLIT)])
+# onnxruntime-genai (onnxruntime-extensions) reads the tokenizer.json transformers 5 converts
+# from a SentencePiece tokenizer.model its own way (" x": sentencepiece [29871, 921], genai
+# [259, 29916], tokenizers [921]; onnxruntime-extensions#984), so for SentencePiece checkpoints
+# the ONNX writer exports the tokenizer.json quantport rebuilds from the GGUF vocabulary, which
+# genai reads as SentencePiece tokenizes; validate's reference is the SentencePiece model.
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3", "mistral", "phi3"])
 def test_validate_genai_tokenizer_gives_the_source_ids(store: _Store, arch: str) -> None:
     rep = _report(store, arch)
     check = next(c for c in rep.checks if c["name"] == "tokenizer_ids_match")
     assert check["passed"] and rep.correct, rep.failures
+    if arch in ("mistral", "phi3", "gemma3"):
+        assert "SentencePiece" in check["detail"], check["detail"]
 
 
 def _edited(store: _Store, name: str, tmp_path: Path, **changes: Any) -> Path:
@@ -342,15 +335,7 @@ def test_configs_the_graph_cannot_express_are_refused(store: _Store, tmp_path: P
     assert "\n" not in str(e.value)
 
 
-# GGUF -> HF tokenizer has no qwen2 pre-tokenizer yet (readers/tokenizer.py; the same strict
-# xfail as tests/architectures/test_decoders.py's GGUF -> safetensors test)
-_NO_QWEN2_PRE = pytest.mark.xfail(strict=True, raises=UnsupportedArchitectureError,
-                                  reason="GGUF pre-tokenizer 'qwen2' not rebuilt as tokenizer.json")
-
-
-@pytest.mark.parametrize("arch", [pytest.param("qwen2", marks=_NO_QWEN2_PRE),
-                                  pytest.param("qwen3", marks=_NO_QWEN2_PRE),
-                                  "mistral", "phi3", "gemma3"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral", "phi3", "gemma3"])
 def test_gguf_codes_are_copied_for_every_architecture(store: _Store, arch: str,
                                                       tmp_path: Path) -> None:
     """HF -> GGUF Q8_0 -> ONNX ``--quant keep``: the graph holds exactly what the GGUF holds

@@ -55,6 +55,7 @@ from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
 from quantport.quant.scheme import IntScheme
 from quantport.readers.source import ModelSource
+from quantport.readers.tokenizer import sentencepiece_tokenizer_json
 from quantport.recipe import Recipe, Target
 
 __all__ = ["DATA_FILE", "GRAPH_FILE", "ONNXWriter", "genai_config"]
@@ -422,6 +423,15 @@ class ONNXWriter(DirectoryWriter):
 
         graph = ir.to_proto(model).SerializeToString()
         texts = {"config.json": json.dumps(source.config, indent=2)}
+        if source.path.is_dir():
+            # a SentencePiece checkpoint: the tokenizer.json onnxruntime-genai reads must be
+            # one that tokenizes as tokenizer.model does (transformers' conversion of it does
+            # not, and genai reads it differently again at a leading space)
+            spm_json = sentencepiece_tokenizer_json(source.tokenizer_files, source.config,
+                                                    arch=source.architecture.gguf_arch,
+                                                    model_dir=source.path)
+            if spm_json is not None:
+                texts["tokenizer.json"] = spm_json
         if source.architecture.causal:
             texts["genai_config.json"] = json.dumps(
                 genai_config(source.config, source.tokenizer_files), indent=4)
