@@ -96,6 +96,15 @@ def test_sentences_are_padded_lines_with_special_tokens(tiny_bert: Path) -> None
     assert all(s.mask[k, :n].all() and not s.mask[k, n:].any() for k, n in enumerate(lengths))
 
 
+def test_sentences_stop_at_the_served_max_seq_length(tiny_bert: Path, tmp_path: Path) -> None:
+    d = tmp_path / "st-bert"
+    shutil.copytree(tiny_bert, d)
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    s = calibration_sentences(open_path(d), samples=6, length=32)
+    assert s.shape[1] == 16 and (s.ids[:, 15][s.mask[:, 15] == 1] == 102).all()
+    assert calibration_sentences(open_path(tiny_bert), samples=6, length=32).shape[1] > 16
+
+
 def test_layer_by_layer_encoder_equals_transformers(tiny_bert: Path) -> None:
     from transformers import AutoModel
 

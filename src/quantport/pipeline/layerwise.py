@@ -204,8 +204,10 @@ def calibration_sentences(
     """Calibration sentences for an encoder: the first ``samples`` lines of the text with at
     least :data:`MIN_SENTENCE_WORDS` words that are not headings (the rule of validate's
     evaluation sentences), tokenized with the model's special tokens, truncated at ``length``
-    tokens (``[SEP]`` kept, as the tokenizer truncates) and padded to the longest (fewer
-    sentences than asked if the text has fewer, with a warning).
+    tokens (``[SEP]`` kept, as the tokenizer truncates) -- or at the sentence-transformers
+    ``max_seq_length`` (``sentence_bert_config.json``) when that is shorter, since the served
+    model never sees more -- and padded to the longest (fewer sentences than asked if the text
+    has fewer, with a warning).
 
     Raises:
         ConfigError: an empty text, a text without one such line, the evaluation text
@@ -220,6 +222,11 @@ def calibration_sentences(
     if length > max_pos:
         raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
                           "tokens; use a shorter window")
+    served = _max_seq_length(source)
+    if served is not None and served < length:
+        log.info("calibration sentences truncated at %d tokens, the model's max_seq_length "
+                 "(sentence_bert_config.json), not --calib-len %d", served, length)
+        length = served
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines
              if len(ln.split()) >= MIN_SENTENCE_WORDS and not ln.startswith("=")][:samples]
@@ -241,6 +248,16 @@ def calibration_sentences(
         ids[k, : len(e.ids)] = e.ids
         mask[k, : len(e.ids)] = 1
     return Sentences(ids, mask)
+
+
+def _max_seq_length(source: ModelSource) -> int | None:
+    """sentence-transformers' ``max_seq_length`` of a checkpoint directory, if it has one."""
+    path = Path(source.path) / "sentence_bert_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def calibration_inputs(
