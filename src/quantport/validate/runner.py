@@ -759,10 +759,11 @@ def _token_check(references: list[tuple[str, list[int]]], runtime_ids: list[int]
         def show(t: int) -> str:  # the id, and what it is in the source's vocabulary
             return "none" if t < 0 else f"{int(t)} ({tok.convert_ids_to_tokens(int(t))!r})"
 
-        others = " (nor the source's " + ", ".join(lb for lb, _ in references if lb != label) \
-            + ")" if len(references) > 1 else ""
-        detail = (f"first difference from the source's {label}{others} at token {i}: source id "
-                  f"{show(a[i])}, runtime id {show(b[i])}; {int((~same).sum())} of {n} differ")
+        others = "; nor equal to its " + ", ".join(lb for lb, _ in references if lb != label) \
+            if len(references) > 1 else ""
+        detail = (f"first difference at token {i}: source id {show(a[i])}, runtime id "
+                  f"{show(b[i])}; {int((~same).sum())} of {n} differ from the source's "
+                  f"{label}{others}")
     return Check.of(name, CORRECTNESS, frac, 1.0, ">=", detail)
 
 
