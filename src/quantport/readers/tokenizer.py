@@ -416,4 +416,22 @@ def sentencepiece_tokenizer_json(
     if vocab.model != "llama":
         return None
     meta = {kv.key: kv.value for kv in vocab_metadata(vocab)}
-    return hf_tokenizer_from_gguf(meta, str(model_dir / "tokenizer.model"))["tokenizer.json"]
+    text = hf_tokenizer_from_gguf(meta, str(model_dir / "tokenizer.model"))["tokenizer.json"]
+    try:
+        source = json.loads(tokenizer_files.get("tokenizer.json", "null"))
+    except ValueError:
+        source = None
+    if not isinstance(source, dict):
+        return text
+    tj = json.loads(text)
+    # what the checkpoint's own tokenizer.json adds around the text (BOS/EOS as its
+    # tokenizer_config says, which the GGUF's llama.cpp defaults need not) and the added
+    # tokens it matches whole that the GGUF vocabulary keeps as plain pieces
+    if isinstance(source.get("post_processor"), dict):
+        tj["post_processor"] = source["post_processor"]
+    have = {a["id"] for a in tj["added_tokens"]}
+    extra = [a for a in source.get("added_tokens") or []
+             if isinstance(a, dict) and isinstance(a.get("id"), int) and a["id"] not in have
+             and not a.get("normalized", False)]
+    tj["added_tokens"] = sorted([*tj["added_tokens"], *extra], key=lambda a: a["id"])
+    return json.dumps(tj, ensure_ascii=False)
