@@ -35,7 +35,11 @@ from quantport.formats.gguf_file import scan_gguf
 from quantport.formats.gguf_writer import GGUFKV, GGUFValueType, write_gguf
 from quantport.readers.gguf_vocab import vocab_from_hf, vocab_metadata
 from quantport.readers.spm import read_sentencepiece, spm_tokenizer_json
-from quantport.readers.tokenizer import check_gguf_vocab, hf_tokenizer_from_gguf
+from quantport.readers.tokenizer import (
+    check_gguf_vocab,
+    hf_tokenizer_from_gguf,
+    sentencepiece_tokenizer_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VALID = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.tokens.txt"
@@ -411,6 +415,54 @@ def test_round_trip_keeps_sentencepiece_ids(
     assert [tok.encode(ln, add_special_tokens=False) for ln in lines] == [
         sp.encode(ln) for ln in lines]
     assert tok.encode("Hi")[:1] == [1]  # add_bos_token kept
+
+
+def _checkpoint_files(ckpt: Path) -> dict[str, str]:
+    from quantport.readers.source import TOKENIZER_FILES
+
+    return {n: (ckpt / n).read_text(encoding="utf-8") for n in TOKENIZER_FILES
+            if (ckpt / n).is_file()}
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+def test_sentencepiece_tokenizer_json_gives_sentencepiece_ids(
+    version: str, mistral_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """What the ONNX writer exports for a SentencePiece checkpoint: SentencePiece's ids on
+    wikitext lines as they are and at leading spaces and runs of spaces, where the
+    tokenizer.json transformers 5 saves from the same model differs; the checkpoint's own
+    post-processor (BOS as its tokenizer_config says) and added tokens kept."""
+    import sentencepiece
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    ckpt = _mistral_checkpoint(tmp_path / "ck", mistral_models[version])
+    files = _checkpoint_files(ckpt)
+    text = sentencepiece_tokenizer_json(files, json.loads((ckpt / "config.json").read_text()),
+                                        arch="llama", model_dir=ckpt)
+    assert text is not None
+    tok = Tokenizer.from_str(text)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(mistral_models[version]))
+    lines = [ln.replace("<unk>", "unk") for ln in _lines(200)] + [
+        " x", "  x", "an  actor", "   ", "x  ", "\n x", " = Robert Boulter = \n"]
+    ours = [tok.encode(ln, add_special_tokens=False).ids for ln in lines]
+    assert ours == [sp.encode(ln) for ln in lines]
+    hf = AutoTokenizer.from_pretrained(ckpt)
+    assert hf(" x", add_special_tokens=False)["input_ids"] != sp.encode(" x")  # why it exists
+    src = json.loads(files["tokenizer.json"])
+    tj = json.loads(text)
+    assert tj["post_processor"] == src["post_processor"]
+    assert {a["id"] for a in src["added_tokens"]} <= {a["id"] for a in tj["added_tokens"]}
+
+
+def test_sentencepiece_tokenizer_json_is_none_for_other_tokenizers(
+    default_model_dir: Path
+) -> None:
+    """A byte-level BPE checkpoint (SmolLM2, no tokenizer.model): nothing to replace."""
+    files = _checkpoint_files(default_model_dir)
+    cfg = json.loads((default_model_dir / "config.json").read_text())
+    assert sentencepiece_tokenizer_json(files, cfg, arch="llama",
+                                        model_dir=default_model_dir) is None
 
 
 # ------------------------------------------------------------------------------------------
