@@ -60,6 +60,17 @@ def _tokenizer(meta: dict[str, Any]) -> Any:
     return Tokenizer.from_str(hf_tokenizer_from_gguf(meta, "test.gguf")["tokenizer.json"])
 
 
+_REBUILT: dict[Path, tuple[dict[str, Any], Any]] = {}
+
+
+def _rebuilt(path: Path) -> tuple[dict[str, Any], Any]:
+    """A test vocabulary's metadata and its rebuilt tokenizer, built once for the module."""
+    if path not in _REBUILT:
+        meta = _gguf_meta(path)
+        _REBUILT[path] = meta, _tokenizer(meta)
+    return _REBUILT[path]
+
+
 def _ids(tok: Any, texts: list[str]) -> list[list[int]]:
     return [tok.encode(t, add_special_tokens=False).ids for t in texts]
 
@@ -73,7 +84,7 @@ def _llama_cpp_ids(path: Path, texts: list[str]) -> list[list[int]]:
 
 def _texts(llamacpp_dir: Path) -> list[str]:
     """llama.cpp's test inputs (qwen35's, a superset with combining marks) and wikitext."""
-    return [t for t, _ in _vectors_any(llamacpp_dir, "qwen35")] + _lines(150)
+    return [t for t, _ in _vectors_any(llamacpp_dir, "qwen35")] + _lines(80)
 
 
 def _vectors_any(llamacpp_dir: Path, name: str) -> list[tuple[str, list[int]]]:
@@ -87,11 +98,10 @@ def _vectors_any(llamacpp_dir: Path, name: str) -> list[tuple[str, list[int]]]:
 def test_rebuilt_bpe_tokenizer_gives_llama_cpp_test_vectors(name: str, llamacpp_dir: Path) -> None:
     """Every .inp text of the test vocabulary gives exactly its .out ids (qwen35's has four
     more texts than the others: decomposed accents, which Qwen3.5 keeps un-normalised)."""
-    meta = _gguf_meta(llamacpp_dir / "models" / f"ggml-vocab-{name}.gguf")
+    meta, tok = _rebuilt(llamacpp_dir / "models" / f"ggml-vocab-{name}.gguf")
     assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("gpt2", VOCABS[name])
     vectors = _vectors(llamacpp_dir, name) if name != "qwen35" else _vectors_any(llamacpp_dir,
                                                                                 name)
-    tok = _tokenizer(meta)
     assert _ids(tok, [t for t, _ in vectors]) == [ids for _, ids in vectors]
 
 
@@ -102,7 +112,7 @@ def test_rebuilt_bpe_tokenizer_equals_llama_cpp(name: str, llamacpp_dir: Path) -
     """llama.cpp itself on the same file, on the test inputs and wikitext lines; for Qwen2 only
     on NFC text (Qwen2's tokenizer.json normalises to NFC, llama.cpp does not)."""
     path = llamacpp_dir / "models" / f"ggml-vocab-{name}.gguf"
-    tok = _tokenizer(_gguf_meta(path))
+    _, tok = _rebuilt(path)
     texts = _texts(llamacpp_dir)
     if name == "qwen2":
         texts = [t for t in texts if unicodedata.is_normalized("NFC", t)]
@@ -112,7 +122,7 @@ def test_rebuilt_bpe_tokenizer_equals_llama_cpp(name: str, llamacpp_dir: Path) -
 def test_qwen2_normalises_to_nfc_as_its_tokenizer_json(llamacpp_dir: Path) -> None:
     """A decomposed accent tokenizes as the composed one, as Qwen2's own tokenizer.json (NFC
     normaliser) does; Qwen3.5's pre-tokenizer keeps combining marks instead (its vectors)."""
-    tok = _tokenizer(_gguf_meta(llamacpp_dir / "models" / "ggml-vocab-qwen2.gguf"))
+    _, tok = _rebuilt(llamacpp_dir / "models" / "ggml-vocab-qwen2.gguf")
     decomposed = unicodedata.normalize("NFD", "résumé café")
     assert decomposed != "résumé café"
     assert _ids(tok, [decomposed]) == _ids(tok, ["résumé café"])
