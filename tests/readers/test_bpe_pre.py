@@ -199,13 +199,13 @@ def test_borrowed_vocabulary_tells_the_pre_tokenizers_apart(
 def test_pre_tokenizers_of_the_architecture_table_are_rebuilt() -> None:
     """What quantport writes for the architectures it converts comes back: each architecture's
     own pre-tokenizer (Qwen2/Qwen3: "qwen2"), Qwen3.5's "qwen35", Llama 3's "llama-bpe",
-    SmolLM's "smollm", GPT-2's "gpt-2" and DeepSeek's."""
+    SmolLM's "smollm", Mistral NeMo's / Small 3's "tekken", GPT-2's "gpt-2" and DeepSeek's."""
     from quantport.architectures import ARCHITECTURES
 
     own = {a.pre_tokenizer for a in ARCHITECTURES.values() if a.pre_tokenizer}
     assert own and own <= set(SUPPORTED_PRE)
-    assert {"qwen35", "llama-bpe", "smollm", "gpt-2", "deepseek-llm", "deepseek-coder",
-            "deepseek-v3", "deepseek-r1-qwen"} <= set(SUPPORTED_PRE)
+    assert {"qwen35", "llama-bpe", "smollm", "tekken", "gpt-2", "deepseek-llm",
+            "deepseek-coder", "deepseek-v3", "deepseek-r1-qwen"} <= set(SUPPORTED_PRE)
     # every name quantport rebuilds is one llama.cpp's converter writes or llama.cpp reads
     assert set(SUPPORTED_PRE) - set(SUPPORTED_PRE_TOKENIZERS) <= {
         "default", "llama3", "llama-v3", "jina-es", "jina-de", "glm5",

@@ -85,6 +85,16 @@ _DEEPSEEK3 = (
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}"
     "\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
 )
+# LLAMA_VOCAB_PRE_TYPE_TEKKEN (Mistral NeMo, Small 3...) and LLAMA_VOCAB_PRE_TYPE_GPT4O (also
+# MINIMAX_M2): the tokenizer.json originals, cased words split before a capital
+_CASED_WORDS = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+@C@"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*@C@"
+)
+_TEKKEN_REGEX = (_CASED_WORDS.replace("@C@", "") + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+                 r"|\s+(?!\S)|\s+")
+_GPT4O_REGEX = (_CASED_WORDS.replace("@C@", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?")
+                + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # LLAMA_VOCAB_PRE_TYPE_FALCON
 _FALCON = (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_RE, "[0-9][0-9][0-9]")
 # the default case of llm_tokenizer_bpe (LLAMA_VOCAB_PRE_TYPE_DEFAULT)
@@ -126,6 +136,9 @@ _PRE: dict[str, _Pre] = {
     "deepseek-coder": _Pre(_DEEPSEEK_CODER),
     **dict.fromkeys(("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"), _Pre(_DEEPSEEK3)),
     "falcon": _Pre(_FALCON),
+    "tekken": _Pre((_TEKKEN_REGEX,), ignore_merges=True, add_bos=True),
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"),
+                    _Pre((_GPT4O_REGEX,))),
 }
 
 #: every ``tokenizer.ggml.pre`` of a byte-level BPE (``gpt2``) vocabulary that
