@@ -128,6 +128,9 @@ class _Builder:
     def linear(self, x: ir.Value, name: str, bias: str | None = None) -> ir.Value:
         """``x @ W.T (+ b)`` for Hugging Face Linear weight ``name``, as its storage says."""
         st = self.storages[name]
+        smooth = name.removesuffix(".weight") + ".input_smooth"
+        if self.has(smooth):  # SmoothQuant's unfolded scale (pipeline.transforms)
+            x = self.op("Mul", [x, self.dense(smooth)])
         if st.kind == "dense":
             y = self.op("MatMul", [x, self.dense(name)], name=name)
         elif st.kind == "qdq" and self.opts.act_quant == "w8a8":

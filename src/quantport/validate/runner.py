@@ -373,7 +373,18 @@ class TransformersLM:
             # torch wants writable memory; F32 tensors may be read-only views of a file map
             t = torch.from_numpy(np.require(w, dtype=np.float32, requirements=["C", "W"]))
             memo[id(p)] = torch.nn.Parameter(t, requires_grad=False)
-        return TransformersLM(None, causal=self.causal, model=copy.deepcopy(self.model, memo))
+        model = copy.deepcopy(self.model, memo)
+        # SmoothQuant's unfolded scales (pipeline.transforms.SMOOTH_SUFFIX): the graph multiplies
+        # the Linear's input by NAME.input_smooth before quantizing it
+        modules = dict(model.named_modules())
+        for name, v in weights.items():
+            if name.endswith(".input_smooth"):
+                base = name.removesuffix(".input_smooth")
+                m = modules.get(base) or modules.get(base.removeprefix(prefix))
+                inv = torch.from_numpy(np.array(v, dtype=np.float32))
+                m.register_forward_pre_hook(
+                    lambda _m, args, _v=inv: (args[0] * _v.to(args[0].dtype), *args[1:]))
+        return TransformersLM(None, causal=self.causal, model=model)
 
     def logits(self, ids: np.ndarray, first: int = 0) -> Any:
         """Next-token logits of positions ``first ..`` (float32 torch ``[n - first, vocab]``);

@@ -394,6 +394,20 @@ class ONNXWriter(DirectoryWriter):
                     "'model.layers.0.self_attn.q_proj.weight'; a tied head is "
                     "'model.embed_tokens.weight')"
                 )
+        if recipe.method == "smoothquant" and not source.architecture.causal:
+            # post-LayerNorm encoders: SmoothQuant's 1/s per smoothed Linear, multiplied into
+            # its input before DynamicQuantizeLinear (pipeline.transforms.SMOOTH_SUFFIX)
+            from quantport.pipeline.transforms import SMOOTH_SUFFIX, bert_groups
+
+            for row in list(rows):
+                local = re.sub(r"^.*?encoder\.layer\.\d+\.", "", row.source)
+                if any(local == f"{n}.weight" for g in bert_groups(None) for n in g.linears):
+                    name = row.source.removesuffix(".weight") + SMOOTH_SUFFIX
+                    shape = (row.shape[1],)
+                    st = storage_for(name, shape, "F32", "other", recipe.onnx_matmul)
+                    storages.append(st)
+                    rows.append(PlanRow(name, name, shape, "F32", "SmoothQuant input scale",
+                                        st.nbytes))
         fused: list[Storage] = []
         if source.architecture.causal:
             storages, fused = _fuse_qkv(source, storages)
