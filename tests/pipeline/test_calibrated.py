@@ -346,3 +346,21 @@ def test_cache_keeps_only_the_most_recent_calibrations(tmp_path: Path) -> None:
     assert kept == ["key2", "key3", "key4", "key5"]
     loaded, _ = layerwise.StatsCache("key5", tmp_path).load(0)
     np.testing.assert_array_equal(loaded.groups[0].hessian, np.eye(3))
+
+
+def test_gptq_on_a_bfloat16_checkpoint(tiny_llama: Path, tmp_path: Path,
+                                       calib_cache: Path) -> None:
+    """A checkpoint saved in bfloat16 (config ``dtype: bfloat16``) calibrates with float32
+    layers: the rounding reads them as numpy, which has no bfloat16 (it raised TypeError)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(bf16)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, bf16 / name)
+    assert json.loads((bf16 / "config.json").read_text())["dtype"] == "bfloat16"
+    report = convert(open_path(bf16), make_recipe("safetensors", "w4-g32-sym", method="gptq",
+                                                  **CALIB), tmp_path / "out", threads=1)
+    assert len(report.calibration.errors) == 14

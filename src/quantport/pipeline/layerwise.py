@@ -447,7 +447,7 @@ class LayerwiseModel:
             from transformers import AutoModel
 
             with torch.device("meta"), quiet_loading():
-                self.body = AutoModel.from_config(self.config)
+                self.body = AutoModel.from_config(self.config, dtype=torch.float32)
             # BertModel checkpoints name ``encoder.layer.N``; BertFor* heads ``bert.encoder...``
             root = "bert." if any(n.startswith("bert.encoder.") for n in source.names()) else ""
             self.root = f"{root}embeddings."
@@ -456,8 +456,10 @@ class LayerwiseModel:
             self.n_layers = len(self.layers)
             self.rotary = None
             return
+        # float32 parameters whatever the checkpoint's ``dtype`` says (a bfloat16 checkpoint's
+        # layers would otherwise be built in bfloat16, and rounding reads them as numpy)
         with torch.device("meta"), quiet_loading():
-            model = AutoModelForCausalLM.from_config(self.config)
+            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
         self.body = getattr(model, model.base_model_prefix)
         self.prefix = f"{model.base_model_prefix}.layers."
         self.layers = self.body.layers
