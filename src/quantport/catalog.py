@@ -34,7 +34,10 @@ def architecture_support(arch: Architecture) -> dict[str, str]:
         "safetensors": "yes",
         "gptq": "yes" if arch.causal else "no (encoder)",
         "onnx": "yes" if arch.name in BUILDERS else "no",
-        "calibrated": "yes" if arch.calibrated and arch.causal else "no",
+        # encoders: GPTQ; SmoothQuant's scales cannot be folded into a post-LayerNorm encoder,
+        # only ONNX stores them (NAME.input_smooth); AWQ is decoder-only
+        "calibrated": ("no" if not arch.calibrated else "yes" if arch.causal
+                       else "gptq, smoothquant (onnx)"),
     }
 
 

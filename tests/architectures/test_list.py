@@ -20,6 +20,7 @@ def test_list_shows_each_architecture_with_format_support() -> None:
     # Mistral is written as GGUF llama, and a llama GGUF comes back as LlamaForCausalLM
     assert rows["mistral"]["gguf"] == "export (llama), import (as llama)"
     assert rows["bert"]["gptq"].startswith("no")
+    assert rows["bert"]["calibrated"] == "gptq, smoothquant (onnx)"
     assert all(rows[a]["onnx"] == "yes" for a in ("llama", "mistral", "qwen2", "qwen3", "phi3",
                                                  "gemma3", "bert"))
     text = CliRunner().invoke(cli, ["list"], catch_exceptions=False).output

@@ -90,7 +90,8 @@ class Architecture:
             norms: ``Gemma3Model.norm_shift``), subtracted on import.
         calibrated: the layer-by-layer engine of the calibrated methods (GPTQ, AWQ,
             SmoothQuant: ``pipeline/layerwise.py``) runs it; it stages llama's separate
-            q/k/v and gate/up projections, so fused ones (Phi-3) and encoders are not.
+            q/k/v and gate/up projections, so fused ones (Phi-3) are not; encoders take
+            GPTQ, and SmoothQuant to ONNX only.
     """
 
     name: str

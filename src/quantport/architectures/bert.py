@@ -94,5 +94,5 @@ ARCH = Architecture(
     pooling=True,
     hparams=bert_hparams,
     normalize=bert_normalize,
-    calibrated=False,
+    calibrated=True,  # GPTQ; SmoothQuant to ONNX (pipeline/calibrated.py _check_encoder)
 )
