@@ -455,17 +455,18 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     def line(text: str, ok: bool | None, detail: str) -> None:
         out.append(f"- {text}: {verdict(ok) if ok is not None else 'not judged'} ({detail}).")
 
-    why = have("st-gptq", "st-llmc")
-    if why:
-        for t in ("KLD", "wall", "peak RSS"):
-            line(f"quantport GPTQ w4-g64-sym {t} vs llm-compressor's", None, why)
-    else:
-        q, c = rows["st-gptq"], rows["st-llmc"]
-        line("quantport GPTQ w4-g64-sym KLD at most llm-compressor's", q.kld <= c.kld,
+    for key, label in (("st-gptq", "GPTQ"), ("st-gptq-bf16", "GPTQ (bf16 calibration)")):
+        why = have(key, "st-llmc")
+        if why:
+            for t in ("KLD", "wall", "peak RSS"):
+                line(f"quantport {label} w4-g64-sym {t} vs llm-compressor's", None, why)
+            continue
+        q, c = rows[key], rows["st-llmc"]
+        line(f"quantport {label} w4-g64-sym KLD at most llm-compressor's", q.kld <= c.kld,
              f"{q.kld:.5f} vs {c.kld:.5f}, ratio {q.kld / c.kld:.2f}")
-        line("quantport GPTQ w4-g64-sym wall time at most 0.5x llm-compressor's",
+        line(f"quantport {label} w4-g64-sym wall time at most 0.5x llm-compressor's",
              q.wall <= 0.5 * c.wall, f"{q.wall:.1f} s vs {c.wall:.1f} s, ratio {q.wall / c.wall:.2f}")
-        line("quantport GPTQ w4-g64-sym peak RSS at most llm-compressor's", q.rss <= c.rss,
+        line(f"quantport {label} w4-g64-sym peak RSS at most llm-compressor's", q.rss <= c.rss,
              f"{q.rss / MIB:.0f} MiB vs {c.rss / MIB:.0f} MiB, ratio {q.rss / c.rss:.2f}")
     why = have("st-awq", "st-rtn")
     if why:
