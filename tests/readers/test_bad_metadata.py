@@ -21,7 +21,7 @@ from quantport.cli.main import cli
 from quantport.errors import ConfigError, FormatError, QuantportError
 from quantport.formats.safetensors import SafetensorsFile
 from quantport.readers import open_path
-from quantport.readers.config import (
+from quantport.architectures.config import (
     bool_,
     check_config,
     finite_float,

@@ -14,6 +14,7 @@ from typing import Any
 
 from quantport.architectures import bert, gemma3, llama, mistral, phi3, qwen2, qwen3
 from quantport.architectures._base import (
+    SMOOTH_SUFFIX,
     Architecture,
     GGUFImport,
     apply_edit,
@@ -25,6 +26,7 @@ from quantport.errors import ConfigError, UnsupportedArchitectureError
 
 __all__ = [
     "ARCHITECTURES",
+    "SMOOTH_SUFFIX",
     "BY_HF_CLASS",
     "Architecture",
     "GGUFImport",

@@ -43,6 +43,12 @@ S, U32, F32, B = (GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.FLOA
 Shapes = dict[str, tuple[int | None, ...]]
 
 
+#: suffix of an unfolded SmoothQuant input scale stored beside a Linear weight
+#: (``encoder.layer.0.attention.self.query.input_smooth``: the graph multiplies the Linear's
+#: input by it; post-LayerNorm encoders, see ``pipeline/transforms.py``)
+SMOOTH_SUFFIX = ".input_smooth"
+
+
 @dataclass(frozen=True)
 class GGUFImport:
     """A GGUF file's metadata as a Hugging Face ``config.json``.

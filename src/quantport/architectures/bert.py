@@ -96,3 +96,10 @@ ARCH = Architecture(
     normalize=bert_normalize,
     calibrated=True,  # GPTQ; SmoothQuant to ONNX (pipeline/calibrated.py _check_encoder)
 )
+
+
+#: the Linear layers of a BERT layer SmoothQuant smooths (the LayerNorm-fed ones: q/k/v, and the
+#: MLP's first Linear); their scales cannot be folded into a post-LayerNorm encoder, so a writer
+#: stores ``NAME`` + :data:`~quantport.architectures.SMOOTH_SUFFIX` (``pipeline/transforms.py``)
+SMOOTHED = ("attention.self.query", "attention.self.key", "attention.self.value",
+            "intermediate.dense")

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from quantport.architectures import SMOOTH_SUFFIX, bert
+
 from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
@@ -75,7 +77,6 @@ INPUT_PREFIX = "input:"
 
 #: suffix of the tensor a writer stores for an unfolded scale: Linear ``X.weight`` reads
 #: ``x * X.input_smooth`` (``1/s``, float32 ``[in]``), quantized after the multiplication
-SMOOTH_SUFFIX = ".input_smooth"
 
 # AutoAWQ ``_search_best_clip`` skips the query and key projections: their rounding error is
 # seen through the softmax, not the group-wise output share the search measures
@@ -125,10 +126,9 @@ def bert_groups(layer: Any) -> list[ScaleGroup]:
     (see the module docstring). ``attention.output.dense`` and ``output.dense`` are not
     smoothed (the reference smooths only norm-fed groups)."""
     del layer  # one layout for every BERT layer
-    return [ScaleGroup("", ["attention.self.query", "attention.self.key",
-                            "attention.self.value"], "attention.self", True, residual=True),
-            ScaleGroup("attention.output.LayerNorm", ["intermediate.dense"], "intermediate",
-                       True, residual=True)]
+    qkv, mlp = list(bert.SMOOTHED[:3]), list(bert.SMOOTHED[3:])
+    return [ScaleGroup("", qkv, "attention.self", True, residual=True),
+            ScaleGroup("attention.output.LayerNorm", mlp, "intermediate", True, residual=True)]
 
 
 def groups_for(layer: Any) -> list[ScaleGroup]:

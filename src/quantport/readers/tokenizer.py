@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quantport.errors import FormatError, UnsupportedArchitectureError
-from quantport.readers.config import positive_int
+from quantport.architectures.config import positive_int
 
 __all__ = [
     "SUPPORTED_PRE",

@@ -35,6 +35,7 @@ import numpy as np
 
 import quantport
 from quantport.writers._directory import DirectoryWriter
+from quantport.architectures import SMOOTH_SUFFIX, bert
 from quantport.errors import ShapeError, UnsupportedArchitectureError, UnsupportedQuantError
 from quantport.formats._atomic import atomic_dir
 from quantport.formats._io import pwrite_all
@@ -396,12 +397,10 @@ class ONNXWriter(DirectoryWriter):
                 )
         if recipe.method == "smoothquant" and not source.architecture.causal:
             # post-LayerNorm encoders: SmoothQuant's 1/s per smoothed Linear, multiplied into
-            # its input before DynamicQuantizeLinear (pipeline.transforms.SMOOTH_SUFFIX)
-            from quantport.pipeline.transforms import SMOOTH_SUFFIX, bert_groups
-
+            # its input before DynamicQuantizeLinear (pipeline/transforms.py)
             for row in list(rows):
                 local = re.sub(r"^.*?encoder\.layer\.\d+\.", "", row.source)
-                if any(local == f"{n}.weight" for g in bert_groups(None) for n in g.linears):
+                if any(local == f"{n}.weight" for n in bert.SMOOTHED):
                     name = row.source.removesuffix(".weight") + SMOOTH_SUFFIX
                     shape = (row.shape[1],)
                     st = storage_for(name, shape, "F32", "other", recipe.onnx_matmul)
