@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from quantport._fixtures import calibration_text
 from quantport.errors import ConfigError, FormatError
 from quantport.formats.gguf_file import scan_gguf
 from quantport.formats.gguf_writer import GGUFKV, GGUFValueType, write_gguf
@@ -42,7 +43,7 @@ from quantport.readers.tokenizer import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-VALID = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.tokens.txt"
+VALID = calibration_text()  # fixtures/wikitext-2 in the repository (CI has no ../shared)
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 LLAMA_CPP_PYTHON = "0.3.36"
 MISTRAL_COMMON = "1.13.1"
