@@ -19,8 +19,31 @@ from typing import Any
 from quantport.formats.gguf_file import scan_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
-LLAMA_CPP = ROOT / ".cache/llama-cpp-python-0.3.36-src/llama_cpp_python-0.3.36/vendor/llama.cpp"
+_SDIST = Path(os.environ.get("QUANTPORT_CACHE", str(ROOT / ".cache"))) / \
+    "llama-cpp-python-0.3.36-src"
+LLAMA_CPP = _SDIST / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 VOCABS = LLAMA_CPP / "models"
+
+
+def _ensure_llama_cpp() -> None:
+    """The pinned llama-cpp-python source distribution (vendored llama.cpp: the converter,
+    gguf-py, the test vocabularies) in the cache: ``pip download`` once, as the readers'
+    tests do (a fresh checkout has no copy)."""
+    import tarfile
+
+    if (LLAMA_CPP / "convert_hf_to_gguf.py").is_file():
+        return
+    _SDIST.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                        ":all:", "-q", "-d", str(_SDIST), "llama-cpp-python==0.3.36"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"pip download llama-cpp-python==0.3.36 failed: {r.stderr[-500:]}")
+    with tarfile.open(next(_SDIST.glob("llama_cpp_python-0.3.36.tar.gz"))) as tf:
+        tf.extractall(_SDIST, filter="data")
+
+
+_ensure_llama_cpp()
 
 # llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2, as Qwen2's own tokenizer.json writes it
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
