@@ -130,11 +130,7 @@ def calibration_windows(
 
     path = Path(text_path)
     text = _read_text(path)
-    _check_text(source, path, text, f"{length} tokens")
-    max_pos = int(source.config.get("max_position_embeddings") or length)
-    if length > max_pos:
-        raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
-                          "tokens; use a shorter window")
+    _check_text(source, path, text, f"{length} tokens", length)
     ids = _tokens(source.tokenizer_files["tokenizer.json"], text, samples * length)
     n = min(samples, len(ids) // length)
     if n < 1:
@@ -181,7 +177,9 @@ class Sentences:
         return np.stack([self.ids, self.mask])
 
 
-def _check_text(source: ModelSource, path: Path, text: str, what: str) -> None:
+def _check_text(source: ModelSource, path: Path, text: str, what: str, length: int) -> None:
+    """Refuse an empty text, the evaluation text, a source without a tokenizer, or a
+    ``length`` (``--calib-len``) beyond the model's context."""
     if not text.strip():
         raise ConfigError(f"calibration text {path} is empty; give a text of at least "
                           f"{what} (e.g. {DEFAULT_CALIBRATION_TEXT.name})")
@@ -193,6 +191,10 @@ def _check_text(source: ModelSource, path: Path, text: str, what: str) -> None:
     if "tokenizer.json" not in source.tokenizer_files:
         raise ConfigError(f"{source.path}: no tokenizer.json; the calibration text cannot be "
                           "tokenized")
+    max_pos = int(source.config.get("max_position_embeddings") or length)
+    if length > max_pos:
+        raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
+                          "tokens; use a shorter window")
 
 
 def calibration_sentences(
@@ -217,11 +219,7 @@ def calibration_sentences(
 
     path = Path(text_path)
     text = _read_text(path)
-    _check_text(source, path, text, f"one line of {MIN_SENTENCE_WORDS} words")
-    max_pos = int(source.config.get("max_position_embeddings") or length)
-    if length > max_pos:
-        raise ConfigError(f"--calib-len {length} exceeds the model's context of {max_pos} "
-                          "tokens; use a shorter window")
+    _check_text(source, path, text, f"one line of {MIN_SENTENCE_WORDS} words", length)
     served = _max_seq_length(source)
     if served is not None and served < length:
         log.info("calibration sentences truncated at %d tokens, the model's max_seq_length "

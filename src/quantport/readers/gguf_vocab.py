@@ -40,6 +40,7 @@ from typing import Any
 
 from quantport.errors import ConfigError
 from quantport.formats.gguf_writer import GGUFKV, GGUFValueType
+from quantport.readers.spm import CONTROL, NORMAL, UNUSED, USER_DEFINED  # gguf-py TokenType
 
 __all__ = [
     "SUPPORTED_PRE_TOKENIZERS",
@@ -52,8 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# gguf-py constants.py TokenType
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # get_vocab_base_pre() in conversion/base.py of llama-cpp-python 0.3.36's vendored llama.cpp
 # (generated there by convert_hf_to_gguf_update.py): chkhsh -> tokenizer.ggml.pre. The converter
