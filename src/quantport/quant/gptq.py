@@ -10,8 +10,13 @@ the errors of the earlier columns left them. So the same loop runs on compressed
 integer grids and on every llama.cpp type, k-quant super-blocks included: the result is
 exactly what ``grid.assemble`` makes, and every writer packs it unchanged.
 
-Pure numpy (float64 for the Hessian algebra and the error-updated weights; the grids see
-float32 values, as round-to-nearest does).
+numpy by default (float64 for the Hessian algebra and the error-updated weights; the grids see
+float32 values, as round-to-nearest does). The same code runs on another array library -- torch
+on a GPU -- through :class:`ArrayOps`: the heavy steps (the Hessian's factorisation, the column
+loop and its matmuls, the rounding of integer and k-quant grids) run on the arrays of ``ops``,
+while every grid's fit and assembly stay numpy (a block is copied to the host to be fitted).
+This package never imports torch: the torch implementation is
+:class:`quantport.pipeline.device.TorchOps`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import IntScheme
 
 __all__ = [
+    "NUMPY",
+    "ArrayOps",
     "GptqResult",
     "TensorIntGrid",
     "gptq_quantize",
@@ -55,6 +62,99 @@ _FIRST_DAMP = 0.01
 _TRI_LEAF = 128
 # columns of the inner lazy-update level (see _column_loop)
 _SUB = 16
+
+
+class ArrayOps:
+    """Where GPTQ's large arrays live and how its heavy steps run: numpy on the CPU (this
+    class; :data:`NUMPY` is the default everywhere).
+
+    A subclass runs the same loop on another array library whose arrays support numpy's
+    operators, slicing, ``.T`` and ``@`` (torch tensors do: see
+    :class:`quantport.pipeline.device.TorchOps`); ``dtype`` arguments are numpy dtypes.
+    """
+
+    name = "numpy"
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` (a numpy array or this library's) as this library's array."""
+        return np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
+
+    def numpy(self, a: Any) -> np.ndarray:
+        """``a`` as a numpy array (copied to the host)."""
+        return np.asarray(a)
+
+    def copy(self, a: Any) -> Any:
+        return np.array(a, copy=True)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return np.empty(shape, dtype=dtype)
+
+    def empty_like(self, a: Any, shape: tuple[int, ...]) -> Any:
+        """An empty array of ``a``'s dtype and this shape."""
+        return np.empty(shape, dtype=a.dtype)
+
+    def contiguous(self, a: Any) -> Any:
+        return np.ascontiguousarray(a)
+
+    def cast(self, a: Any, dtype: Any) -> Any:
+        return a.astype(dtype)
+
+    def round(self, a: Any) -> Any:
+        """Round half to even (``np.round``)."""
+        return np.round(a)
+
+    def nearest_int(self, a: Any) -> Any:
+        """ggml's ``nearest_int`` of float32 values (see :func:`nearest_int`)."""
+        return nearest_int(a)
+
+    def clip(self, a: Any, lo: Any, hi: Any) -> Any:
+        return np.clip(a, lo, hi)
+
+    def all_finite(self, a: Any) -> bool:
+        return bool(np.isfinite(a).all())
+
+    def diag(self, a: Any) -> np.ndarray:
+        """The diagonal of a square array, as a numpy copy."""
+        return np.diag(a).copy()
+
+    def set_diag(self, a: Any, idx: np.ndarray, value: float, *, add: bool = False) -> None:
+        """``a[i, i] = value`` (or ``+= value``) for ``i`` in ``idx``, in place."""
+        if add:
+            a[idx, idx] += value
+        else:
+            a[idx, idx] = value
+
+    def take2(self, a: Any, perm: np.ndarray) -> Any:
+        """``a[perm][:, perm]``."""
+        return a[np.ix_(perm, perm)]
+
+    def take_cols(self, a: Any, perm: np.ndarray) -> Any:
+        """``a[:, perm]``."""
+        return a[:, perm]
+
+    def flip2(self, a: Any) -> Any:
+        """``a[::-1, ::-1]`` as a contiguous copy."""
+        return a[::-1, ::-1].copy()
+
+    def upper_chol_of_inverse_reversed(self, hr: Any) -> Any | None:
+        """:func:`_upper_chol_of_inverse_reversed`, or None when ``hr`` is not positive
+        definite."""
+        try:
+            return _upper_chol_of_inverse_reversed(hr)
+        except np.linalg.LinAlgError:
+            return None
+
+    def sq_sum(self, e: Any) -> Any:
+        """``sum(e * e)`` as a scalar of this library (added up without a host round trip)."""
+        return np.dot(e, e)
+
+    def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
+        """:func:`hessian_error` on this library's arrays."""
+        return hessian_error(w, q, hessian)
+
+
+#: numpy on the CPU: the default :class:`ArrayOps`
+NUMPY = ArrayOps()
 
 
 @dataclass(frozen=True)
@@ -180,6 +280,7 @@ def run_gptq(
     act_order: bool = False,
     static_groups: bool = False,
     name: str = "tensor",
+    ops: ArrayOps | None = None,
 ) -> GptqResult:
     """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
 
@@ -203,6 +304,9 @@ def run_gptq(
             weights in the original order (reference ``static_groups``; llm-compressor's
             ``actorder="static"``); with ``act_order`` the record then needs no ``g_idx``.
         name: tensor name for messages.
+        ops: where the column loop runs (:class:`ArrayOps`; default numpy on the CPU).
+            ``w`` and ``hessian`` may then be that library's arrays (on its device); the
+            result is numpy either way.
 
     Returns:
         The record, its dequantized values and the error figures (:class:`GptqResult`).
@@ -213,17 +317,21 @@ def run_gptq(
         UnsupportedQuantError: ``act_order`` without ``static_groups`` on a grid that has no
             ``g_idx`` (any ggml grid).
     """
-    w = np.asarray(w)
+    ops = NUMPY if ops is None else ops
+    on_host = ops is NUMPY
+    if not hasattr(w, "ndim"):
+        w = np.asarray(w)
     if w.ndim != 2:
-        raise ShapeError(f"{name}: GPTQ expects a 2-D weight, got shape {w.shape}")
+        raise ShapeError(f"{name}: GPTQ expects a 2-D weight, got shape {tuple(w.shape)}")
     rows, cols = w.shape
     gb = int(grid.block)
     if cols % gb:
         raise ShapeError(f"{name}: width {cols} is not a multiple of the block size {gb}")
-    h = np.array(hessian, dtype=np.float64)  # a copy: the dead columns are edited below
-    if h.shape != (cols, cols):
+    # a float64 copy (the dead columns are edited below), on the ops' device
+    h = ops.copy(ops.asarray(hessian, np.float64))
+    if tuple(h.shape) != (cols, cols):
         raise ShapeError(
-            f"{name}: Hessian of shape {h.shape} does not fit a weight of width {cols}; "
+            f"{name}: Hessian of shape {tuple(h.shape)} does not fit a weight of width {cols}; "
             f"expected ({cols}, {cols})"
         )
     if block_cols < 1:
@@ -239,9 +347,11 @@ def run_gptq(
             f"{name}: act-order groups need g_idx, which {grid.name} cannot store (its blocks "
             "sit at fixed columns); pass static_groups=True (act-order with static groups)"
         )
-    w32 = np.asarray(w, dtype=F32)
-    diag = np.diag(h).copy()
-    finite = bool(np.isfinite(h).all())
+    # the grids fit and assemble on the host (float32 numpy); the column loop runs on ops
+    w32 = np.asarray(ops.numpy(w), dtype=F32)
+    wd = w32 if on_host else ops.asarray(w, F32)
+    diag = ops.diag(h)
+    finite = ops.all_finite(h)
 
     if importance is None:
         imp = np.where(np.isfinite(diag) & (diag > 0), diag, 0.0).astype(F32)
@@ -257,22 +367,26 @@ def run_gptq(
     # diagonal set to 1, so that the factorisation exists and the column rounds to zero
     dead = diag == 0
     if dead.any():
-        h[dead, dead] = 1.0
+        dead_idx = np.flatnonzero(dead)
+        ops.set_diag(h, dead_idx, 1.0)
+        diag[dead_idx] = 1.0
         w32 = w32.copy()
         w32[:, dead] = 0.0
+        wd = w32 if on_host else ops.asarray(w32, F32)
 
     if act_order:
         # gptq.py lines 89-93 / GPTQModel desc_act: decreasing diag(H), taken after the dead
         # columns' fix; a stable sort keeps equal diagonals in column order (deterministic)
-        perm = np.argsort(-np.diag(h), kind="stable")
+        perm = np.argsort(-diag, kind="stable")
     else:
         perm = np.arange(cols)
 
     u, used = (None, damp)
     if finite:
         if act_order:
-            h = h[np.ix_(perm, perm)]  # (the unpermuted copy is freed)
-        u, used = _inverse_cholesky(h, damp)
+            h = ops.take2(h, perm)  # (the unpermuted copy is freed)
+            diag = diag[perm]
+        u, used = _inverse_cholesky(h, diag, damp, ops)
     del h
     if u is None:
         why = (f"is not positive definite even with dampening {used:g}" if finite
@@ -283,7 +397,8 @@ def run_gptq(
         record = quantize_rtn(w32, grid, imp if finite or importance is not None else None,
                               name=name)
         values = dequantize(record)
-        err = hessian_error(w, values, hessian) if finite else float("nan")
+        err = (ops.hessian_error(w, ops.asarray(values), hessian) if finite
+               else float("nan"))
         return GptqResult(record, values, float("nan"), err, None)
 
     # Whole-row statistics from the ORIGINAL rows, once. Only llama.cpp's legacy types with an
@@ -302,7 +417,7 @@ def run_gptq(
         static_params = grid.fit(x_all, imp.reshape(1, nb, gb), row_stats=stats)
 
     codes_p, values_p, loss, parts = _column_loop(
-        w32[:, perm].astype(np.float64),
+        ops.cast(ops.take_cols(wd, perm), np.float64),
         u,
         grid,
         imp[perm],
@@ -310,10 +425,15 @@ def run_gptq(
         perm,
         static_params,
         min(block_cols, cols),
+        ops,
     )
-
+    del u
     inv = np.argsort(perm)
-    values = np.ascontiguousarray(values_p[:, inv])
+    values_d = ops.contiguous(ops.take_cols(values_p, inv))
+    err = ops.hessian_error(w, values_d, hessian)
+    values = np.ascontiguousarray(ops.numpy(values_d))
+    del values_d, values_p
+    codes_p = ops.numpy(codes_p)
     if static_params is not None:
         codes = codes_p[:, inv]
         record = grid.assemble((rows, cols), codes.reshape(rows, nb, gb), static_params)
@@ -328,7 +448,7 @@ def run_gptq(
                 record, codes=np.ascontiguousarray(np.asarray(record.codes)[:, inv]),
                 g_idx=g_idx,
             )
-    return GptqResult(record, values, loss, hessian_error(w, values, hessian), used)
+    return GptqResult(record, values, loss, err, used)
 
 
 @dataclass(frozen=True)
@@ -426,26 +546,28 @@ def _column_loop(
     perm: np.ndarray,
     static_params: Params | None,
     batch: int,
-) -> tuple[np.ndarray, np.ndarray, float, list[Params]]:
+    ops: ArrayOps = NUMPY,
+) -> tuple[Any, Any, float, list[Params]]:
     """The lazy-batch column loop of ``gptq.py`` lines 106-143 over the permuted weight ``wp``
     (float64 ``[rows, cols]``) with ``u`` the upper Cholesky factor of the permuted, damped
     ``H⁻¹``. Returns codes and values in the processing order, the loss and, for groups
-    fitted in the loop, the parameters of each group in that order."""
+    fitted in the loop, the parameters of each group in that order. The arrays are ``ops``'s
+    (the codes and values too); the group fits run on the host."""
     rows, cols = wp.shape
     gb = grid.block
     # transposed: column j of the weight is the contiguous row j
-    wt = np.ascontiguousarray(wp.T)
-    values = np.empty((cols, rows), dtype=F32)
-    codes: np.ndarray | None = None
+    wt = ops.contiguous(wp.T)
+    values = ops.empty((cols, rows), F32)
+    codes: Any = None
     parts: list[Params] = []
-    loss = 0.0
-    rounder: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
-    static_rounders: dict[int, Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {}
+    loss: Any = 0.0
+    rounder: Callable[[Any, int], tuple[Any, Any]] | None = None
+    static_rounders: dict[int, Callable[[Any, int], tuple[Any, Any]]] = {}
     for i1 in range(0, cols, batch):
         i2 = min(i1 + batch, cols)
         n = i2 - i1
-        w1 = wt[i1:i2].copy()  # wt[i1:i2] keeps the batch-start state (see the fit below)
-        err1 = np.empty((n, rows), dtype=np.float64)
+        w1 = ops.copy(wt[i1:i2])  # wt[i1:i2] keeps the batch-start state (see the fit below)
+        err1 = ops.empty((n, rows), np.float64)
         # a second level of lazy updates inside the batch: a column's rank-1 update reaches
         # only the rest of its sub-batch of _SUB columns, the sub-batch's errors reach the rest
         # of the batch by one product (the same arithmetic as gptq.py's per-column update of
@@ -465,12 +587,12 @@ def _column_loop(
                         if i:
                             blk = blk - u[i1:j, j:end].T @ err1[:i]
                         p = grid.fit(
-                            np.ascontiguousarray(blk.T, dtype=F32)[:, None, :],
+                            np.ascontiguousarray(ops.numpy(blk.T), dtype=F32)[:, None, :],
                             imp_p[j:end].reshape(1, 1, gb),
                             row_stats=stats,
                         )
                         parts.append(p)
-                        rounder = _rounder(grid, p)
+                        rounder = _rounder(grid, p, ops)
                     c = j % gb
                 else:
                     # static groups: the column's own block in the original order (gptq.py
@@ -479,16 +601,16 @@ def _column_loop(
                     rounder = static_rounders.get(b)
                     if rounder is None:
                         bp = {k: v[:, b : b + 1] for k, v in static_params.items()}
-                        rounder = static_rounders[b] = _rounder(grid, bp)
+                        rounder = static_rounders[b] = _rounder(grid, bp, ops)
                 x = w1[i]
-                q, v = rounder(x.astype(F32), c)
+                q, v = rounder(ops.cast(x, F32), c)
                 if codes is None:
-                    codes = np.empty((cols, rows), dtype=q.dtype)
+                    codes = ops.empty_like(q, (cols, rows))
                 codes[j] = q
                 values[j] = v
                 d = u[j, j]
                 e = (x - v) / d  # err1 = (w - q) / d
-                loss += float(np.dot(e, e)) / 2.0  # Losses1 = (w - q)**2 / d**2 / 2
+                loss = loss + ops.sq_sum(e) / 2.0  # Losses1 = (w - q)**2 / d**2 / 2
                 err1[i] = e
                 if j + 1 < s2:  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:], within the sub-batch
                     w1[i + 1 : s2 - i1] -= u[j, j + 1 : s2, None] * e
@@ -498,28 +620,29 @@ def _column_loop(
             # the deferred update: W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
             wt[i2:] -= u[i1:i2, i2:].T @ err1
     assert codes is not None
-    return np.ascontiguousarray(codes.T), np.ascontiguousarray(values.T), loss, parts
+    return ops.contiguous(codes.T), ops.contiguous(values.T), float(loss), parts
 
 
 def _rounder(
-    grid: Grid, p: Params
-) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    grid: Grid, p: Params, ops: ArrayOps = NUMPY
+) -> Callable[[Any, int], tuple[Any, Any]]:
     """``(x, c) -> (codes, values)`` of one column ``x`` ``[rows]`` (float32) at column ``c``
     of the block whose parameters are ``p``: ``grid.round`` / ``grid.value`` with
-    ``cols=slice(c, c + 1)``, or the same arithmetic inlined for an :class:`IntGrid`."""
+    ``cols=slice(c, c + 1)``, or the same arithmetic inlined for an :class:`IntGrid` and the
+    k-quants (on ``ops``'s arrays; any other grid rounds on the host)."""
     if type(grid) in (IntGrid, TensorIntGrid):
         # IntGrid.round / value with the per-call checks hoisted: the same float32 operations
         qmin, qmax = code_range(grid.bits, True)
-        s = p["scale"][:, 0]
+        s = ops.asarray(p["scale"][:, 0])
         zp = p.get("zero_point")
-        z = None if zp is None else zp[:, 0]
+        z = None if zp is None else ops.asarray(zp[:, 0])
 
-        def int_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-            q = np.round(x / s)
+        def int_col(x: Any, c: int) -> tuple[Any, Any]:
+            q = ops.round(x / s)
             if z is not None:
                 q = q + z
-            q = np.clip(q, qmin, qmax).astype(np.int8)
-            cf = q.astype(F32)
+            q = ops.cast(ops.clip(q, qmin, qmax), np.int8)
+            cf = ops.cast(q, F32)
             if z is not None:
                 cf = cf - z
             return q, cf * s
@@ -527,7 +650,15 @@ def _rounder(
         return int_col
 
     if type(grid) is GgmlKGrid:
-        return _k_rounder(grid, p)
+        return _k_rounder(grid, p, ops)
+    if ops is not NUMPY:
+        host = _rounder(grid, p)
+
+        def host_col(x: Any, c: int) -> tuple[Any, Any]:
+            q, v = host(np.asarray(ops.numpy(x), dtype=F32), c)
+            return ops.asarray(q), ops.asarray(v)
+
+        return host_col
 
     rows = next(iter(p.values())).shape[0]
     lo_v = hi_v = None
@@ -561,8 +692,8 @@ def _rounder(
 
 
 def _k_rounder(
-    grid: GgmlKGrid, p: Params
-) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    grid: GgmlKGrid, p: Params, ops: ArrayOps = NUMPY
+) -> Callable[[Any, int], tuple[Any, Any]]:
     """:meth:`GgmlKGrid.round` / :meth:`GgmlKGrid.value` of one column, with the sub-block
     scales ``d*sc`` and mins ``dmin*m`` of the super-block computed once instead of per
     column: the float32 operations of ``GgmlKGrid._round_cols`` (``nearest_int((x + dm)/d)``,
@@ -577,27 +708,33 @@ def _k_rounder(
     fb = None if fb is None else fb[:, 0, :]
     out_type = np.uint8 if grid.asym else np.int8
     sub = grid.sub
+    if ops is not NUMPY:
+        ds_t, zero_t = ops.asarray(ds_t), ops.asarray(zero_t)
+        dm_t = None if dm_t is None else ops.asarray(dm_t)
+        fb = None if fb is None else ops.asarray(np.ascontiguousarray(fb))
 
-    def k_col(x: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def k_col(x: Any, c: int) -> tuple[Any, Any]:
         k = c // sub
         dsc = ds_t[k]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             num = x + dm_t[k] if dm_t is not None else x
-            q = np.clip(nearest_int(num / dsc), lo, hi).astype(out_type)
+            q = ops.cast(ops.clip(ops.nearest_int(num / dsc), lo, hi), out_type)
         if any_zero[k]:
             zero = zero_t[k]
-            q[zero] = fb[zero, c] if fb is not None else 0
-        v = q.astype(F32) * dsc
+            q[zero] = ops.cast(fb[zero, c], out_type) if fb is not None else 0
+        v = ops.cast(q, F32) * dsc
         return q, (v - dm_t[k] if dm_t is not None else v)
 
     return k_col
 
 
-def _inverse_cholesky(h: np.ndarray, damp: float) -> tuple[np.ndarray | None, float]:
+def _inverse_cholesky(h: Any, diag: np.ndarray, damp: float,
+                      ops: ArrayOps = NUMPY) -> tuple[Any | None, float]:
     """Upper Cholesky factor of ``(H + λI)⁻¹``, ``λ = damp * mean(diag(H))`` (gptq.py lines
     98-104), retrying with ``damp`` times 10 while the factorisation fails (GPTQModel
-    ``hessian_inverse``), up to 1. ``(None, last damp)`` when every try failed."""
-    mean = float(np.mean(np.diag(h)))
+    ``hessian_inverse``), up to 1. ``(None, last damp)`` when every try failed. ``diag`` is
+    ``H``'s diagonal (numpy); ``h`` is an array of ``ops``."""
+    mean = float(np.mean(diag))
     n = h.shape[0]
     idx = np.arange(n)
     f = damp
@@ -605,14 +742,11 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> tuple[np.ndarray | None, fl
         u = None
         if mean > 0:
             # reversed (see _upper_chol_of_inverse): the one copy of H a try makes
-            hd = h[::-1, ::-1].copy()
-            hd[idx, idx] += f * mean
-            try:
-                u = _upper_chol_of_inverse_reversed(hd)
-            except np.linalg.LinAlgError:
-                u = None
+            hd = ops.flip2(h)
+            ops.set_diag(hd, idx, f * mean, add=True)
+            u = ops.upper_chol_of_inverse_reversed(hd)
             del hd
-        if u is not None and np.isfinite(u).all() and (np.diag(u) > 0).all():
+        if u is not None and ops.all_finite(u) and (ops.diag(u) > 0).all():
             return u, f
         nxt = f * _DAMP_STEP if f > 0 else _FIRST_DAMP
         if nxt > _MAX_DAMP * (1 + 1e-9) or mean <= 0:

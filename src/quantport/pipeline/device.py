@@ -1,0 +1,184 @@
+"""Where calibration runs: ``--device cpu|cuda|auto``, and GPTQ's array operations on torch.
+
+The calibration engine (:mod:`quantport.pipeline.layerwise`), GPTQ and AWQ run the same code
+on the CPU or on a CUDA GPU: the layers are moved onto the device one at a time, the Hessians
+are accumulated there in float32, the calibration activations stay there while they fit
+(:func:`activations_fit`) and are kept on the host otherwise, and GPTQ's column loop runs on
+torch tensors of the device through :class:`TorchOps` (the :class:`~quantport.quant.gptq.
+ArrayOps` of :mod:`quantport.quant.gptq`, which never imports torch itself). Nothing else in
+quantport uses a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from quantport.errors import OptionError
+from quantport.quant.gptq import ArrayOps, hessian_error
+
+__all__ = ["DEVICES", "TorchOps", "activations_fit", "cuda_available", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+#: the choices of ``--device``
+DEVICES = ("auto", "cpu", "cuda")
+#: fraction of the GPU's free memory the calibration activations may take (the rest is for
+#: the layer, its intermediate activations and GPTQ's matrices)
+ACTIVATION_SHARE = 0.5
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(requested: str, *, cuda: bool | None = None) -> str:
+    """The device calibration runs on: ``"cpu"`` or ``"cuda"``.
+
+    Args:
+        requested: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"``, or
+            ``"cuda"`` / ``"cuda:N"``.
+        cuda: whether a CUDA device is available (default: ask torch).
+
+    Raises:
+        OptionError: an unknown device, or ``cuda`` asked for where torch sees no GPU.
+    """
+    req = str(requested).strip().lower()
+    base = req.split(":", 1)[0]
+    if base not in DEVICES or (base != "cuda" and ":" in req):
+        raise OptionError(f"--device {requested!r} is not one of {', '.join(DEVICES)} "
+                          "(or cuda:N)")
+    if req == "cpu":
+        return "cpu"
+    have = cuda_available() if cuda is None else cuda
+    if base == "cuda":
+        if not have:
+            raise OptionError("--device cuda: torch sees no CUDA device here (a CPU-only torch "
+                              "build, or no GPU); use --device cpu or auto")
+        return req
+    return "cuda" if have else "cpu"
+
+
+def activations_fit(nbytes: int, device: str) -> bool:
+    """Whether ``nbytes`` of calibration activations may stay on ``device`` (always on the
+    CPU; on a GPU while they take at most :data:`ACTIVATION_SHARE` of its free memory)."""
+    if device == "cpu":
+        return True
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return nbytes <= ACTIVATION_SHARE * free
+
+
+class TorchOps(ArrayOps):
+    """GPTQ's array operations (:class:`~quantport.quant.gptq.ArrayOps`) on torch tensors of
+    one device. float64 as the numpy path (the H200's float64 matmuls are fast enough for
+    GPTQ's updates, and the codes then match the CPU's), TF32 never used."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self._dtypes = {np.dtype(np.float32): torch.float32,
+                        np.dtype(np.float64): torch.float64,
+                        np.dtype(np.int8): torch.int8, np.dtype(np.uint8): torch.uint8,
+                        np.dtype(np.int32): torch.int32, np.dtype(np.bool_): torch.bool}
+
+    def _dt(self, dtype: Any) -> Any:
+        if isinstance(dtype, self.torch.dtype):
+            return dtype
+        return self._dtypes[np.dtype(dtype)]
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        torch = self.torch
+        if not isinstance(a, torch.Tensor):
+            arr = np.asarray(a)
+            if not arr.flags.writeable or not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr).copy()
+            a = torch.from_numpy(arr)
+        return a.to(device=self.device, dtype=None if dtype is None else self._dt(dtype))
+
+    def numpy(self, a: Any) -> np.ndarray:
+        if isinstance(a, self.torch.Tensor):
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    def copy(self, a: Any) -> Any:
+        return a.clone()
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.torch.empty(shape, dtype=self._dt(dtype), device=self.device)
+
+    def empty_like(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return self.torch.empty(shape, dtype=a.dtype, device=self.device)
+
+    def contiguous(self, a: Any) -> Any:
+        return a.contiguous()
+
+    def cast(self, a: Any, dtype: Any) -> Any:
+        return a.to(self._dt(dtype))
+
+    def round(self, a: Any) -> Any:
+        return self.torch.round(a)  # half to even, as np.round
+
+    def nearest_int(self, a: Any) -> Any:
+        # ggml's magic-number rounding is round half to even in float32 for |v| < 2**22; the
+        # codes are clamped to a few bits right after, so values beyond that (where C wraps)
+        # clamp to the same end code here
+        return self.torch.round(a.to(self.torch.float32)).clamp_(-(1 << 22), 1 << 22)
+
+    def clip(self, a: Any, lo: Any, hi: Any) -> Any:
+        return self.torch.clamp(a, lo, hi)
+
+    def all_finite(self, a: Any) -> bool:
+        return bool(self.torch.isfinite(a).all())
+
+    def diag(self, a: Any) -> np.ndarray:
+        return self.numpy(self.torch.diagonal(a)).copy()
+
+    def set_diag(self, a: Any, idx: np.ndarray, value: float, *, add: bool = False) -> None:
+        i = self.torch.as_tensor(np.asarray(idx), device=self.device, dtype=self.torch.long)
+        if add:
+            a[i, i] += value
+        else:
+            a[i, i] = value
+
+    def take2(self, a: Any, perm: np.ndarray) -> Any:
+        p = self.torch.as_tensor(np.asarray(perm), device=self.device, dtype=self.torch.long)
+        return a.index_select(0, p).index_select(1, p)
+
+    def take_cols(self, a: Any, perm: np.ndarray) -> Any:
+        p = self.torch.as_tensor(np.asarray(perm), device=self.device, dtype=self.torch.long)
+        return a.index_select(1, p)
+
+    def flip2(self, a: Any) -> Any:
+        return self.torch.flip(a, (0, 1))
+
+    def upper_chol_of_inverse_reversed(self, hr: Any) -> Any | None:
+        # gptq.py's cholesky / cholesky_inverse / cholesky(upper) in one factorisation, as
+        # quant.gptq._upper_chol_of_inverse: JHJ = L Lᵀ, U = J L⁻¹ J
+        torch = self.torch
+        lower, info = torch.linalg.cholesky_ex(hr)
+        if int(info) != 0:
+            return None
+        eye = torch.eye(hr.shape[0], dtype=hr.dtype, device=hr.device)
+        li = torch.linalg.solve_triangular(lower, eye, upper=False)
+        return torch.flip(li, (0, 1)).contiguous()
+
+    def sq_sum(self, e: Any) -> Any:
+        return self.torch.dot(e, e)
+
+    def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
+        torch = self.torch
+        if not any(isinstance(a, torch.Tensor) for a in (w, q, hessian)):
+            return hessian_error(w, q, hessian)
+        d = self.asarray(w, np.float64) - self.asarray(q, np.float64)
+        return float(torch.sum((d @ self.asarray(hessian, np.float64)) * d))
