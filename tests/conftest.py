@@ -46,7 +46,20 @@ def default_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+def tokenizer_dir() -> Path:
+    """Where the tiny checkpoints take their (SmolLM2) tokenizer files from: the default model,
+    or ``QUANTPORT_TEST_TOKENIZER`` (a folder with tokenizer.json and tokenizer_config.json:
+    the GPU machine, which cannot hold the default model, runs the CUDA tests with it)."""
+    env = os.environ.get("QUANTPORT_TEST_TOKENIZER")
+    if env:
+        return Path(env)
+    from quantport.models import default_model
+
+    return default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A 2-layer llama (width 64, 4 heads / 2 kv heads) with seeded random weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -60,7 +73,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     model.save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_dir / name, out / name)
+        shutil.copy(tokenizer_dir / name, out / name)
     return out
 
 

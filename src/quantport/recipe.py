@@ -129,6 +129,9 @@ class Recipe:
         act_order: GPTQ column order, one of :data:`ACT_ORDERS`.
         calib_inputs: one of :data:`CALIB_INPUTS`.
         calib_dtype: dtype of the calibration forward passes (``float32`` or ``bfloat16``).
+        device: where calibration, GPTQ and AWQ run: ``auto`` (a CUDA GPU when torch sees
+            one), ``cpu`` or ``cuda`` (see :func:`quantport.pipeline.device.resolve_device`).
+            Not recorded in the artifact: it changes where the work runs, not what it is.
         smooth_alpha: SmoothQuant's migration strength α.
         onnx_matmul: ONNX: quantized Linear weights as ``"qdq"`` (DequantizeLinear -> MatMul,
             which ORT fuses into MatMulNBits) or ``"nbits"`` (MatMulNBits directly).
@@ -157,6 +160,7 @@ class Recipe:
     act_order: str = "static"
     calib_inputs: str = "quantized"
     calib_dtype: str = "float32"
+    device: str = "auto"
     smooth_alpha: float = 0.5
     onnx_matmul: str = "qdq"
     accuracy_level: int | None = None
@@ -264,6 +268,7 @@ def make_recipe(
     act_order: str = "static",
     calib_inputs: str = "quantized",
     calib_dtype: str = "float32",
+    device: str = "auto",
     smooth_alpha: float = 0.5,
     onnx_matmul: str = "qdq",
     accuracy_level: int | None = None,
@@ -343,6 +348,9 @@ def make_recipe(
                                 ("--calib-dtype", calib_dtype, ("float32", "bfloat16"))):
         if value not in allowed:
             raise OptionError(f"{opt} {value!r} is not one of {', '.join(allowed)}")
+    dev = str(device).strip().lower()
+    if dev not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", dev):
+        raise OptionError(f"--device {device!r} is not one of auto, cpu, cuda (or cuda:N)")
     if not 0 < smooth_alpha < 1:
         raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
     if not 0 < damp < 10:
@@ -367,6 +375,6 @@ def make_recipe(
         calib=Path(calib) if calib is not None else None,
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
         damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
-        calib_dtype=calib_dtype, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
+        calib_dtype=calib_dtype, device=dev, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
         act_quant=act_quant, smooth_alpha=float(smooth_alpha),
     )

@@ -85,6 +85,7 @@ class CalibrationReport:
         errors: per weight, GPTQ's layer-output error on the calibration data,
             ``tr((W - Q) H (W - Q)ᵀ)``.
         cached: the statistics came from the calibration cache (no forward pass ran).
+        device: where the calibration and GPTQ ran (``cpu`` or ``cuda``).
     """
 
     windows: tuple[int, int]
@@ -92,6 +93,7 @@ class CalibrationReport:
     notes: list[str] = field(default_factory=list)
     errors: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    device: str = "cpu"
 
 
 def stores_g_idx(fmt: str, target: Any) -> bool:
@@ -141,15 +143,21 @@ def run_calibrated(
 
     from quantport.quant.gptq import grid_for
 
+    from quantport.pipeline.device import TorchOps, resolve_device
+
     recipe = plan.recipe
     t0 = time.perf_counter()
-    model = LayerwiseModel(source, dtype=recipe.calib_dtype)
+    device = resolve_device(recipe.device)
+    model = LayerwiseModel(source, dtype=recipe.calib_dtype, device=device)
+    # GPTQ's column loop runs where the layer is (numpy on the CPU)
+    ops = TorchOps(device) if device != "cpu" else None
     by_source = {row.source: i for i, row in enumerate(plan.rows)}
     if model.encoder:
         _check_encoder(model, plan, by_source)
     assert recipe.calib is not None  # make_recipe gives calibrated methods a text
     windows = calibration_inputs(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
-    report = CalibrationReport(windows=tuple(windows.shape))  # type: ignore[arg-type]
+    report = CalibrationReport(windows=tuple(windows.shape),  # type: ignore[arg-type]
+                               device=device)
     # every planned tensor of a decoder layer goes through the layer loop: a transform (AWQ,
     # SmoothQuant) changes norms as well as Linear weights
     in_layers = {by_source[n] for li in range(model.n_layers) for n in model.param_names(li)
@@ -172,7 +180,7 @@ def run_calibrated(
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
     # 2. the layers, in order (from the cache when this very calibration ran before)
-    settings = {"method": recipe.method, "dtype": recipe.calib_dtype,
+    settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
                 "inputs": recipe.calib_inputs, "damp": recipe.damp,
                 "act_order": recipe.act_order, "alpha": recipe.smooth_alpha,
                 "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
@@ -222,7 +230,8 @@ def run_calibrated(
                                   if g.linears[0] == key[len(INPUT_PREFIX):]):
                     sink.put(by_source[f"{model.prefix}{li}.{lname}{SMOOTH_SUFFIX}"],
                              (1.0 / np.asarray(s, np.float32)).astype(np.float32))
-        rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv))
+        rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv),
+                                ops)
         gptq = "gptq" in recipe.method
         out = stats = None
         staged = (hit is None and gptq and recipe.calib_inputs == "quantized"
@@ -247,7 +256,7 @@ def run_calibrated(
             if name in linears and plan.rows[idx].quantized:
                 rounder.one(name, None if stats is None else stats.of(name).hessian)
             else:
-                sink.put(idx, param.detach().numpy().copy())
+                sink.put(idx, param.detach().cpu().numpy().copy())
         source.release()
         if cached or staged:
             pass  # no activations to carry (cache), or h is already the rounded layer's output
@@ -271,7 +280,7 @@ def run_calibrated(
         weight = torch.nn.Parameter(model._tensor(head), requires_grad=False)
         source.release()
         _LayerRounder(plan, sink, report, by_source, {head: SimpleNamespace(weight=weight)},
-                      (n_head, n_head_kv)).one(head, stats.of(head).hessian)
+                      (n_head, n_head_kv), ops).one(head, stats.of(head).hessian)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -320,9 +329,10 @@ class _LayerRounder:
 
     def __init__(self, plan: Plan, sink: Sink, report: CalibrationReport,
                  by_source: dict[str, int], linears: dict[str, Any],
-                 heads: tuple[int, int]) -> None:
+                 heads: tuple[int, int], ops: Any = None) -> None:
         self.plan, self.sink, self.report = plan, sink, report
         self.by_source, self.linears, self.heads = by_source, linears, heads
+        self.ops = ops  # where GPTQ runs (None: numpy on the CPU)
         self.written: set[str] = set()
 
     def group(self, names: list[str], hess: np.ndarray) -> None:
@@ -343,7 +353,8 @@ class _LayerRounder:
         idx = self.by_source[name]
         row = self.plan.rows[idx]
         param = self.linears[name].weight
-        w = param.detach().numpy().copy()  # float32: the layer's weights stay float32
+        # float32: the layer's weights stay float32 (on the host: edits and fits are numpy)
+        w = param.detach().cpu().numpy().copy()
         we = apply_edit(w, row.edit, *self.heads)
         grid = grid_for(row.target, row.shape)
         if hess is None:
@@ -352,7 +363,7 @@ class _LayerRounder:
         else:
             act, static = _act_order(recipe, row, report)
             res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
-                           static_groups=static, name=row.name)
+                           static_groups=static, name=row.name, ops=self.ops)
             record, values = res.record, res.values
             report.errors[row.name] = res.error
             if res.fell_back:

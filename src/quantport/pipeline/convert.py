@@ -153,6 +153,9 @@ def convert(
         writer.check_output(out_path)
         check_output(out_path, force)
         from quantport.pipeline.calibrated import run_calibrated
+        from quantport.pipeline.device import resolve_device
+
+        resolve_device(recipe.device)  # --device cuda without a GPU: refused before any work
 
         with writer.open(out_path, source, plan) as sink:
             calibration = run_calibrated(source, plan, sink,

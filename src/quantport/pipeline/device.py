@@ -12,6 +12,7 @@ quantport uses a GPU.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def resolve_device(requested: str, *, cuda: bool | None = None) -> str:
     """
     req = str(requested).strip().lower()
     base = req.split(":", 1)[0]
-    if base not in DEVICES or (base != "cuda" and ":" in req):
+    if req not in DEVICES and not re.fullmatch(r"cuda:\d+", req):
         raise OptionError(f"--device {requested!r} is not one of {', '.join(DEVICES)} "
                           "(or cuda:N)")
     if req == "cpu":

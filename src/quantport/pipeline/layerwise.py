@@ -65,8 +65,10 @@ Progress = Callable[[str, int, int], None]
 DEFAULT_CALIBRATION_TEXT = calibration_text()
 #: the evaluation text ``validate`` scores on: refused as calibration text
 EVALUATION_TEXT = evaluation_text()
-#: calibration windows run through a layer together (a batch of [windows, tokens, hidden])
+#: calibration windows run through a layer together (a batch of [windows, tokens, hidden]);
+#: a GPU takes larger batches (its matmuls need them to be efficient)
 _BATCH_TOKENS = 4096
+_GPU_BATCH_TOKENS = 32768
 #: largest activation buffer kept between two uses rather than recomputed
 _KEEP_BYTES = 1 << 30
 
@@ -314,6 +316,35 @@ class LayerStats:
         raise KeyError(weight)
 
 
+def _host(t: Any) -> np.ndarray:
+    """A tensor's values as a numpy array on the host."""
+    return t.detach().cpu().numpy()
+
+
+def gram(x2: Any) -> Any:
+    """``x2ᵀ x2`` in float32 (one batch's term of the Hessian). A bfloat16 run multiplies in
+    bfloat16 (the CPU's AMX units, the GPU's tensor cores); on CUDA the product is taken in
+    float32 straight from the tensor cores' accumulators (``torch.mm(..., out_dtype=)``)
+    instead of being rounded to bfloat16 first."""
+    import torch
+
+    if x2.device.type == "cuda" and x2.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.mm(x2.T, x2, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without out_dtype
+            pass
+    return (x2.T @ x2).to(torch.float32)
+
+
+def hessian_out(h32: Any) -> Any:
+    """A layer's Hessian as handed to GPTQ: float64 numpy on the CPU (the precision of the
+    cache: float32 values), a float64 tensor left on a GPU (GPTQ runs there, see
+    :class:`quantport.pipeline.device.TorchOps`)."""
+    if h32.device.type == "cpu":
+        return h32.numpy().astype(np.float64)
+    return h32.double()
+
+
 class _Accumulator:
     """Forward pre-hooks on a layer's Linear modules that sum their inputs' statistics."""
 
@@ -362,17 +393,19 @@ class _Accumulator:
         s = self.sums.get(group)
         if s is None:
             d = x2.shape[1]
+            dev = x2.device
             s = self.sums[group] = {
-                "n": 0, "abs": torch.zeros(d, dtype=torch.float64),
-                "max": torch.zeros(d, dtype=torch.float32),
-                "H": torch.zeros(d, d, dtype=torch.float32) if self.hessian else None,
-                "sq": None if self.hessian else torch.zeros(d, dtype=torch.float64),
+                "n": 0, "abs": torch.zeros(d, dtype=torch.float64, device=dev),
+                "max": torch.zeros(d, dtype=torch.float32, device=dev),
+                "H": (torch.zeros(d, d, dtype=torch.float32, device=dev) if self.hessian
+                      else None),
+                "sq": None if self.hessian else torch.zeros(d, dtype=torch.float64, device=dev),
             }
         s["n"] += x2.shape[0]
         if s["H"] is not None:
             # the reference's add_batch: H += X Xᵀ (scaled by 2/n at the end). A bfloat16 run
             # multiplies in bfloat16 (AMX) and adds each batch's product in float32.
-            s["H"] += (x2.T @ x2).to(torch.float32)
+            s["H"] += gram(x2)
         else:  # mean x² is diag(H)/2 when H is collected
             s["sq"] += x2.float().square().sum(0, dtype=torch.float64)
         if self.activations:
@@ -390,13 +423,14 @@ class _Accumulator:
         for group, s in self.sums.items():
             n = max(int(s["n"]), 1)
             # float32, the precision the cache stores: a cached run rounds exactly as this one
-            hess = (None if s["H"] is None
-                    else (s["H"] * (2.0 / n)).numpy().astype(np.float64))
-            sq = np.diagonal(hess) / 2 if hess is not None else (s["sq"] / n).numpy()
+            h32 = None if s["H"] is None else s["H"] * (2.0 / n)
+            hess = None if h32 is None else hessian_out(h32)
+            sq = (_host(self.torch.diagonal(h32)).astype(np.float64) / 2 if h32 is not None
+                  else _host(s["sq"] / n))
             out.groups.append(InputStats(
                 modules=list(self.members[group]), n=int(s["n"]), hessian=hess,
-                abs_mean=(s["abs"] / n).float().numpy() if self.activations else None,
-                abs_max=s["max"].numpy().copy() if self.activations else None,
+                abs_mean=_host((s["abs"] / n).float()) if self.activations else None,
+                abs_max=_host(s["max"]).copy() if self.activations else None,
                 sq_mean=np.asarray(sq, dtype=np.float32),
             ))
         return out
@@ -414,9 +448,16 @@ class LayerwiseModel:
         layers: the layer modules (``model.layers``, or ``encoder.layer``).
         prefix: Hugging Face name prefix of layer parameters (``model.layers.``,
             ``encoder.layer.`` or ``bert.encoder.layer.``).
+        device: where the layers run (``cpu`` or ``cuda``; see
+            :func:`quantport.pipeline.device.resolve_device`): one layer at a time is moved
+            there, the Hessians are summed there.
+        act_device: where the calibration activations live: the device while they fit
+            (:func:`quantport.pipeline.device.activations_fit`), else the host (each batch
+            is then moved to the device for its forward pass and back).
     """
 
-    def __init__(self, source: ModelSource, *, dtype: str = "float32") -> None:
+    def __init__(self, source: ModelSource, *, dtype: str = "float32",
+                 device: str = "cpu") -> None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -430,6 +471,9 @@ class LayerwiseModel:
             )
         self.source = source
         self.torch = torch
+        self.device = torch.device(device)
+        self.act_device = self.device
+        self.batch_tokens = _BATCH_TOKENS if self.device.type == "cpu" else _GPU_BATCH_TOKENS
         # weights stay float32 (they are what gets rounded and written); a bfloat16 run casts
         # them per matmul under autocast, where the CPU's bf16 units (AMX) are several times
         # faster than float32
@@ -463,10 +507,26 @@ class LayerwiseModel:
         self.layers = self.body.layers
         self.n_layers = len(self.layers)
         # buffers (rotary inverse frequencies) are computed, not stored: build them for real
-        self.rotary = type(self.body.rotary_emb)(config=self.config)
+        self.rotary = type(self.body.rotary_emb)(config=self.config).to(self.device)
 
     def _tensor(self, name: str) -> Any:
-        return self.torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
+        t = self.torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def _dev(self, x: Any) -> Any:
+        """``x`` on the compute device (a batch of host-kept activations)."""
+        return x if x.device == self.device else x.to(self.device, non_blocking=True)
+
+    def _place(self, shape: tuple[int, ...]) -> None:
+        """Choose where the activation buffers of ``shape`` live (two of them: a layer's
+        input and its output)."""
+        from quantport.pipeline.device import activations_fit
+
+        n = 2 * int(np.prod(shape)) * self.torch.finfo(self.dtype).bits // 8
+        if not activations_fit(n, str(self.device)):
+            log.info("calibration activations (%d MiB) kept on the host, not on %s",
+                     n >> 20, self.device)
+            self.act_device = self.torch.device("cpu")
 
     def embed(self, windows: np.ndarray | Sentences) -> Any:
         """Hidden states entering layer 0: ``[windows, tokens, hidden]`` (an encoder takes
@@ -476,13 +536,20 @@ class LayerwiseModel:
             return self._embed_sentences(windows)
         torch = self.torch
         w = self._tensor(f"{self.prefix.split('.layers.')[0]}.embed_tokens.weight")
+        self._place((*windows.shape, w.shape[1]))
+        ids = torch.from_numpy(windows)
+        # the activation buffers: half the memory in bfloat16
+        h = torch.empty(*windows.shape, w.shape[1], dtype=self.dtype, device=self.act_device)
         with torch.inference_mode():
-            h = torch.nn.functional.embedding(torch.from_numpy(windows), w)
-            scale = getattr(self.body, "embed_scale", None)  # Gemma-style scaled embeddings
-            if scale is not None:
-                h = h * scale
+            for b in self._batches(h):
+                e = torch.nn.functional.embedding(self._dev(ids[b]), w)
+                scale = getattr(self.body, "embed_scale", None)  # Gemma-style scaled embeddings
+                if scale is not None:
+                    e = e * (scale.to(e.device) if isinstance(scale, torch.Tensor) else scale)
+                h[b] = e.to(self.dtype)
+        del w
         self.source.release()
-        return h.to(self.dtype)  # the activation buffers: half the memory in bfloat16
+        return h
 
     def _embed_sentences(self, sents: Sentences) -> Any:
         # BertEmbeddings.forward: word + token type (0: one segment) + absolute position,
@@ -500,21 +567,22 @@ class LayerwiseModel:
                 self._tensor(f"{r}LayerNorm.bias"),
                 eps=float(self.config.layer_norm_eps))
         self.source.release()
-        self.mask = torch.from_numpy(sents.mask).bool()
-        return h.to(self.dtype)
+        self.mask = torch.from_numpy(sents.mask).bool().to(self.device)
+        self._place(tuple(h.shape))
+        return h.to(self.dtype).to(self.act_device)
 
     def _attention_mask(self, b: slice) -> Any:
         # the additive [batch, 1, 1, tokens] mask of create_bidirectional_mask: padding keys get
         # the dtype's minimum, so no real token attends to them
         torch = self.torch
         m = self.mask[b]
-        return torch.zeros(m.shape, dtype=self.dtype).masked_fill(
+        return torch.zeros(m.shape, dtype=self.dtype, device=m.device).masked_fill(
             ~m, torch.finfo(self.dtype).min)[:, None, None, :]
 
     def load(self, i: int) -> Any:
         """Layer ``i`` with its weights read from the source (float32, or ``dtype``)."""
         torch = self.torch
-        layer = self.layers[i].to_empty(device="cpu")
+        layer = self.layers[i].to_empty(device=self.device)
         with torch.no_grad():
             for name, p in layer.named_parameters():
                 p.copy_(self._tensor(f"{self.prefix}{i}.{name}"))
@@ -541,10 +609,10 @@ class LayerwiseModel:
 
         if self.dtype == self.torch.float32:
             return contextlib.nullcontext()
-        return self.torch.autocast("cpu", dtype=self.dtype)
+        return self.torch.autocast(self.device.type, dtype=self.dtype)
 
     def _batches(self, h: Any) -> Iterator[slice]:
-        per = max(1, _BATCH_TOKENS // h.shape[1])
+        per = max(1, self.batch_tokens // h.shape[1])
         for s in range(0, h.shape[0], per):
             yield slice(s, min(s + per, h.shape[0]))
 
@@ -563,22 +631,22 @@ class LayerwiseModel:
                     for b in self._batches(h):
                         if acc is not None:
                             acc.rows = self.mask[b].reshape(-1)
-                        y = layer(h[b], attention_mask=self._attention_mask(b))
+                        y = layer(self._dev(h[b]), attention_mask=self._attention_mask(b))
                         out[b] = y[0] if isinstance(y, tuple) else y
                         if acc is not None:
                             acc.end_batch()
             finally:
                 stats = acc.close(i) if acc is not None else None
             return out, stats
-        pos = torch.arange(h.shape[1]).unsqueeze(0)
+        pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
         try:
             with torch.inference_mode(), self.autocast():
-                cos, sin = self.rotary(h[:1].float(), position_ids=pos)
+                cos, sin = self.rotary(self._dev(h[:1]).float(), position_ids=pos)
                 pe = (cos.to(self.dtype), sin.to(self.dtype))
                 for b in self._batches(h):
                     # attention_mask None: sdpa applies the causal mask itself (is_causal), the
                     # windows have no padding
-                    y = layer(h[b], attention_mask=None, position_ids=pos,
+                    y = layer(self._dev(h[b]), attention_mask=None, position_ids=pos,
                               position_embeddings=pe)
                     out[b] = y[0] if isinstance(y, tuple) else y
                     if acc is not None:
@@ -592,7 +660,7 @@ class LayerwiseModel:
         """The statistics of the LM head's input (the final norm of ``h``, the last layer's
         output), as :meth:`run` collects a layer's, under index :attr:`n_layers`."""
         torch = self.torch
-        norm = self.body.norm.to_empty(device="cpu")
+        norm = self.body.norm.to_empty(device=self.device)
         root = self.prefix.split(".layers.")[0]
         with torch.no_grad():
             for name, p in norm.named_parameters():
@@ -602,7 +670,7 @@ class LayerwiseModel:
         try:
             with torch.inference_mode(), self.autocast():
                 for b in self._batches(h):
-                    acc._add(weight, norm(h[b]))
+                    acc._add(weight, norm(self._dev(h[b])))
         finally:
             stats = acc.close(self.n_layers)
             self.body.norm.to("meta")
@@ -614,16 +682,16 @@ class LayerwiseModel:
         with its rotary embeddings and the causal mask, anything else directly), under the
         run's autocast."""
         torch = self.torch
-        pos = torch.arange(tokens).unsqueeze(0)
-        cos, sin = self.rotary(torch.zeros(1, tokens, 1), position_ids=pos)
+        pos = torch.arange(tokens, device=self.device).unsqueeze(0)
+        cos, sin = self.rotary(torch.zeros(1, tokens, 1, device=self.device), position_ids=pos)
         attention = type(self.layers[0].self_attn)
 
         def call(module: Any, x: Any) -> Any:
             with torch.inference_mode(), self.autocast():
                 if isinstance(module, attention):
-                    return module(hidden_states=x, position_embeddings=(cos, sin),
+                    return module(hidden_states=self._dev(x), position_embeddings=(cos, sin),
                                   attention_mask=None)[0]
-                return module(x)
+                return module(self._dev(x))
 
         return call
 
@@ -671,22 +739,27 @@ class LayerwiseModel:
         p = f"{self.prefix}{i}."
         stats = LayerStats(i)
         batches = list(self._batches(h))
-        pos = torch.arange(h.shape[1]).unsqueeze(0)
+        pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
+        dev = self._dev
 
         def stage(names: list[str], inputs: Callable[[slice], Any]) -> None:
             hess, n = None, 0
             for b in batches:
                 x = inputs(b)
                 x2 = x.reshape(-1, x.shape[-1])
-                part = (x2.T @ x2).to(torch.float32)
+                part = gram(x2)
                 hess = part if hess is None else hess.add_(part)
                 n += x2.shape[0]
             assert hess is not None
             # float32 like _Accumulator: the cache stores it, a cached run rounds identically
-            h64 = (hess * (2.0 / n)).numpy().astype(np.float64)
+            h32 = hess * (2.0 / n)
+            del hess
+            h64 = hessian_out(h32)
             full = [f"{p}{m}.weight" for m in names]
-            stats.groups.append(InputStats(modules=full, n=n, hessian=h64,
-                                           sq_mean=np.diagonal(h64).astype(np.float32) / 2))
+            stats.groups.append(InputStats(
+                modules=full, n=n, hessian=h64,
+                sq_mean=_host(torch.diagonal(h32)) / 2))
+            del h32
             quantize(full, h64)
 
         class _Stop(Exception):
@@ -699,34 +772,36 @@ class LayerwiseModel:
             raise _Stop  # the reference's Catcher: o_proj's input is all we need here
 
         with torch.inference_mode(), self.autocast():
-            cos, sin = self.rotary(h[:1].float(), position_ids=pos)
+            cos, sin = self.rotary(dev(h[:1]).float(), position_ids=pos)
             pe = (cos.to(self.dtype), sin.to(self.dtype))
             stage(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                  lambda b: ln1(h[b]))
-            a = torch.empty(*h.shape[:-1], attn.o_proj.in_features, dtype=h.dtype)
+                  lambda b: ln1(dev(h[b])))
+            a = torch.empty(*h.shape[:-1], attn.o_proj.in_features, dtype=h.dtype,
+                            device=h.device)
             handle = attn.o_proj.register_forward_pre_hook(catch)
             try:
                 for b in batches:
                     try:
-                        attn(hidden_states=ln1(h[b]), position_embeddings=pe,
+                        attn(hidden_states=ln1(dev(h[b])), position_embeddings=pe,
                              attention_mask=None)
                     except _Stop:
                         a[b] = got.pop()
             finally:
                 handle.remove()
-            stage(["self_attn.o_proj"], lambda b: a[b])
+            stage(["self_attn.o_proj"], lambda b: dev(a[b]))
             for b in batches:
-                h[b] = h[b] + attn.o_proj(a[b])
+                h[b] = dev(h[b]) + attn.o_proj(dev(a[b]))
             a = None  # noqa: F841 - freed before the MLP's wider activations
-            stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(h[b]))
+            stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(dev(h[b])))
             # down_proj's input is kept between its two uses when it fits (it is the widest
             # activation), recomputed otherwise
             width = mlp.down_proj.in_features
             keep = (h.shape[0] * h.shape[1] * width * h.element_size() <= _KEEP_BYTES)
-            x3 = torch.empty(*h.shape[:-1], width, dtype=h.dtype) if keep else None
+            x3 = (torch.empty(*h.shape[:-1], width, dtype=h.dtype, device=h.device) if keep
+                  else None)
 
             def down_input(b: slice) -> Any:
-                x = ln2(h[b])
+                x = ln2(dev(h[b]))
                 y = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
                 if x3 is not None:
                     x3[b] = y
@@ -734,7 +809,8 @@ class LayerwiseModel:
 
             stage(["mlp.down_proj"], down_input)
             for b in batches:
-                h[b] = h[b] + mlp.down_proj(x3[b] if x3 is not None else down_input(b))
+                h[b] = dev(h[b]) + mlp.down_proj(dev(x3[b]) if x3 is not None
+                                                 else down_input(b))
         return stats
 
 
@@ -820,11 +896,16 @@ class StatsCache:
             return
         arrays: dict[str, np.ndarray] = {}
         groups = [g for g in stats.groups if g.hessian is not None]
-        for k, g in enumerate(groups):
-            arrays[f"H{k}"] = np.asarray(g.hessian, dtype=np.float32)
         for k, p in enumerate(scales):
             arrays[f"S{k}"] = np.asarray(scales[p], dtype=np.float32)
-        size = sum(a.nbytes for a in arrays.values())
+        # sized before the Hessians are copied off a GPU (float32 in the file)
+        size = (sum(a.nbytes for a in arrays.values())
+                + sum(4 * int(np.prod(g.hessian.shape)) for g in groups))
+        for k, g in enumerate(groups):
+            if size * n_layers <= self.max_bytes:
+                h = g.hessian
+                arrays[f"H{k}"] = np.asarray(h if isinstance(h, np.ndarray) else _host(h),
+                                             dtype=np.float32)
         if size * n_layers > self.max_bytes:
             log.info("calibration statistics (~%d MiB) exceed the cache limit; not cached",
                      size * n_layers >> 20)

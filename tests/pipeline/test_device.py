@@ -1,0 +1,172 @@
+"""``--device``: the device-selection logic, GPTQ's column loop on torch (:class:`TorchOps` on
+the CPU gives numpy's codes exactly), and -- on a machine where torch sees a CUDA GPU -- the
+calibrated path on the GPU against the CPU's. The CUDA tests skip where there is no GPU (CI has
+none); they run on the GPU machine (BENCHMARKS.md "GPU calibration" says when they last ran)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quantport.errors import OptionError
+from quantport.pipeline import convert, device, make_recipe
+from quantport.pipeline import layerwise
+from quantport.pipeline.device import TorchOps, activations_fit, resolve_device
+from quantport.quant.gptq import grid_for, run_gptq
+from quantport.quant.scheme import parse_scheme
+from quantport.readers import open_path
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="torch sees no CUDA device")
+CALIB = {"calib_samples": 4, "calib_len": 64}
+
+
+@pytest.fixture()
+def calib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "qp-cache"
+    monkeypatch.setattr(layerwise, "cache_dir", lambda: root)
+    return root / "calib"
+
+
+def test_device_selection() -> None:
+    assert resolve_device("auto", cuda=False) == "cpu"
+    assert resolve_device("auto", cuda=True) == "cuda"
+    assert resolve_device("cpu", cuda=True) == "cpu"
+    assert resolve_device(" CUDA:1 ", cuda=True) == "cuda:1"
+    with pytest.raises(OptionError, match="torch sees no CUDA device"):
+        resolve_device("cuda", cuda=False)
+    with pytest.raises(OptionError, match="torch sees no CUDA device"):
+        resolve_device("cuda:0", cuda=False)
+    for bad in ("tpu", "cpu:0", "cuda:x", "", "mps"):
+        with pytest.raises(OptionError, match="is not one of auto, cpu, cuda"):
+            resolve_device(bad, cuda=True)
+    # what this machine's torch says, without the override
+    assert resolve_device("auto") == ("cuda" if CUDA else "cpu")
+    # the CPU keeps every activation; a recipe records no device
+    assert activations_fit(1 << 50, "cpu")
+    r = make_recipe("safetensors", "w4-g32-sym", method="gptq", device="CPU")
+    assert r.device == "cpu" and "device" not in str(r.to_dict())
+    with pytest.raises(OptionError, match="--device 'gpu'"):
+        make_recipe("safetensors", "w4-g32-sym", method="gptq", device="gpu")
+
+
+def _problem(rows: int = 48, cols: int = 256, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((1024, cols)) * rng.uniform(0.1, 3.0, cols)
+    h = 2 * x.T @ x / len(x)
+    h[:, 3] = h[3, :] = 0.0  # a dead column
+    return w, h
+
+
+CASES = [(parse_scheme("w4-g64-sym"), False, False), (parse_scheme("w4-g32-asym"), True, False),
+         (parse_scheme("w8-channel-sym"), True, True), (parse_scheme("w4-tensor-sym"), False, False),
+         ("Q4_K", False, False), ("Q6_K", True, True), ("Q5_K", False, False),
+         ("Q4_0", False, False), ("IQ4_NL", True, True)]
+
+
+@pytest.mark.parametrize(("target", "act", "static"), CASES, ids=lambda c: str(c))
+def test_torch_ops_on_the_cpu_give_numpys_codes(target, act: bool, static: bool) -> None:
+    """The same loop on torch tensors (CPU): identical codes and values, the same error."""
+    w, h = _problem()
+    grid = grid_for(target, w.shape)
+    a = run_gptq(w, h, grid, act_order=act, static_groups=static)
+    b = run_gptq(torch.from_numpy(w), torch.from_numpy(h), grid, act_order=act,
+                 static_groups=static, ops=TorchOps("cpu"))
+    np.testing.assert_array_equal(np.asarray(a.record.codes), np.asarray(b.record.codes))
+    np.testing.assert_array_equal(a.values, b.values)
+    assert b.error == pytest.approx(a.error, rel=1e-9) and b.damp == a.damp
+    assert b.loss == pytest.approx(a.loss, rel=1e-9)
+
+
+def test_torch_ops_fall_back_to_nearest_like_numpy() -> None:
+    w, _ = _problem()
+    h = -np.eye(w.shape[1])  # never positive definite: round to nearest, on both
+    grid = grid_for(parse_scheme("w4-g64-sym"), w.shape)
+    a = run_gptq(w, h, grid)
+    b = run_gptq(w, h, grid, ops=TorchOps("cpu"))
+    assert a.fell_back and b.fell_back
+    np.testing.assert_array_equal(np.asarray(a.record.codes), np.asarray(b.record.codes))
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without a GPU")
+def test_cli_refuses_cuda_without_a_gpu(tiny_llama: Path, tmp_path: Path) -> None:
+    from quantport.cli.main import cli
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--to", "safetensors", "--quant",
+                                   "w4-g32-sym", "--method", "gptq", "--device", "cuda",
+                                   "--calib-samples", "2", "--calib-len", "32", "-o", str(out)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "torch sees no CUDA device" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--to", "safetensors", "--quant",
+                                   "w4-g32-sym", "--method", "gptq", "--device", "tpu",
+                                   "-o", str(out)])
+    assert res.exit_code != 0 and "is not one of auto, cpu, cuda" in res.output
+
+
+# ------------------------------------------------------------------------------ on a GPU
+
+
+def _codes_differ(a: Path, b: Path) -> tuple[float, float]:
+    """Fraction of differing packed code words and the largest relative scale difference
+    between two compressed-tensors checkpoints."""
+    from safetensors.numpy import load_file
+
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert ta.keys() == tb.keys()
+    diff = total = 0
+    scale = 0.0
+    for k in ta:
+        if k.endswith("weight_packed"):
+            diff += int((ta[k] != tb[k]).sum())
+            total += ta[k].size
+        elif k.endswith("weight_scale"):
+            x, y = ta[k].astype(np.float64), tb[k].astype(np.float64)
+            scale = max(scale, float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-12))))
+    return diff / max(total, 1), scale
+
+
+@needs_cuda
+@pytest.mark.parametrize("target", ["w4-g64-sym", "Q4_K", "Q6_K", "w4-g32-asym"])
+def test_gptq_on_cuda_matches_the_cpu(target: str) -> None:
+    w, h = _problem(rows=256, cols=512, seed=1)
+    t = parse_scheme(target) if target.startswith("w") else target
+    grid = grid_for(t, w.shape)
+    a = run_gptq(w, h, grid)
+    b = run_gptq(w, torch.from_numpy(h).cuda(), grid, ops=TorchOps("cuda"))
+    frac = float((np.asarray(a.record.codes) != np.asarray(b.record.codes)).mean())
+    print(f"{target}: codes differing on CUDA {frac:.2e}")
+    assert frac <= 1e-3
+    assert b.error == pytest.approx(a.error, rel=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["gptq", "awq+gptq"])
+def test_calibrated_convert_on_cuda_matches_the_cpu(tiny_llama: Path, tmp_path: Path,
+                                                    calib_cache: Path, method: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    src = open_path(tiny_llama)
+    outs = {}
+    for dev in ("cpu", "cuda"):
+        r = make_recipe("safetensors", "w4-g32-sym", method=method, act_order="none",
+                        device=dev, **CALIB)
+        rep = convert(src, r, tmp_path / dev, threads=1)
+        assert rep.calibration.device == dev
+        outs[dev] = rep
+    frac, scale = _codes_differ(tmp_path / "cpu", tmp_path / "cuda")
+    print(f"{method}: packed words differing CPU vs CUDA {frac:.2e}, scales {scale:.2e}")
+    assert frac <= 0.02 and scale <= 1e-3
+    # activations kept on the host (as when they do not fit on the GPU): the same result
+    monkeypatch.setattr(device, "ACTIVATION_SHARE", 0.0)
+    monkeypatch.setattr(layerwise, "cache_dir", lambda: tmp_path / "cache2")  # no cache hit
+    r = make_recipe("safetensors", "w4-g32-sym", method=method, act_order="none",
+                    device="cuda", **CALIB)
+    convert(src, r, tmp_path / "offload", threads=1)
+    frac2, _ = _codes_differ(tmp_path / "cuda", tmp_path / "offload")
+    assert frac2 <= 0.02
