@@ -34,6 +34,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # quantport runs from the source tree on the device
 
 # The device image's packages (KINDS.md, "Python packages already there", read 2026-11-17) and
 # the versions its pip-list row gives (None: present, version not listed).
