@@ -83,11 +83,12 @@ class TorchOps(ArrayOps):
 
     name = "torch"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", *, fused: bool = True) -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
+        self.fused = fused
         self._dtypes = {np.dtype(np.float32): torch.float32,
                         np.dtype(np.float64): torch.float64,
                         np.dtype(np.int8): torch.int8, np.dtype(np.uint8): torch.uint8,
@@ -177,9 +178,78 @@ class TorchOps(ArrayOps):
     def sq_sum(self, e: Any) -> Any:
         return self.torch.dot(e, e)
 
+    @property
+    def int_sub_batch(self) -> Any:  # type: ignore[override]
+        """GPTQ's integer-grid sub-batch in one call (:func:`_int_sub_batch`; compiled on a
+        GPU), unless ``fused`` was turned off."""
+        return _fused_int_sub_batch(self.device.type) if self.fused else None
+
     def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
         torch = self.torch
         if not any(isinstance(a, torch.Tensor) for a in (w, q, hessian)):
             return hessian_error(w, q, hessian)
         d = self.asarray(w, np.float64) - self.asarray(q, np.float64)
         return float(torch.sum((d @ self.asarray(hessian, np.float64)) * d))
+
+
+def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float
+                   ) -> tuple[Any, Any, Any]:
+    """A sub-batch of GPTQ's column loop on an integer grid (``quant.gptq._column_loop``'s
+    per-column body, unrolled): ``w`` ``[n, rows]`` float64 columns, ``u`` ``[n, n]`` the
+    sub-batch's block of the inverse Hessian's Cholesky factor, ``s`` / ``z`` ``[n or 1, rows]``
+    each column's scale and zero-point (float32; ``z`` None when symmetric). Returns the codes
+    (int8), values (float32) and scaled errors (float64), ``[n, rows]`` each. The operations
+    are ``IntGrid.round`` / ``value`` and the error feedback in the same order; every step is
+    elementwise over rows, so compiled for a GPU the whole sub-batch becomes one kernel."""
+    import torch
+
+    n = w.shape[0]
+    cols = list(w.unbind(0))
+    qs, vs, es = [], [], []
+    for j in range(n):
+        x = cols[j]
+        sj = s[j if s.shape[0] > 1 else 0]
+        q = torch.round(x.to(torch.float32) / sj)
+        if z is not None:
+            zj = z[j if z.shape[0] > 1 else 0]
+            q = q + zj
+        code = torch.clamp(q, qmin, qmax).to(torch.int8)
+        cf = code.to(torch.float32)
+        if z is not None:
+            cf = cf - zj
+        v = cf * sj
+        e = (x - v) / u[j, j]
+        for k in range(j + 1, n):  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:] within the sub-batch
+            cols[k] = cols[k] - u[j, k] * e
+        qs.append(code)
+        vs.append(v)
+        es.append(e)
+    return torch.stack(qs), torch.stack(vs), torch.stack(es)
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _fused_int_sub_batch(device_type: str) -> Any:
+    """:func:`_int_sub_batch` as run on ``device_type``: compiled by ``torch.compile`` on a GPU
+    (once per process; any failure to compile falls back to the eager function, logged), eager
+    on the CPU."""
+    if device_type == "cpu":
+        return _int_sub_batch
+    fn = _COMPILED.get(device_type)
+    if fn is None:
+        import torch
+
+        compiled = torch.compile(_int_sub_batch, dynamic=True, fullgraph=True)
+
+        def fn(*args: Any) -> Any:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: eager is correct
+                log.warning("torch.compile of GPTQ's sub-batch failed (%s); running it "
+                            "eagerly", str(exc).splitlines()[0] if str(exc) else type(exc))
+                _COMPILED[device_type] = _int_sub_batch
+                return _int_sub_batch(*args)
+
+        _COMPILED[device_type] = fn
+    return _COMPILED[device_type]

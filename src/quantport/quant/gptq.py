@@ -148,6 +148,11 @@ class ArrayOps:
         """``sum(e * e)`` as a scalar of this library (added up without a host round trip)."""
         return np.dot(e, e)
 
+    #: ``int_sub_batch(w, u, s, z, qmin, qmax) -> (codes, values, errors)``: a whole sub-batch
+    #: of the column loop on an integer grid in one call (see :func:`_column_loop`), or None:
+    #: column by column. A GPU implements it to avoid a dozen kernel launches per column.
+    int_sub_batch: Callable[..., tuple[Any, Any, Any]] | None = None
+
     def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
         """:func:`hessian_error` on this library's arrays."""
         return hessian_error(w, q, hessian)
@@ -563,6 +568,17 @@ def _column_loop(
     loss: Any = 0.0
     rounder: Callable[[Any, int], tuple[Any, Any]] | None = None
     static_rounders: dict[int, Callable[[Any, int], tuple[Any, Any]]] = {}
+    # a whole sub-batch in one call (ops.int_sub_batch) where every column of it is on an
+    # integer grid whose parameters are known when the sub-batch starts: static groups, or
+    # groups that are whole sub-batches (the fit happens at the sub-batch's first column)
+    fused = (ops.int_sub_batch is not None and type(grid) in (IntGrid, TensorIntGrid)
+             and (static_params is not None or gb % _SUB == 0))
+    cur_sz: tuple[Any, Any] | None = None
+    static_sz = None
+    if fused and static_params is not None:
+        zp = static_params.get("zero_point")
+        static_sz = (ops.asarray(np.ascontiguousarray(static_params["scale"].T)),
+                     None if zp is None else ops.asarray(np.ascontiguousarray(zp.T)))
     for i1 in range(0, cols, batch):
         i2 = min(i1 + batch, cols)
         n = i2 - i1
@@ -574,6 +590,38 @@ def _column_loop(
         # all of W1[:, i:], regrouped; a column is read only after all earlier errors reached it)
         for s1 in range(i1, i2, _SUB):
             s2 = min(s1 + _SUB, i2)
+            if fused and s2 - s1 == _SUB:
+                if static_params is None and s1 % gb == 0:
+                    i = s1 - i1
+                    blk = wt[s1:s1 + gb]
+                    if i:
+                        blk = blk - u[i1:s1, s1:s1 + gb].T @ err1[:i]
+                    p = grid.fit(np.ascontiguousarray(ops.numpy(blk.T), dtype=F32)[:, None, :],
+                                 imp_p[s1:s1 + gb].reshape(1, 1, gb), row_stats=stats)
+                    parts.append(p)
+                    zp = p.get("zero_point")
+                    cur_sz = (ops.asarray(p["scale"][:, 0]),
+                              None if zp is None else ops.asarray(zp[:, 0]))
+                if static_sz is not None:
+                    blocks = np.asarray(perm[s1:s2]) // gb
+                    sc = static_sz[0][blocks]
+                    zc = None if static_sz[1] is None else static_sz[1][blocks]
+                else:
+                    assert cur_sz is not None  # one group: [1, rows], broadcast
+                    sc = cur_sz[0][None, :]
+                    zc = None if cur_sz[1] is None else cur_sz[1][None, :]
+                qmin, qmax = code_range(grid.bits, True)
+                a, b = s1 - i1, s2 - i1
+                q, v, e = ops.int_sub_batch(w1[a:b], u[s1:s2, s1:s2], sc, zc, qmin, qmax)
+                if codes is None:
+                    codes = ops.empty_like(q, (cols, rows))
+                codes[s1:s2] = q
+                values[s1:s2] = v
+                err1[a:b] = e
+                loss = loss + ops.sq_sum(e.reshape(-1)) / 2.0
+                if s2 < i2:
+                    w1[b:] -= u[s1:s2, s2:i2].T @ err1[a:b]
+                continue
             for j in range(s1, s2):
                 i = j - i1
                 if static_params is None:
