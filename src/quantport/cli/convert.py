@@ -81,6 +81,10 @@ def _parse_size(text: str) -> int:
                    "(true-sequential) or of the float ones (one forward pass a layer).")
 @click.option("--calib-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True, help="dtype of the calibration forward passes.")
+@click.option("--smooth-alpha", type=float, default=0.5, show_default=True,
+              help="SmoothQuant: migration strength α in (0, 1), per input channel "
+                   "s = max|x|^α / max|W|^(1-α); higher moves more of the activations' range "
+                   "into the weights.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where calibration, GPTQ and AWQ run: auto takes a CUDA GPU when torch "
                    "sees one (cuda:N picks one), else the CPU. Nothing else uses a GPU.")
@@ -104,8 +108,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
             allow_pickle: bool, pure: bool, output_type: str | None,
             token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None,
             calib_samples: int | None, calib_len: int, damp: float, act_order: str,
-            calib_inputs: str, calib_dtype: str, device: str, save_imatrix: Path | None,
-            dry_run: bool,
+            calib_inputs: str, calib_dtype: str, smooth_alpha: float, device: str,
+            save_imatrix: Path | None, dry_run: bool,
             threads: int | None, onnx_matmul: str, accuracy_level: int | None, as_json: bool,
             quiet: bool, verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
@@ -138,7 +142,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         pure=pure, output_type=output_type, token_embedding_type=token_embedding_type,
         imatrix=imatrix_path, calib=calib, calib_samples=calib_samples, calib_len=calib_len,
         max_shard_size=_parse_size(max_shard_size), damp=damp, act_order=act_order,
-        calib_inputs=calib_inputs, calib_dtype=calib_dtype, device=device,
+        calib_inputs=calib_inputs, calib_dtype=calib_dtype, smooth_alpha=smooth_alpha,
+        device=device,
         onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
     )  # fmt: skip
     if save_imatrix and not calib:
