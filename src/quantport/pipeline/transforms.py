@@ -162,7 +162,7 @@ def input_scale_hooks(layer: Any, scales: dict[str, np.ndarray]) -> list[Any]:
                  _memo: dict[str, Any] = memo) -> tuple[Any, ...]:
             x = args[0]
             if _memo.get("x") is not x:  # q/k/v read the same tensor: divide it once
-                _memo["x"], _memo["y"] = x, x * _inv.to(x.dtype)
+                _memo["x"], _memo["y"] = x, x * _inv.to(x.device, x.dtype)
             return (_memo["y"], *args[1:])
 
         handles += [layer.get_submodule(n).register_forward_pre_hook(hook)
@@ -174,6 +174,7 @@ def _fold(layer: Any, group: ScaleGroup, s: Any) -> None:
     """``prev /= s`` on its output channels, each Linear ``*= s`` on its input channels
     (AutoAWQ ``scale_ln_fcs`` / ``scale_fc_fc``); a residual group's ``prev`` is left alone
     (its input is divided at run time: :func:`input_scale_hooks`)."""
+    s = s.to(layer.get_submodule(group.linears[0]).weight.device)  # the layer's device
     if group.residual:
         for name in group.linears:
             layer.get_submodule(name).weight.mul_(s.view(1, -1))
@@ -195,6 +196,7 @@ def _clip(layer: Any, name: str, max_val: Any) -> None:
     ``apply_clip``); ``max_val`` is ``[out, n_groups]``."""
     w = layer.get_submodule(name).weight
     rows, groups = max_val.shape
+    max_val = max_val.to(w.device)
     wg = w.view(rows, groups, -1)
     m = max_val.unsqueeze(-1)
     wg.copy_(wg.clamp(-m, m))
@@ -263,23 +265,23 @@ def awq_layer(
         originals = [m.weight.detach().clone() for m in mods]
         with torch.no_grad():
             ref = call(module, x)
-            best, best_alpha, best_s = float("inf"), 0.0, torch.ones(c)
+            best, best_alpha, best_s = float("inf"), 0.0, torch.ones(c, device=x.device)
             for k in range(n_grid):
                 alpha = k / n_grid
                 s = (x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
                 s = s / (s.max() * s.min()).sqrt()
                 for m, w0, name in zip(mods, originals, group.linears, strict=True):
-                    ws = (w0 * s.view(1, -1)).numpy()
+                    ws = (w0 * s.view(1, -1)).cpu().numpy()  # rounded on the host
                     g = grids.get(name)
                     q = _fake_quant(ws, g) if g is not None else ws
-                    m.weight.copy_(torch.from_numpy(q) / s.view(1, -1))
+                    m.weight.copy_(torch.from_numpy(q).to(s.device) / s.view(1, -1))
                 loss = float((call(module, x) - ref).float().pow(2).mean())
                 if loss < best:
                     best, best_alpha, best_s = loss, alpha, s.clone()
             for m, w0 in zip(mods, originals, strict=True):
                 m.weight.copy_(w0)
             _fold(layer, group, best_s)
-        chosen[group.prev] = best_s.numpy()
+        chosen[group.prev] = best_s.cpu().numpy()
         log.debug("AWQ %s: alpha %.2f, loss %.4g", group.prev, best_alpha, best)
         # the later groups' cached inputs are unchanged: each group's input comes from a
         # different producer, and folding keeps the float function identical; this group's
@@ -337,14 +339,15 @@ def awq_clip(layer: Any, inputs: dict[str, Any], grids: dict[str, Grid], *,
                 for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
                     t = org_max * (1 - i / CLIP_GRID)
                     cur = wb.clamp(-t.unsqueeze(-1), t.unsqueeze(-1)).reshape(-1, cols)
-                    q = torch.from_numpy(_fake_quant(cur.numpy(), grid)).view_as(wb)
+                    q = torch.from_numpy(_fake_quant(cur.cpu().numpy(), grid)).to(
+                        wb.device).view_as(wb)
                     err = (torch.einsum("tgk,ogk->tog", x, q) - ref).pow(2).mean(0)
                     better = err < best_err
                     best_err[better], best[better] = err[better], t[better]
                 best_all.append(best)
             max_val = torch.cat(best_all, 0)
             _clip(layer, name, max_val)
-            chosen[CLIP_PREFIX + name] = max_val.numpy()
+            chosen[CLIP_PREFIX + name] = max_val.cpu().numpy()
     return chosen
 
 
@@ -370,11 +373,13 @@ def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *,
             if not group.smooth or group.linears[0] not in abs_max:
                 continue
             mods = [layer.get_submodule(n) for n in group.linears]
-            act = torch.from_numpy(np.asarray(abs_max[group.linears[0]], np.float32))
+            act = torch.from_numpy(np.asarray(abs_max[group.linears[0]], np.float32)).to(
+                mods[0].weight.device)
             w_max = torch.cat([m.weight.abs() for m in mods], 0).amax(0)
             # smooth_ln_fcs: s = max|X|^α / max|W|^(1-α), clamped at 1e-5
             s = (act.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
                  ).clamp(min=1e-5)
             _fold(layer, group, s)
-            chosen[INPUT_PREFIX + group.linears[0] if group.residual else group.prev] = s.numpy()
+            chosen[INPUT_PREFIX + group.linears[0] if group.residual else group.prev] = (
+                s.cpu().numpy())
     return chosen

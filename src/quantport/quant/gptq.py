@@ -596,7 +596,7 @@ def _column_loop(
                     blk = wt[s1:s1 + gb]
                     if i:
                         blk = blk - u[i1:s1, s1:s1 + gb].T @ err1[:i]
-                    p = grid.fit(np.ascontiguousarray(ops.numpy(blk.T), dtype=F32)[:, None, :],
+                    p = grid.fit(ops.numpy(ops.contiguous(ops.cast(blk.T, F32)))[:, None, :],
                                  imp_p[s1:s1 + gb].reshape(1, 1, gb), row_stats=stats)
                     parts.append(p)
                     zp = p.get("zero_point")
@@ -635,7 +635,7 @@ def _column_loop(
                         if i:
                             blk = blk - u[i1:j, j:end].T @ err1[:i]
                         p = grid.fit(
-                            np.ascontiguousarray(ops.numpy(blk.T), dtype=F32)[:, None, :],
+                            ops.numpy(ops.contiguous(ops.cast(blk.T, F32)))[:, None, :],
                             imp_p[j:end].reshape(1, 1, gb),
                             row_stats=stats,
                         )
