@@ -55,6 +55,16 @@ def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
     """
     *lead, n = np.shape(values)
     n_words = -(-n * bits // 32)
+    if bits in (2, 4, 8) and n % (32 // bits) == 0:
+        # whole words: pack into bytes (element i at bits (i % per_byte)*bits of byte
+        # i // per_byte), and read each 4 bytes as one little-endian word -- element 8w+k of a
+        # 4-bit row then sits at bits 4k of word w, as below, in a few byte-wide passes
+        per_byte = 8 // bits
+        v = np.asarray(values).astype(np.uint8, copy=False)
+        b = v[..., 0::per_byte].copy()
+        for k in range(1, per_byte):
+            b |= v[..., k::per_byte] << np.uint8(bits * k)
+        return np.ascontiguousarray(b).view("<u4").view(np.int32)
     if 32 % bits == 0:
         # 2, 4 or 8 bits: whole values per word, so shifts and ORs do it (~50x faster than the
         # bit-plane path below, which matters at 7B scale)
@@ -186,11 +196,14 @@ def pack_record(module: str, t: QuantizedTensor) -> dict[str, np.ndarray]:
             f"{t.encoding}"
         )
     offset = 1 << (t.bits - 1)
-    codes = np.asarray(t.codes, dtype=np.int32)
-    if not t.signed:
-        codes = codes - offset
+    if t.signed and t.bits <= 8:
+        # the unsigned codes in one byte each (int16 in between: offset + code fits)
+        unsigned = (np.asarray(t.codes).astype(np.int16) + offset).astype(np.uint8)
+    else:
+        codes = np.asarray(t.codes, dtype=np.int32)
+        unsigned = codes if not t.signed else codes + offset
     out = {
-        f"{module}.weight_packed": pack_int32(codes + offset, t.bits),
+        f"{module}.weight_packed": pack_int32(unsigned, t.bits),
         f"{module}.weight_scale": np.asarray(t.scale, dtype=np.float32),
         f"{module}.weight_shape": np.asarray(t.shape, dtype=np.int64),
     }
