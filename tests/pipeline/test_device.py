@@ -5,6 +5,8 @@ none); they run on the GPU machine (BENCHMARKS.md "GPU calibration" says when th
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +68,9 @@ def _problem(rows: int = 48, cols: int = 256, seed: int = 0):
 CASES = [(parse_scheme("w4-g64-sym"), False, False), (parse_scheme("w4-g32-asym"), True, False),
          (parse_scheme("w8-channel-sym"), True, True), (parse_scheme("w4-tensor-sym"), False, False),
          ("Q4_K", False, False), ("Q6_K", True, True), ("Q5_K", False, False),
-         ("Q4_0", False, False), ("IQ4_NL", True, True)]
+         ("Q4_0", False, False), ("IQ4_NL", True, True),
+         # ORT's MLAS rule (the ONNX writer's symmetric schemes): fitted on the device too
+         (dataclasses.replace(parse_scheme("w4-g32-sym"), rule="signed"), False, False)]
 
 
 @pytest.mark.parametrize(("target", "act", "static"), CASES, ids=lambda c: str(c))

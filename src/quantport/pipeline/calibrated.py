@@ -353,17 +353,24 @@ class _LayerRounder:
         idx = self.by_source[name]
         row = self.plan.rows[idx]
         param = self.linears[name].weight
-        # float32: the layer's weights stay float32 (on the host: edits and fits are numpy)
-        w = param.detach().cpu().numpy().copy()
-        we = apply_edit(w, row.edit, *self.heads)
+        # on a GPU without an edit (q/k permutations are numpy) the weight and the rounded
+        # values stay there; otherwise float32 numpy
+        on_device = self.ops is not None and row.edit is None
+        if on_device:
+            we = param.detach()
+        else:
+            w = param.detach().cpu().numpy().copy()
+            we = apply_edit(w, row.edit, *self.heads)
         grid = grid_for(row.target, row.shape)
         if hess is None:
+            we = we if isinstance(we, np.ndarray) else we.cpu().numpy()
             record = quantize_rtn(we, grid, name=row.name)
             values = dequantize(record)
         else:
             act, static = _act_order(recipe, row, report)
             res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
-                           static_groups=static, name=row.name, ops=self.ops)
+                           static_groups=static, name=row.name, ops=self.ops,
+                           host_values=not on_device)
             record, values = res.record, res.values
             report.errors[row.name] = res.error
             if res.fell_back:
@@ -374,4 +381,6 @@ class _LayerRounder:
         self.sink.put(idx, record)
         self.written.add(name)
         with torch.no_grad():
-            param.copy_(torch.from_numpy(apply_edit(values, row.edit, *self.heads, undo=True)))
+            if isinstance(values, np.ndarray):
+                values = torch.from_numpy(apply_edit(values, row.edit, *self.heads, undo=True))
+            param.copy_(values)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantport.errors import OptionError
+from quantport.ir import code_range
 from quantport.quant.gptq import ArrayOps, hessian_error
 
 __all__ = ["DEVICES", "TorchOps", "activations_fit", "cuda_available", "resolve_device"]
@@ -177,6 +178,27 @@ class TorchOps(ArrayOps):
 
     def sq_sum(self, e: Any) -> Any:
         return self.torch.dot(e, e)
+
+    def fit_int(self, grid: Any, x: Any) -> dict[str, Any]:  # type: ignore[override]
+        """:meth:`quantport.quant.grid.IntGrid.fit` of ``x`` ``[rows, n_blocks, block]``
+        (float32) on this device: the same float32 operations in the same order, so the same
+        scales and zero-points (checked against it by tests/pipeline/test_device.py)."""
+        torch = self.torch
+        qmin, qmax = code_range(grid.bits, True)
+        one = torch.ones((), dtype=torch.float32, device=x.device)
+        if grid.symmetric and grid.rule == "signed":
+            at = x.abs().argmax(dim=-1, keepdim=True)
+            scale = torch.take_along_dim(x, at, dim=-1)[..., 0] / float(np.float32(qmin))
+            return {"scale": torch.where(scale == 0, one, scale)}
+        if grid.symmetric:
+            scale = x.abs().amax(dim=-1) / float(np.float32((qmax - qmin) / 2))
+            return {"scale": torch.where(scale == 0, one, scale)}
+        lo = torch.clamp(x.amin(dim=-1), max=0.0)
+        hi = torch.clamp(x.amax(dim=-1), min=0.0)
+        scale = (hi - lo) / float(np.float32(qmax - qmin))
+        scale = torch.where(scale == 0, one, scale)
+        zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+        return {"scale": scale, "zero_point": zp}
 
     @property
     def int_sub_batch(self) -> Any:  # type: ignore[override]

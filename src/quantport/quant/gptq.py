@@ -152,6 +152,9 @@ class ArrayOps:
     #: of the column loop on an integer grid in one call (see :func:`_column_loop`), or None:
     #: column by column. A GPU implements it to avoid a dozen kernel launches per column.
     int_sub_batch: Callable[..., tuple[Any, Any, Any]] | None = None
+    #: ``fit_int(grid, x) -> params``: :meth:`IntGrid.fit` on this library's arrays (the same
+    #: float32 operations; parameters left there), or None: fitted on the host.
+    fit_int: Callable[[IntGrid, Any], Params] | None = None
 
     def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
         """:func:`hessian_error` on this library's arrays."""
@@ -286,6 +289,7 @@ def run_gptq(
     static_groups: bool = False,
     name: str = "tensor",
     ops: ArrayOps | None = None,
+    host_values: bool = True,
 ) -> GptqResult:
     """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
 
@@ -311,7 +315,9 @@ def run_gptq(
         name: tensor name for messages.
         ops: where the column loop runs (:class:`ArrayOps`; default numpy on the CPU).
             ``w`` and ``hessian`` may then be that library's arrays (on its device); the
-            result is numpy either way.
+            record is numpy either way.
+        host_values: return ``values`` as numpy; False leaves them an array of ``ops``
+            (a GPU caller writes them straight back into its layer).
 
     Returns:
         The record, its dequantized values and the error figures (:class:`GptqResult`).
@@ -353,8 +359,16 @@ def run_gptq(
             "sit at fixed columns); pass static_groups=True (act-order with static groups)"
         )
     # the grids fit and assemble on the host (float32 numpy); the column loop runs on ops
-    w32 = np.asarray(ops.numpy(w), dtype=F32)
-    wd = w32 if on_host else ops.asarray(w, F32)
+    # a host copy of w only where the host needs one (on a device, integer grids fitted in
+    # the loop never do): the weights are copied off a GPU once at most
+    host_w: list[np.ndarray] = []
+
+    def w_host() -> np.ndarray:
+        if not host_w:
+            host_w.append(np.asarray(ops.numpy(wd), dtype=F32))
+        return host_w[0]
+
+    wd = np.asarray(w, dtype=F32) if on_host else ops.asarray(w, F32)
     diag = ops.diag(h)
     finite = ops.all_finite(h)
 
@@ -375,9 +389,13 @@ def run_gptq(
         dead_idx = np.flatnonzero(dead)
         ops.set_diag(h, dead_idx, 1.0)
         diag[dead_idx] = 1.0
-        w32 = w32.copy()
-        w32[:, dead] = 0.0
-        wd = w32 if on_host else ops.asarray(w32, F32)
+        if on_host:
+            wd = wd.copy()
+            wd[:, dead] = 0.0
+        else:
+            wd = ops.copy(wd)
+            wd[:, ops.asarray(dead_idx)] = 0.0
+        host_w.clear()
 
     if act_order:
         # gptq.py lines 89-93 / GPTQModel desc_act: decreasing diag(H), taken after the dead
@@ -399,7 +417,7 @@ def run_gptq(
         log.warning("%s: the Hessian %s; rounding this weight to nearest instead of GPTQ "
                     "(check the calibration inputs of this layer)", name, why)
         # the importance GPTQ would have fitted with (diag(H) needs a finite H)
-        record = quantize_rtn(w32, grid, imp if finite or importance is not None else None,
+        record = quantize_rtn(w_host(), grid, imp if finite or importance is not None else None,
                               name=name)
         values = dequantize(record)
         err = (ops.hessian_error(w, ops.asarray(values), hessian) if finite
@@ -412,9 +430,9 @@ def run_gptq(
     # square only slightly, the original rows make every block's fit independent of the
     # processing order (static groups and act-order see the same statistic), and H = I gives
     # exactly llama.cpp's quantizer. (A per-tensor integer grid takes its scale from them.)
-    stats = grid.row_stats(w32)
+    stats = {} if type(grid) is IntGrid else grid.row_stats(w_host())
     nb = cols // gb
-    x_all = w32.reshape(rows, nb, gb)
+    x_all = w_host().reshape(rows, nb, gb) if static_groups else None
     static_params: Params | None = None
     if static_groups:
         # gptq.py lines 81-87: every group fitted up front on the (dead-zeroed) original
@@ -436,7 +454,8 @@ def run_gptq(
     inv = np.argsort(perm)
     values_d = ops.contiguous(ops.take_cols(values_p, inv))
     err = ops.hessian_error(w, values_d, hessian)
-    values = np.ascontiguousarray(ops.numpy(values_d))
+    values = (values_d if not (host_values or on_host)
+              else np.ascontiguousarray(ops.numpy(values_d)))
     del values_d, values_p
     codes_p = ops.numpy(codes_p)
     if static_params is not None:
@@ -596,8 +615,7 @@ def _column_loop(
                     blk = wt[s1:s1 + gb]
                     if i:
                         blk = blk - u[i1:s1, s1:s1 + gb].T @ err1[:i]
-                    p = grid.fit(ops.numpy(ops.contiguous(ops.cast(blk.T, F32)))[:, None, :],
-                                 imp_p[s1:s1 + gb].reshape(1, 1, gb), row_stats=stats)
+                    p = _fit_block(grid, blk, imp_p[s1:s1 + gb], stats, ops)
                     parts.append(p)
                     zp = p.get("zero_point")
                     cur_sz = (ops.asarray(p["scale"][:, 0]),
@@ -634,11 +652,7 @@ def _column_loop(
                         blk = wt[j:end]
                         if i:
                             blk = blk - u[i1:j, j:end].T @ err1[:i]
-                        p = grid.fit(
-                            ops.numpy(ops.contiguous(ops.cast(blk.T, F32)))[:, None, :],
-                            imp_p[j:end].reshape(1, 1, gb),
-                            row_stats=stats,
-                        )
+                        p = _fit_block(grid, blk, imp_p[j:end], stats, ops)
                         parts.append(p)
                         rounder = _rounder(grid, p, ops)
                     c = j % gb
@@ -668,7 +682,19 @@ def _column_loop(
             # the deferred update: W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
             wt[i2:] -= u[i1:i2, i2:].T @ err1
     assert codes is not None
+    if ops is not NUMPY:  # parameters fitted on the device: the grid assembles on the host
+        parts = [{k: np.asarray(ops.numpy(v)) for k, v in p.items()} for p in parts]
     return ops.contiguous(codes.T), ops.contiguous(values.T), float(loss), parts
+
+
+def _fit_block(grid: Grid, blk: Any, imp: np.ndarray, stats: Params, ops: ArrayOps) -> Params:
+    """``grid.fit`` of one group, ``blk`` its columns ``[gb, rows]`` (an array of ``ops``):
+    on the device for an integer grid when ``ops`` can (:meth:`ArrayOps.fit_int`; the
+    parameters stay there), else on the host (float32 numpy)."""
+    if type(grid) is IntGrid and ops.fit_int is not None:
+        return ops.fit_int(grid, ops.cast(blk.T, F32)[:, None, :])
+    x = ops.numpy(ops.contiguous(ops.cast(blk.T, F32)))
+    return grid.fit(np.ascontiguousarray(x)[:, None, :], imp.reshape(1, 1, -1), row_stats=stats)
 
 
 def _rounder(
