@@ -56,6 +56,26 @@ def test_device_selection() -> None:
         make_recipe("safetensors", "w4-g32-sym", method="gptq", device="gpu")
 
 
+def test_bf16_weights_are_widened_on_the_device_exactly(tiny_llama: Path, tmp_path: Path) -> None:
+    """A GPU reads bfloat16 layers as stored and widens them there: the same float32 values
+    as the reader's host widening (here on the CPU)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / f, out / f)
+    src = open_path(out)
+    name = "model.layers.0.mlp.down_proj.weight"
+    raw, dtype = src.stored(name)
+    assert dtype == "BF16" and raw.dtype == np.uint16
+    got = layerwise.widen_bf16(raw, "cpu")
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), np.asarray(src.get(name)))
+
+
 def _problem(rows: int = 48, cols: int = 256, seed: int = 0):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, cols)).astype(np.float32)

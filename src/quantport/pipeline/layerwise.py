@@ -316,6 +316,15 @@ class LayerStats:
         raise KeyError(weight)
 
 
+def widen_bf16(raw: np.ndarray, device: Any) -> Any:
+    """Stored bfloat16 values (``uint16`` bits) as a float32 tensor on ``device``, copied there
+    as bfloat16 and widened there (exact: a bfloat16 is the top half of its float32)."""
+    import torch
+
+    bits = torch.from_numpy(np.array(np.asarray(raw).view(np.int16)))
+    return bits.to(device).view(torch.bfloat16).float()
+
+
 def _host(t: Any) -> np.ndarray:
     """A tensor's values as a numpy array on the host."""
     return t.detach().cpu().numpy()
@@ -510,7 +519,14 @@ class LayerwiseModel:
         self.rotary = type(self.body.rotary_emb)(config=self.config).to(self.device)
 
     def _tensor(self, name: str) -> Any:
-        t = self.torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
+        """Tensor ``name`` of the source as float32 on the compute device."""
+        torch = self.torch
+        if self.device.type != "cpu":
+            stored = getattr(self.source, "stored", lambda _n: None)(name)
+            if stored is not None and stored[1] == "BF16":
+                # half the bytes over the bus, widened there
+                return widen_bf16(stored[0], self.device)
+        t = torch.from_numpy(np.array(self.source.get(name), dtype=np.float32))
         return t if self.device.type == "cpu" else t.to(self.device)
 
     def _dev(self, x: Any) -> Any:

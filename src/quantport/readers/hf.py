@@ -162,6 +162,15 @@ class HFCheckpoint:
             return t.float().numpy() if t.is_floating_point() else t.numpy()
         return self._where[name].get(name, rows)
 
+    def stored(self, name: str) -> tuple[np.ndarray, str] | None:
+        """One tensor as stored (a read-only view, BF16 as uint16) and its safetensors dtype
+        (``"BF16"``...), or None for a pickle checkpoint: lets a GPU caller widen on the
+        device instead of the host."""
+        if self._pickle is not None:
+            return None
+        f = self._where[name]
+        return f.raw(name), f.tensors[name].dtype
+
     def release(self) -> None:
         """Drop the file pages read so far from this process's memory (between tensors)."""
         for f in {id(f): f for f in self._where.values()}.values():
