@@ -132,7 +132,8 @@ class Recipe:
         device: where calibration, GPTQ and AWQ run: ``auto`` (a CUDA GPU when torch sees
             one), ``cpu`` or ``cuda`` (see :func:`quantport.pipeline.device.resolve_device`).
             Not recorded in the artifact: it changes where the work runs, not what it is.
-        smooth_alpha: SmoothQuant's migration strength α.
+        smooth_alpha: SmoothQuant's migration strength α; ``None``: the architecture's
+            default (:func:`quantport.pipeline.transforms.smooth_alpha_for`).
         onnx_matmul: ONNX: quantized Linear weights as ``"qdq"`` (DequantizeLinear -> MatMul,
             which ORT fuses into MatMulNBits) or ``"nbits"`` (MatMulNBits directly).
         accuracy_level: ONNX: ``accuracy_level`` of the MatMulNBits nodes the graph holds
@@ -161,7 +162,7 @@ class Recipe:
     calib_inputs: str = "quantized"
     calib_dtype: str = "float32"
     device: str = "auto"
-    smooth_alpha: float = 0.5
+    smooth_alpha: float | None = None
     onnx_matmul: str = "qdq"
     accuracy_level: int | None = None
     act_quant: str | None = None
@@ -269,7 +270,7 @@ def make_recipe(
     calib_inputs: str = "quantized",
     calib_dtype: str = "float32",
     device: str = "auto",
-    smooth_alpha: float = 0.5,
+    smooth_alpha: float | None = None,
     onnx_matmul: str = "qdq",
     accuracy_level: int | None = None,
 ) -> Recipe:
@@ -351,7 +352,7 @@ def make_recipe(
     dev = str(device).strip().lower()
     if dev not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", dev):
         raise OptionError(f"--device {device!r} is not one of auto, cpu, cuda (or cuda:N)")
-    if not 0 < smooth_alpha < 1:
+    if smooth_alpha is not None and not 0 < smooth_alpha < 1:
         raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
     if not 0 < damp < 10:
         raise ConfigError(f"--damp must be in (0, 10), got {damp}")
@@ -376,5 +377,6 @@ def make_recipe(
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
         damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
         calib_dtype=calib_dtype, device=dev, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
-        act_quant=act_quant, smooth_alpha=float(smooth_alpha),
+        act_quant=act_quant,
+        smooth_alpha=None if smooth_alpha is None else float(smooth_alpha),
     )

@@ -81,10 +81,10 @@ def _parse_size(text: str) -> int:
                    "(true-sequential) or of the float ones (one forward pass a layer).")
 @click.option("--calib-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True, help="dtype of the calibration forward passes.")
-@click.option("--smooth-alpha", type=float, default=0.5, show_default=True,
+@click.option("--smooth-alpha", type=float, default=None,
               help="SmoothQuant: migration strength α in (0, 1), per input channel "
                    "s = max|x|^α / max|W|^(1-α); higher moves more of the activations' range "
-                   "into the weights.")
+                   "into the weights [default: 0.8 for decoders, 0.5 for BERT encoders].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where calibration, GPTQ and AWQ run: auto takes a CUDA GPU when torch "
                    "sees one (cuda:N picks one), else the CPU. Nothing else uses a GPU.")
@@ -108,7 +108,7 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
             allow_pickle: bool, pure: bool, output_type: str | None,
             token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None,
             calib_samples: int | None, calib_len: int, damp: float, act_order: str,
-            calib_inputs: str, calib_dtype: str, smooth_alpha: float, device: str,
+            calib_inputs: str, calib_dtype: str, smooth_alpha: float | None, device: str,
             save_imatrix: Path | None, dry_run: bool,
             threads: int | None, onnx_matmul: str, accuracy_level: int | None, as_json: bool,
             quiet: bool, verbose: bool) -> None:

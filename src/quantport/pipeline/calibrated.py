@@ -56,6 +56,7 @@ from quantport.pipeline.transforms import (
     bert_groups,
     input_scale_hooks,
     llama_groups,
+    smooth_alpha_for,
     smooth_layer,
 )
 from quantport.plan import Plan, PlanRow
@@ -180,9 +181,14 @@ def run_calibrated(
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
     # 2. the layers, in order (from the cache when this very calibration ran before)
+    alpha = (recipe.smooth_alpha if recipe.smooth_alpha is not None
+             else smooth_alpha_for(model.layers[0]))  # the α used, default or given
+    if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
+        report.notes.append(f"SmoothQuant alpha {alpha} ({type(model.layers[0]).__name__} "
+                            "default; --smooth-alpha sets another)")
     settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
                 "inputs": recipe.calib_inputs, "damp": recipe.damp,
-                "act_order": recipe.act_order, "alpha": recipe.smooth_alpha,
+                "act_order": recipe.act_order, "alpha": alpha,
                 "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
                 "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
                             for r in plan.rows]}
@@ -220,7 +226,7 @@ def run_calibrated(
             _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)
             assert st is not None
             scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
-                                          for n in linears}, alpha=recipe.smooth_alpha)
+                                          for n in linears}, alpha=alpha)
         # unfolded scales (post-LayerNorm encoders): the writer's 1/s rows, and the same
         # division in the forward passes below, so the layer computes what it computed before
         hooks = input_scale_hooks(layer, scales)
