@@ -191,3 +191,45 @@ def test_calibrated_convert_on_cuda_matches_the_cpu(tiny_llama: Path, tmp_path: 
     off = convert(src, r, tmp_path / "offload", threads=1).calibration.errors
     for name, e in errors["cuda"].items():
         assert off[name] == pytest.approx(e, rel=1e-3), name
+
+
+def _triton_or_skip() -> str:
+    """The device the Triton kernel can run on here: the GPU, or the CPU under Triton's
+    interpreter (``TRITON_INTERPRET=1``); skips where Triton is not installed (CI: it comes
+    with CUDA builds of torch only)."""
+    import os
+
+    pytest.importorskip("triton")
+    if CUDA:
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    pytest.skip("Triton kernels run on a GPU or under TRITON_INTERPRET=1")
+
+
+@pytest.mark.parametrize(("rows", "per_column", "asym"),
+                         [(100, True, False), (100, False, True), (64, True, True)])
+def test_triton_sub_batch_matches_the_eager_one(rows: int, per_column: bool,
+                                                asym: bool) -> None:
+    dev = _triton_or_skip()
+    from quantport.pipeline import _triton_gptq
+    from quantport.pipeline.device import _int_sub_batch
+
+    rng = np.random.default_rng(rows)
+    n = 16
+    a = rng.standard_normal((n, n))
+    u = np.linalg.cholesky(np.linalg.inv(a @ a.T + n * np.eye(n))).T.copy()
+    w = torch.from_numpy(rng.standard_normal((n, rows)) * 0.05).to(dev)
+    u = torch.from_numpy(u).to(dev)
+    sb = n if per_column else 1
+    s = torch.from_numpy(rng.uniform(0.005, 0.02, (sb, rows)).astype(np.float32)).to(dev)
+    z = (torch.from_numpy(rng.integers(-3, 3, (sb, rows)).astype(np.float32)).to(dev)
+         if asym else None)
+    ref = _int_sub_batch(w, u, s, z, -8, 7)
+    out = (torch.empty(n, rows, dtype=torch.int8, device=dev),
+           torch.empty(n, rows, dtype=torch.float32, device=dev),
+           torch.empty(n, rows, dtype=torch.float64, device=dev))
+    _triton_gptq.int_sub_batch(w, u, s, z, -8, 7, out)
+    # the interpreter computes exactly; compiled, an FMA can move a last bit
+    assert float((out[0] != ref[0]).float().mean()) <= (0 if dev == "cpu" else 1e-3)
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-6, atol=1e-9)

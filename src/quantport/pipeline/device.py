@@ -214,13 +214,14 @@ class TorchOps(ArrayOps):
         return float(torch.sum((d @ self.asarray(hessian, np.float64)) * d))
 
 
-def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float
-                   ) -> tuple[Any, Any, Any]:
+def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float,
+                   out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
     """A sub-batch of GPTQ's column loop on an integer grid (``quant.gptq._column_loop``'s
     per-column body, unrolled): ``w`` ``[n, rows]`` float64 columns, ``u`` ``[n, n]`` the
     sub-batch's block of the inverse Hessian's Cholesky factor, ``s`` / ``z`` ``[n or 1, rows]``
     each column's scale and zero-point (float32; ``z`` None when symmetric). Returns the codes
-    (int8), values (float32) and scaled errors (float64), ``[n, rows]`` each. The operations
+    (int8), values (float32) and scaled errors (float64), ``[n, rows]`` each, also written into
+    ``out`` when given. The operations
     are ``IntGrid.round`` / ``value`` and the error feedback in the same order; every step is
     elementwise over rows, so compiled for a GPU the whole sub-batch becomes one kernel."""
     import torch
@@ -246,10 +247,24 @@ def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float
         qs.append(code)
         vs.append(v)
         es.append(e)
-    return torch.stack(qs), torch.stack(vs), torch.stack(es)
+    res = (torch.stack(qs), torch.stack(vs), torch.stack(es))
+    if out is not None:
+        for o, r in zip(out, res, strict=True):
+            o.copy_(r)
+    return res
 
 
 _COMPILED: dict[str, Any] = {}
+
+
+def _triton() -> Any:
+    """The Triton kernel's launcher (:mod:`quantport.pipeline._triton_gptq`), or None where
+    Triton is not installed (then ``torch.compile``, which needs it on a GPU too, or eager)."""
+    try:
+        from quantport.pipeline import _triton_gptq
+    except ImportError:
+        return None
+    return _triton_gptq.int_sub_batch
 
 
 def _fused_int_sub_batch(device_type: str) -> Any:
@@ -259,6 +274,8 @@ def _fused_int_sub_batch(device_type: str) -> Any:
     if device_type == "cpu":
         return _int_sub_batch
     fn = _COMPILED.get(device_type)
+    if fn is None and _triton() is not None:
+        fn = _COMPILED[device_type] = _triton()
     if fn is None:
         import torch
 

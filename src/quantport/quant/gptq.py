@@ -148,9 +148,10 @@ class ArrayOps:
         """``sum(e * e)`` as a scalar of this library (added up without a host round trip)."""
         return np.dot(e, e)
 
-    #: ``int_sub_batch(w, u, s, z, qmin, qmax) -> (codes, values, errors)``: a whole sub-batch
-    #: of the column loop on an integer grid in one call (see :func:`_column_loop`), or None:
-    #: column by column. A GPU implements it to avoid a dozen kernel launches per column.
+    #: ``int_sub_batch(w, u, s, z, qmin, qmax, out)``: a whole sub-batch of the column loop on
+    #: an integer grid in one call, writing its codes, values and errors into ``out`` (see
+    #: :func:`_column_loop`), or None: column by column. A GPU implements it to avoid a dozen
+    #: kernel launches per column.
     int_sub_batch: Callable[..., tuple[Any, Any, Any]] | None = None
     #: ``fit_int(grid, x) -> params``: :meth:`IntGrid.fit` on this library's arrays (the same
     #: float32 operations; parameters left there), or None: fitted on the host.
@@ -630,13 +631,12 @@ def _column_loop(
                     zc = None if cur_sz[1] is None else cur_sz[1][None, :]
                 qmin, qmax = code_range(grid.bits, True)
                 a, b = s1 - i1, s2 - i1
-                q, v, e = ops.int_sub_batch(w1[a:b], u[s1:s2, s1:s2], sc, zc, qmin, qmax)
                 if codes is None:
-                    codes = ops.empty_like(q, (cols, rows))
-                codes[s1:s2] = q
-                values[s1:s2] = v
-                err1[a:b] = e
-                loss = loss + ops.sq_sum(e.reshape(-1)) / 2.0
+                    codes = ops.empty((cols, rows), np.int8)
+                # the codes, values and errors written in place
+                ops.int_sub_batch(w1[a:b], u[s1:s2, s1:s2], sc, zc, qmin, qmax,
+                                  (codes[s1:s2], values[s1:s2], err1[a:b]))
+                loss = loss + ops.sq_sum(err1[a:b].reshape(-1)) / 2.0
                 if s2 < i2:
                     w1[b:] -= u[s1:s2, s2:i2].T @ err1[a:b]
                 continue
