@@ -117,6 +117,11 @@ class TorchOps(ArrayOps):
     def copy(self, a: Any) -> Any:
         return a.clone()
 
+    def copy_as(self, a: Any, dtype: Any) -> Any:
+        if isinstance(a, self.torch.Tensor):
+            return a.to(device=self.device, dtype=self._dt(dtype), copy=True)
+        return self.asarray(np.array(a, dtype=dtype, copy=True))
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.torch.empty(shape, dtype=self._dt(dtype), device=self.device)
 
@@ -165,16 +170,21 @@ class TorchOps(ArrayOps):
     def flip2(self, a: Any) -> Any:
         return self.torch.flip(a, (0, 1))
 
-    def upper_chol_of_inverse_reversed(self, hr: Any) -> Any | None:
+    def damped_upper_chol_of_inverse(self, h: Any, lam: float) -> Any | None:
         # gptq.py's cholesky / cholesky_inverse / cholesky(upper) in one factorisation, as
-        # quant.gptq._upper_chol_of_inverse: JHJ = L Lᵀ, U = J L⁻¹ J
+        # quant.gptq._upper_chol_of_inverse (JHJ = L Lᵀ, U = J L⁻¹ J), freeing each n x n
+        # temporary as soon as it is used: at most three besides h (the GPU's peak memory)
         torch = self.torch
-        lower, info = torch.linalg.cholesky_ex(hr)
+        hd = torch.flip(h, (0, 1))
+        hd.diagonal().add_(lam)
+        lower, info = torch.linalg.cholesky_ex(hd)
+        del hd
         if int(info) != 0:
             return None
-        eye = torch.eye(hr.shape[0], dtype=hr.dtype, device=hr.device)
-        li = torch.linalg.solve_triangular(lower, eye, upper=False)
-        return torch.flip(li, (0, 1)).contiguous()
+        li = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        torch.linalg.solve_triangular(lower, li, upper=False, out=li)
+        del lower
+        return torch.flip(li, (0, 1))
 
     def sq_sum(self, e: Any) -> Any:
         return self.torch.dot(e, e)
@@ -210,8 +220,11 @@ class TorchOps(ArrayOps):
         torch = self.torch
         if not any(isinstance(a, torch.Tensor) for a in (w, q, hessian)):
             return hessian_error(w, q, hessian)
-        d = self.asarray(w, np.float64) - self.asarray(q, np.float64)
-        return float(torch.sum((d @ self.asarray(hessian, np.float64)) * d))
+        # a float32 Hessian (a GPU calibration's) is used as it is, without a float64 copy
+        dt = (np.float32 if isinstance(hessian, torch.Tensor)
+              and hessian.dtype == torch.float32 else np.float64)
+        d = self.asarray(w, dt) - self.asarray(q, dt)
+        return float(torch.sum((d @ self.asarray(hessian, dt)) * d, dtype=torch.float64))
 
 
 def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float,

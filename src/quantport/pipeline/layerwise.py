@@ -68,7 +68,7 @@ EVALUATION_TEXT = evaluation_text()
 #: calibration windows run through a layer together (a batch of [windows, tokens, hidden]);
 #: a GPU takes larger batches (its matmuls need them to be efficient)
 _BATCH_TOKENS = 4096
-_GPU_BATCH_TOKENS = 32768
+_GPU_BATCH_TOKENS = 8192
 #: largest activation buffer kept between two uses rather than recomputed
 _KEEP_BYTES = 1 << 30
 
@@ -347,11 +347,11 @@ def gram(x2: Any) -> Any:
 
 def hessian_out(h32: Any) -> Any:
     """A layer's Hessian as handed to GPTQ: float64 numpy on the CPU (the precision of the
-    cache: float32 values), a float64 tensor left on a GPU (GPTQ runs there, see
-    :class:`quantport.pipeline.device.TorchOps`)."""
+    cache: float32 values), the float32 tensor left on a GPU (GPTQ runs there and makes its
+    own float64 copy, see :class:`quantport.pipeline.device.TorchOps`)."""
     if h32.device.type == "cpu":
         return h32.numpy().astype(np.float64)
-    return h32.double()
+    return h32
 
 
 class _Accumulator:

@@ -86,6 +86,10 @@ class ArrayOps:
     def copy(self, a: Any) -> Any:
         return np.array(a, copy=True)
 
+    def copy_as(self, a: Any, dtype: Any) -> Any:
+        """A new array of ``dtype`` holding ``a`` (one copy, whatever ``a`` is)."""
+        return np.array(a, dtype=dtype, copy=True)
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return np.empty(shape, dtype=dtype)
 
@@ -136,11 +140,14 @@ class ArrayOps:
         """``a[::-1, ::-1]`` as a contiguous copy."""
         return a[::-1, ::-1].copy()
 
-    def upper_chol_of_inverse_reversed(self, hr: Any) -> Any | None:
-        """:func:`_upper_chol_of_inverse_reversed`, or None when ``hr`` is not positive
-        definite."""
+    def damped_upper_chol_of_inverse(self, h: Any, lam: float) -> Any | None:
+        """The upper Cholesky factor of ``(H + λI)⁻¹`` (:func:`_upper_chol_of_inverse`), or
+        None when ``H + λI`` is not positive definite; ``h`` is left unchanged."""
+        # reversed (see _upper_chol_of_inverse): the one copy of H a try makes
+        hd = self.flip2(h)
+        self.set_diag(hd, np.arange(h.shape[0]), lam, add=True)
         try:
-            return _upper_chol_of_inverse_reversed(hr)
+            return _upper_chol_of_inverse_reversed(hd)
         except np.linalg.LinAlgError:
             return None
 
@@ -339,8 +346,9 @@ def run_gptq(
     gb = int(grid.block)
     if cols % gb:
         raise ShapeError(f"{name}: width {cols} is not a multiple of the block size {gb}")
-    # a float64 copy (the dead columns are edited below), on the ops' device
-    h = ops.copy(ops.asarray(hessian, np.float64))
+    # a float64 copy (the dead columns are edited below), on the ops' device; a float32
+    # Hessian (a GPU's) is copied by the conversion itself
+    h = ops.copy_as(hessian, np.float64)
     if tuple(h.shape) != (cols, cols):
         raise ShapeError(
             f"{name}: Hessian of shape {tuple(h.shape)} does not fit a weight of width {cols}; "
@@ -809,17 +817,11 @@ def _inverse_cholesky(h: Any, diag: np.ndarray, damp: float,
     ``hessian_inverse``), up to 1. ``(None, last damp)`` when every try failed. ``diag`` is
     ``H``'s diagonal (numpy); ``h`` is an array of ``ops``."""
     mean = float(np.mean(diag))
-    n = h.shape[0]
-    idx = np.arange(n)
     f = damp
     while True:
         u = None
         if mean > 0:
-            # reversed (see _upper_chol_of_inverse): the one copy of H a try makes
-            hd = ops.flip2(h)
-            ops.set_diag(hd, idx, f * mean, add=True)
-            u = ops.upper_chol_of_inverse_reversed(hd)
-            del hd
+            u = ops.damped_upper_chol_of_inverse(h, f * mean)
         if u is not None and ops.all_finite(u) and (ops.diag(u) > 0).all():
             return u, f
         nxt = f * _DAMP_STEP if f > 0 else _FIRST_DAMP
