@@ -233,3 +233,22 @@ def test_triton_sub_batch_matches_the_eager_one(rows: int, per_column: bool,
     # the interpreter computes exactly; compiled, an FMA can move a last bit
     assert float((out[0] != ref[0]).float().mean()) <= (0 if dev == "cpu" else 1e-3)
     torch.testing.assert_close(out[2], ref[2], rtol=1e-6, atol=1e-9)
+
+
+def test_the_gpu_branch_of_the_layer_loop_on_the_cpu(tiny_llama: Path, tmp_path: Path,
+                                                     calib_cache: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer loop's device branch (weights handed to GPTQ as tensors, groups fitted and
+    values written back without a host copy), run with TorchOps on the CPU: the very file the
+    numpy path writes."""
+    from quantport.pipeline import calibrated
+
+    src = open_path(tiny_llama)
+    recipe = make_recipe("safetensors", "w4-g32-asym", method="gptq", act_order="none",
+                         device="cpu", **CALIB)
+    convert(src, recipe, tmp_path / "numpy", threads=1)
+    monkeypatch.setattr(calibrated, "gptq_ops", lambda _d: TorchOps("cpu"))
+    monkeypatch.setattr(layerwise, "cache_dir", lambda: tmp_path / "cache2")
+    convert(src, recipe, tmp_path / "torch", threads=1)
+    assert ((tmp_path / "numpy" / "model.safetensors").read_bytes()
+            == (tmp_path / "torch" / "model.safetensors").read_bytes())

@@ -144,14 +144,13 @@ def run_calibrated(
 
     from quantport.quant.gptq import grid_for
 
-    from quantport.pipeline.device import TorchOps, resolve_device
+    from quantport.pipeline.device import resolve_device
 
     recipe = plan.recipe
     t0 = time.perf_counter()
     device = resolve_device(recipe.device)
     model = LayerwiseModel(source, dtype=recipe.calib_dtype, device=device)
-    # GPTQ's column loop runs where the layer is (numpy on the CPU)
-    ops = TorchOps(device) if device != "cpu" else None
+    ops = gptq_ops(device)
     by_source = {row.source: i for i, row in enumerate(plan.rows)}
     if model.encoder:
         _check_encoder(model, plan, by_source)
@@ -289,6 +288,14 @@ def run_calibrated(
                       (n_head, n_head_kv), ops).one(head, stats.of(head).hessian)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def gptq_ops(device: str) -> Any:
+    """Where GPTQ's column loop runs: next to the layer, on torch tensors of a GPU
+    (:class:`~quantport.pipeline.device.TorchOps`), or numpy on the CPU (None)."""
+    from quantport.pipeline.device import TorchOps
+
+    return TorchOps(device) if device != "cpu" else None
 
 
 def _check_encoder(model: LayerwiseModel, plan: Plan, by_source: dict[str, int]) -> None:

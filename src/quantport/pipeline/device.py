@@ -288,7 +288,18 @@ def _fused_int_sub_batch(device_type: str) -> Any:
         return _int_sub_batch
     fn = _COMPILED.get(device_type)
     if fn is None and _triton() is not None:
-        fn = _COMPILED[device_type] = _triton()
+        launch = _triton()
+
+        def fn(*args: Any) -> Any:
+            try:
+                return launch(*args)
+            except Exception as exc:  # noqa: BLE001 - a Triton build failure: eager is correct
+                log.warning("GPTQ's Triton kernel failed (%s); running its sub-batches "
+                            "eagerly", str(exc).splitlines()[0] if str(exc) else type(exc))
+                _COMPILED[device_type] = _int_sub_batch
+                return _int_sub_batch(*args)
+
+        _COMPILED[device_type] = fn
     if fn is None:
         import torch
 
