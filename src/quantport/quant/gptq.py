@@ -441,12 +441,18 @@ def run_gptq(
     # exactly llama.cpp's quantizer. (A per-tensor integer grid takes its scale from them.)
     stats = {} if type(grid) is IntGrid else grid.row_stats(w_host())
     nb = cols // gb
-    x_all = w_host().reshape(rows, nb, gb) if static_groups else None
     static_params: Params | None = None
+    loop_params: Params | None = None  # the same, as arrays of ops (for the column loop)
     if static_groups:
         # gptq.py lines 81-87: every group fitted up front on the (dead-zeroed) original
         # weights, in the original order; one fit of all blocks equals per-block fits
-        static_params = grid.fit(x_all, imp.reshape(1, nb, gb), row_stats=stats)
+        if type(grid) is IntGrid and ops.fit_int is not None:
+            loop_params = ops.fit_int(grid, wd.reshape(rows, nb, gb))
+            static_params = {k: np.asarray(ops.numpy(v)) for k, v in loop_params.items()}
+        else:
+            static_params = grid.fit(w_host().reshape(rows, nb, gb), imp.reshape(1, nb, gb),
+                                     row_stats=stats)
+            loop_params = static_params
 
     codes_p, values_p, loss, parts = _column_loop(
         ops.cast(ops.take_cols(wd, perm), np.float64),
@@ -455,7 +461,7 @@ def run_gptq(
         imp[perm],
         stats,
         perm,
-        static_params,
+        loop_params,
         min(block_cols, cols),
         ops,
     )
@@ -605,8 +611,8 @@ def _column_loop(
     static_sz = None
     if fused and static_params is not None:
         zp = static_params.get("zero_point")
-        static_sz = (ops.asarray(np.ascontiguousarray(static_params["scale"].T)),
-                     None if zp is None else ops.asarray(np.ascontiguousarray(zp.T)))
+        static_sz = (ops.contiguous(ops.asarray(static_params["scale"]).T),
+                     None if zp is None else ops.contiguous(ops.asarray(zp).T))
     for i1 in range(0, cols, batch):
         i2 = min(i1 + batch, cols)
         n = i2 - i1
