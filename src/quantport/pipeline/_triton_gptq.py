@@ -49,7 +49,11 @@ def _kernel(W, U, S, Z, Q, V, E, rows, s_step, z_step, qmin, qmax,
             cf = cf - z
         v = cf * s
         d = tl.load(U + j * N + j)
-        e = (x - v.to(tl.float64)) / d  # float64 division is IEEE (div.rn.f64)
+        # in the weights' precision (float64: div.rn.f64 is IEEE; float32: div_rn)
+        if x.dtype == tl.float64:
+            e = (x - v.to(tl.float64)) / d
+        else:
+            e = tl.math.div_rn(x - v, d)
         urow = tl.load(U + j * N + c, mask=c > j, other=0.0)
         w = w - urow[:, None] * e[None, :]
         tl.store(Q + j * rows + r, q.to(tl.int8), mask=rm)
@@ -59,9 +63,10 @@ def _kernel(W, U, S, Z, Q, V, E, rows, s_step, z_step, qmin, qmax,
 
 def int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float,
                   out: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-    """Launch the kernel on ``w`` ``[n, rows]`` (float64, contiguous rows), ``u`` ``[n, n]``,
-    ``s``/``z`` ``[n or 1, rows]`` (float32), writing codes (int8), values (float32) and errors
-    (float64) into ``out`` (``[n, rows]`` each, contiguous); returns ``out``."""
+    """Launch the kernel on ``w`` ``[n, rows]`` (float64 or float32, contiguous rows), ``u``
+    ``[n, n]`` (the same), ``s``/``z`` ``[n or 1, rows]`` (float32), writing codes (int8),
+    values (float32) and errors (``w``'s dtype) into ``out`` (``[n, rows]`` each, contiguous);
+    returns ``out``."""
     n, rows = w.shape
     q, v, e = out
     w, u = w.contiguous(), u.contiguous()

@@ -150,7 +150,7 @@ def run_calibrated(
     t0 = time.perf_counter()
     device = resolve_device(recipe.device)
     model = LayerwiseModel(source, dtype=recipe.calib_dtype, device=device)
-    ops = gptq_ops(device)
+    ops = gptq_ops(device, recipe.calib_dtype)
     by_source = {row.source: i for i, row in enumerate(plan.rows)}
     if model.encoder:
         _check_encoder(model, plan, by_source)
@@ -290,12 +290,16 @@ def run_calibrated(
     return report
 
 
-def gptq_ops(device: str) -> Any:
+def gptq_ops(device: str, calib_dtype: str = "float32") -> Any:
     """Where GPTQ's column loop runs: next to the layer, on torch tensors of a GPU
-    (:class:`~quantport.pipeline.device.TorchOps`), or numpy on the CPU (None)."""
+    (:class:`~quantport.pipeline.device.TorchOps`), or numpy on the CPU (None). On a GPU a
+    bfloat16 calibration also runs GPTQ's algebra in float32 (half the memory, as GPTQModel
+    and llm-compressor); a float32 one in float64, as on the CPU."""
     from quantport.pipeline.device import TorchOps
 
-    return TorchOps(device) if device != "cpu" else None
+    if device == "cpu":
+        return None
+    return TorchOps(device, precision="float32" if calib_dtype == "bfloat16" else "float64")
 
 
 def _check_encoder(model: LayerwiseModel, plan: Plan, by_source: dict[str, int]) -> None:

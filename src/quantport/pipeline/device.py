@@ -79,19 +79,28 @@ def activations_fit(nbytes: int, device: str) -> bool:
 
 class TorchOps(ArrayOps):
     """GPTQ's array operations (:class:`~quantport.quant.gptq.ArrayOps`) on torch tensors of
-    one device. float64 as the numpy path (the H200's float64 matmuls are fast enough for
-    GPTQ's updates, and the codes then match the CPU's), TF32 never used."""
+    one device, TF32 never used.
+
+    ``precision`` is what GPTQ's float64 arrays (the Hessian algebra, the error-updated
+    weights) become: float64 as the numpy path (the H200's float64 matmuls are fast enough,
+    and the codes then match the CPU's), or float32, as GPTQModel and llm-compressor compute
+    on a GPU -- half the memory for the ``n x n`` matrices, a small fraction of codes one step
+    away from the float64 result (tests/pipeline/test_device.py reports it)."""
 
     name = "torch"
 
-    def __init__(self, device: str = "cpu", *, fused: bool = True) -> None:
+    def __init__(self, device: str = "cpu", *, fused: bool = True,
+                 precision: str = "float64") -> None:
         import torch
 
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"precision must be float64 or float32, got {precision!r}")
         self.torch = torch
         self.device = torch.device(device)
         self.fused = fused
+        self.precision = precision
         self._dtypes = {np.dtype(np.float32): torch.float32,
-                        np.dtype(np.float64): torch.float64,
+                        np.dtype(np.float64): getattr(torch, precision),
                         np.dtype(np.int8): torch.int8, np.dtype(np.uint8): torch.uint8,
                         np.dtype(np.int32): torch.int32, np.dtype(np.bool_): torch.bool}
 
@@ -120,7 +129,7 @@ class TorchOps(ArrayOps):
     def copy_as(self, a: Any, dtype: Any) -> Any:
         if isinstance(a, self.torch.Tensor):
             return a.to(device=self.device, dtype=self._dt(dtype), copy=True)
-        return self.asarray(np.array(a, dtype=dtype, copy=True))
+        return self.asarray(np.array(a, copy=True), dtype)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.torch.empty(shape, dtype=self._dt(dtype), device=self.device)
