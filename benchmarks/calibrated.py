@@ -22,7 +22,8 @@ each artifact is scored once. Rows:
   llama-imatrix is not built here; the same route as ``benchmarks/gguf_vs_llamacpp.py``),
   quantport RTN without and with ``--calib`` (importance matrix), quantport GPTQ, auto-round's
   ``gguf:q4_k_m`` export (``iters=0``, its own venv, ``.cache/bench-venvs/auto-round``).
-* SmoothQuant W8A8 with and without smoothing, on the default model (KLD) and on MiniLM
+* SmoothQuant W8A8 with and without smoothing (``--smooth-alpha`` left at its default: 0.8
+  for the decoder to ONNX w8a8, 0.5 for BERT), on the default model (KLD) and on MiniLM
   (all-MiniLM-L6-v2, ONNX w8a8: scored by ``validate``'s encoder check, the cosine of sentence
   embeddings against the fp32 source over 256 sentences of ``wiki.test.raw``; the loss compared
   is ``1 - cosine mean``; calibrated on ``--samples`` sentences of the calibration text).

@@ -99,26 +99,37 @@ def test_smoothing_every_group_leaves_the_float_logits_unchanged(tiny_llama: Pat
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
-def test_default_alpha_is_the_architectures(tiny_llama: Path) -> None:
-    """``alpha=None`` (no ``--smooth-alpha``) smooths a decoder layer with its architecture's
-    α, the same scales as that α given explicitly; a given α outside (0, 1) is refused."""
+def test_default_alpha_by_architecture_and_activation_scheme(tiny_llama: Path) -> None:
+    """``alpha=None`` smooths with :data:`SMOOTH_ALPHA`, the same scales as that α given; a
+    decoder with per-tensor activations defaults to :data:`SMOOTH_ALPHA_PER_TENSOR`, BERT
+    never does; a given α outside (0, 1) is refused."""
     from quantport.errors import ConfigError
     from quantport.pipeline import make_recipe
-    from quantport.pipeline.transforms import SMOOTH_ALPHA, smooth_alpha_for
+    from quantport.pipeline.transforms import (SMOOTH_ALPHA, SMOOTH_ALPHA_PER_TENSOR,
+                                               smooth_alpha_for)
 
     src = open_path(tiny_llama)
     model = LayerwiseModel(src)
     h = model.embed(calibration_windows(src, samples=2, length=64))
     scales = []
-    for alpha in (None, SMOOTH_ALPHA[None], 0.5):
+    for alpha in (None, SMOOTH_ALPHA, SMOOTH_ALPHA_PER_TENSOR):
         layer = model.load(0)
-        assert smooth_alpha_for(layer) == SMOOTH_ALPHA[None]
         scales.append(smooth_layer(layer, _abs_max(model, 0, layer, h), alpha=alpha))
         model.unload(0)
     default, given, other = scales
     for key in GROUPS:
         np.testing.assert_array_equal(default[key], given[key])
         assert not np.allclose(default[key], other[key])
+    assert SMOOTH_ALPHA != SMOOTH_ALPHA_PER_TENSOR
+    llama_layer = model.layers[0]
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    bert_layer = BertLayer(BertConfig(hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64))
+    assert smooth_alpha_for(llama_layer, per_tensor=True) == SMOOTH_ALPHA_PER_TENSOR
+    assert smooth_alpha_for(llama_layer) == SMOOTH_ALPHA
+    assert smooth_alpha_for(bert_layer, per_tensor=True) == SMOOTH_ALPHA
     assert make_recipe("onnx", "w8a8", method="smoothquant").smooth_alpha is None
     assert make_recipe("onnx", "w8a8", method="smoothquant", smooth_alpha=0.6).smooth_alpha == 0.6
     with pytest.raises(ConfigError, match="--smooth-alpha"):

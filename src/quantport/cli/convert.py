@@ -84,7 +84,8 @@ def _parse_size(text: str) -> int:
 @click.option("--smooth-alpha", type=float, default=None,
               help="SmoothQuant: migration strength α in (0, 1), per input channel "
                    "s = max|x|^α / max|W|^(1-α); higher moves more of the activations' range "
-                   "into the weights [default: 0.8 for decoders, 0.5 for BERT encoders].")
+                   "into the weights [default: 0.8 for a decoder to ONNX w8a8 (one activation "
+                   "scale per tensor), else 0.5].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where calibration, GPTQ and AWQ run: auto takes a CUDA GPU when torch "
                    "sees one (cuda:N picks one), else the CPU. Nothing else uses a GPU.")

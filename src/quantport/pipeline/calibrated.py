@@ -180,11 +180,14 @@ def run_calibrated(
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
     # 2. the layers, in order (from the cache when this very calibration ran before)
+    # the α used, given or the default: ONNX w8a8 quantizes activations per tensor
+    # (DynamicQuantizeLinear), compressed-tensors W8A8 per token
     alpha = (recipe.smooth_alpha if recipe.smooth_alpha is not None
-             else smooth_alpha_for(model.layers[0]))  # the α used, default or given
+             else smooth_alpha_for(model.layers[0], per_tensor=recipe.format == "onnx"))
     if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
-        report.notes.append(f"SmoothQuant alpha {alpha} ({type(model.layers[0]).__name__} "
-                            "default; --smooth-alpha sets another)")
+        report.notes.append(f"SmoothQuant alpha {alpha} (the default for "
+                            f"{type(model.layers[0]).__name__} to {recipe.format}; "
+                            "--smooth-alpha sets another)")
     settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
                 "inputs": recipe.calib_inputs, "damp": recipe.damp,
                 "act_order": recipe.act_order, "alpha": alpha,

@@ -15,7 +15,7 @@ rounding method takes. They differ in how ``s`` is chosen:
   best reproduces that group's share of the output on the (scaled) sample inputs;
 * SmoothQuant (``smoothquant/smooth.py`` ``smooth_ln_fcs_llama_like``):
   ``s = max|x|^α / max|W|^(1-α)``, which moves activation outliers into the weights so int8
-  activations lose less; α by architecture unless given (:func:`smooth_alpha_for`). On a
+  activations lose less; α by architecture and activation scheme unless given (:func:`smooth_alpha_for`). On a
   Llama-style decoder it balances the reference's norm-fed groups and ``up → down`` too
   (:func:`llama_groups`).
 
@@ -56,8 +56,8 @@ from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
 
-__all__ = ["AWQ_GRID", "CLIP_PREFIX", "INPUT_PREFIX", "SMOOTH_ALPHA", "SMOOTH_SUFFIX",
-           "ScaleGroup", "apply_scales", "awq_clip", "awq_layer", "bert_groups", "groups_for",
+__all__ = ["AWQ_GRID", "CLIP_PREFIX", "INPUT_PREFIX", "SMOOTH_ALPHA",
+           "SMOOTH_ALPHA_PER_TENSOR", "SMOOTH_SUFFIX", "ScaleGroup", "apply_scales", "awq_clip", "awq_layer", "bert_groups", "groups_for",
            "input_scale_hooks", "llama_groups", "smooth_alpha_for", "smooth_layer"]
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,19 @@ AWQ_GRID = 20
 #: most 512 sample tokens, output rows in batches
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_TOKENS, CLIP_ROW_BATCH = 20, 0.5, 512, 256
 
-#: SmoothQuant's default α by layer type (the reference picks α per model: its README runs
-#: Llama-2 at 0.85, Mistral at 0.8, and llm-compressor's W8A8 example uses 0.8; the function
-#: default is 0.5). Decoders take 0.8 -- on SmolLM2-135M with int8 per-tensor activations
-#: (ONNX w8a8) it gave KLD 0.052 where 0.5 gave 0.190; BERT keeps 0.5 (all-MiniLM-L6-v2:
-#: 1 - cosine 0.00415 at 0.5, 0.00427 at 0.8)
-SMOOTH_ALPHA = {"BertLayer": 0.5, None: 0.8}
+#: SmoothQuant's default α: the reference's function default (``smooth_lm(..., alpha=0.5)``),
+#: right where each token's activations get their own int8 scale (compressed-tensors W8A8).
+#: SmolLM2-135M, simulated per-token int8 on 4 x 512 tokens of wiki.test.raw: KLD 0.030
+#: unsmoothed, 0.015 with the reference's groups at 0.5, 0.012 with up -> down too at 0.5,
+#: 0.021 with all groups at 0.8
+SMOOTH_ALPHA = 0.5
+#: ... and for a decoder whose activations get ONE int8 scale per tensor (ONNX w8a8,
+#: ``DynamicQuantizeLinear``): then a single massive activation sets every token's step, and
+#: more of the range must move into the weights, as in the reference's Llama-2 (0.85) and
+#: Mistral (0.8) runs and llm-compressor's W8A8 example (0.8). SmolLM2-135M, ONNX w8a8 in ORT,
+#: 16 x 512 tokens: KLD 0.519 unsmoothed, 0.190 at 0.5, 0.052 at 0.8. BERT keeps
+#: :data:`SMOOTH_ALPHA` (all-MiniLM-L6-v2: 1 - cosine 0.00415 at 0.5, 0.00427 at 0.8)
+SMOOTH_ALPHA_PER_TENSOR = 0.8
 
 #: key prefix of a clipping threshold among the folded scales (``clip:self_attn.o_proj``)
 CLIP_PREFIX = "clip:"
@@ -152,9 +159,14 @@ def groups_for(layer: Any) -> list[ScaleGroup]:
     return llama_groups(layer)
 
 
-def smooth_alpha_for(layer: Any) -> float:
-    """SmoothQuant's default α for ``layer``'s architecture (:data:`SMOOTH_ALPHA`)."""
-    return SMOOTH_ALPHA.get(type(layer).__name__, SMOOTH_ALPHA[None])
+def smooth_alpha_for(layer: Any, per_tensor: bool = False) -> float:
+    """SmoothQuant's default α for ``layer``'s architecture and activation scheme
+    (``per_tensor``: one int8 scale per activation tensor, else one per token):
+    :data:`SMOOTH_ALPHA_PER_TENSOR` for a decoder with per-tensor activations, else
+    :data:`SMOOTH_ALPHA`."""
+    if per_tensor and type(layer).__name__ != "BertLayer":
+        return SMOOTH_ALPHA_PER_TENSOR
+    return SMOOTH_ALPHA
 
 
 def input_scale_hooks(layer: Any, scales: dict[str, np.ndarray]) -> list[Any]:
@@ -372,7 +384,8 @@ def smooth_layer(layer: Any, abs_max: dict[str, np.ndarray], *,
     Args:
         layer: the decoder layer (float32 weights).
         abs_max: per group's first Linear (local name), max ``|x|`` per input channel.
-        alpha: migration strength; ``None``: :func:`smooth_alpha_for` the layer.
+        alpha: migration strength; ``None``: :func:`smooth_alpha_for` the layer with
+            per-token activations (the caller resolves the per-tensor default).
 
     Returns:
         The scales by group: ``prev`` name for a folded one, ``input:FIRST_LINEAR`` for an
