@@ -277,3 +277,35 @@ def test_weight_g_idx_path_when_compressed_tensors_loads_it(tiny_llama: Path, tm
         rec = unpack_record(f.get, m, args_of(m))
         assert rec.g_idx is not None and np.array_equal(np.bincount(rec.g_idx), [32, 32]
                                                         if rec.shape[1] == 64 else [32] * 4)
+
+
+def test_bf16_checkpoint_keeps_its_unquantized_tensors_in_bf16(tiny_llama: Path,
+                                                               tmp_path: Path) -> None:
+    """A bfloat16 checkpoint's embeddings, norms and head stay bfloat16 (exactly the stored
+    bits, half float32's bytes); transformers loads them as it loads the source's."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(
+        src_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / name, src_dir / name)
+    src = open_path(src_dir)
+    out = tmp_path / "w4"
+    plan = convert(src, make_recipe("safetensors", "w4-g32-sym"), out, threads=1).plan
+    kinds = {r.name: r.type_name for r in plan.rows}
+    assert kinds["model.embed_tokens.weight"] == "BF16"
+    assert kinds["model.norm.weight"] == "BF16"
+    assert kinds["model.layers.0.mlp.down_proj.weight"] == "w4-g32-sym"
+    f = SafetensorsFile(out / "model.safetensors")
+    name = "model.embed_tokens.weight"
+    np.testing.assert_array_equal(f.raw(name), src.stored(name)[0])
+    ours = AutoModelForCausalLM.from_pretrained(out)
+    ref = AutoModelForCausalLM.from_pretrained(src_dir)
+    for n in ("model.embed_tokens.weight", "model.norm.weight"):
+        a, b = ours.get_parameter(n), ref.get_parameter(n)
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

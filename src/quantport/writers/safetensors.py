@@ -2,7 +2,8 @@
 ``pack-quantized`` (integer schemes), sharded as transformers shards, streamed.
 
 What each tensor becomes (:meth:`SafetensorsWriter.plan`): with a scheme, every Linear weight
-but the LM head (and BERT's pooler) is quantized, everything else stays float32; with a dense
+but the LM head (and BERT's pooler) is quantized, everything else stays float (float32, or the
+bfloat16 / float16 a checkpoint stores it in); with a dense
 type, every tensor gets it. ``--tensor-type REGEX=SCHEME`` overrides either by Hugging Face
 name (first match wins): a scheme on a Linear weight, or a dense type on any tensor. Several
 schemes in one checkpoint become several compressed-tensors config groups whose targets are
@@ -70,14 +71,22 @@ def _head(source: ModelSource, name: str) -> bool:
                                         and name == "pooler.dense.weight")
 
 
+def _kept(source: ModelSource, name: str) -> str:
+    """The float type a tensor left unquantized is written in: a Hugging Face checkpoint's
+    bfloat16 / float16 as stored (exactly its values, half float32's bytes; transformers
+    widens them on load to the config's float32, as it widens the source's), else F32."""
+    stored = getattr(source, "stored", lambda _n: None)(name)
+    return stored[1] if stored is not None and stored[1] in ("BF16", "F16") else "F32"
+
+
 def _default(source: ModelSource, recipe: Recipe, name: str) -> tuple[Target, str]:
     if isinstance(recipe.quant, str):
         return recipe.quant, "default"
     if _head(source, name):
-        return "F32", "head kept in float"
+        return _kept(source, name), "head kept in float"
     if source.architecture.is_linear(name):
         return recipe.quant, "default"
-    return "F32", "not a Linear weight"
+    return _kept(source, name), "not a Linear weight"
 
 
 def _scale_shape(scheme: IntScheme, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -213,7 +222,7 @@ class SafetensorsWriter(DirectoryWriter):
                 except ShapeError as exc:
                     if not recipe.keep_unquantized:
                         raise
-                    target, reason = "F32", str(exc).split(";")[0]
+                    target, reason = _kept(source, name), str(exc).split(";")[0]
             rows.append(PlanRow(name, name, shape, target, reason, 0))
         for k, o in enumerate(recipe.overrides):
             if k not in used:
