@@ -26,14 +26,6 @@ from quantport.readers import open_path
 CALIB = {"calib_samples": 4, "calib_len": 64}
 
 
-@pytest.fixture()
-def calib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private calibration cache (the model cache stays where it is)."""
-    root = tmp_path / "qp-cache"
-    monkeypatch.setattr(layerwise, "cache_dir", lambda: root)
-    return root / "calib"
-
-
 def _logits(model: LayerwiseModel, windows: np.ndarray, transform=None) -> torch.Tensor:
     """The float model's logits, run layer by layer (with ``transform(i, layer)`` applied)."""
     h = model.embed(windows)

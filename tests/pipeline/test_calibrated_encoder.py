@@ -55,14 +55,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture()
-def calib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private calibration cache (the model cache stays where it is)."""
-    root = tmp_path / "qp-cache"
-    monkeypatch.setattr(layerwise, "cache_dir", lambda: root)
-    return root / "calib"
-
-
 def _forward(model: LayerwiseModel, sents: Sentences, transform=None) -> torch.Tensor:
     """The float encoder's last hidden state, layer by layer (``transform(i, layer, h)`` may
     change a layer and return hooks to remove after its run)."""

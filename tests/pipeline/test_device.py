@@ -27,13 +27,6 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="torch sees no CUDA device")
 CALIB = {"calib_samples": 4, "calib_len": 64}
 
 
-@pytest.fixture()
-def calib_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "qp-cache"
-    monkeypatch.setattr(layerwise, "cache_dir", lambda: root)
-    return root / "calib"
-
-
 def test_device_selection() -> None:
     assert resolve_device("auto", cuda=False) == "cpu"
     assert resolve_device("auto", cuda=True) == "cuda"
