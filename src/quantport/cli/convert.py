@@ -87,8 +87,9 @@ def _parse_size(text: str) -> int:
                    "into the weights [default: 0.8 for a decoder to ONNX w8a8 (one activation "
                    "scale per tensor), else 0.5].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
-              help="Where calibration, GPTQ and AWQ run: auto takes a CUDA GPU when torch "
-                   "sees one (cuda:N picks one), else the CPU. Nothing else uses a GPU.")
+              help="Where the calibrated methods (--method gptq, awq, awq+gptq, "
+                   "smoothquant) run: auto takes a CUDA GPU when torch sees one (cuda:N picks "
+                   "one), else the CPU. Nothing else uses a GPU.")
 @click.option("--save-imatrix", type=click.Path(path_type=Path),
               help="GGUF: write the computed importance matrix here (llama.cpp GGUF format).")
 @click.option("--dry-run", is_flag=True,
