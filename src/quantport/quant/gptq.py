@@ -367,9 +367,9 @@ def run_gptq(
             f"{name}: act-order groups need g_idx, which {grid.name} cannot store (its blocks "
             "sit at fixed columns); pass static_groups=True (act-order with static groups)"
         )
-    # the grids fit and assemble on the host (float32 numpy); the column loop runs on ops
-    # a host copy of w only where the host needs one (on a device, integer grids fitted in
-    # the loop never do): the weights are copied off a GPU once at most
+    # the column loop runs on ops; the grids assemble (and, but for integer grids where ops
+    # can fit them, fit) on the host, float32 numpy: a host copy of w is made only where the
+    # host needs one, so the weights are copied off a GPU once at most
     host_w: list[np.ndarray] = []
 
     def w_host() -> np.ndarray:
@@ -590,8 +590,8 @@ def _column_loop(
     """The lazy-batch column loop of ``gptq.py`` lines 106-143 over the permuted weight ``wp``
     (float64 ``[rows, cols]``) with ``u`` the upper Cholesky factor of the permuted, damped
     ``H⁻¹``. Returns codes and values in the processing order, the loss and, for groups
-    fitted in the loop, the parameters of each group in that order. The arrays are ``ops``'s
-    (the codes and values too); the group fits run on the host."""
+    fitted in the loop, the parameters of each group in that order (numpy). The arrays are
+    ``ops``'s (the codes and values too); see :func:`_fit_block` for where groups are fitted."""
     rows, cols = wp.shape
     gb = grid.block
     # transposed: column j of the weight is the contiguous row j
