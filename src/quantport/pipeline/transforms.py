@@ -15,9 +15,9 @@ rounding method takes. They differ in how ``s`` is chosen:
   best reproduces that group's share of the output on the (scaled) sample inputs;
 * SmoothQuant (``smoothquant/smooth.py`` ``smooth_ln_fcs_llama_like``):
   ``s = max|x|^α / max|W|^(1-α)``, which moves activation outliers into the weights so int8
-  activations lose less; α by architecture and activation scheme unless given (:func:`smooth_alpha_for`). On a
-  Llama-style decoder it balances the reference's norm-fed groups and ``up → down`` too
-  (:func:`llama_groups`).
+  activations lose less; α by architecture and activation scheme unless given
+  (:func:`smooth_alpha_for`). On a Llama-style decoder it balances the reference's norm-fed
+  groups and ``up → down`` too (:func:`llama_groups`).
 
 The groups are the Llama mapping shared by llm-awq, AutoAWQ and llm-compressor
 (../shared/reference/algorithms.md §2.2): ``input_layernorm → q,k,v`` (loss on the attention
@@ -57,8 +57,9 @@ from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
 
 __all__ = ["AWQ_GRID", "CLIP_PREFIX", "INPUT_PREFIX", "SMOOTH_ALPHA",
-           "SMOOTH_ALPHA_PER_TENSOR", "SMOOTH_SUFFIX", "ScaleGroup", "apply_scales", "awq_clip", "awq_layer", "bert_groups", "groups_for",
-           "input_scale_hooks", "llama_groups", "smooth_alpha_for", "smooth_layer"]
+           "SMOOTH_ALPHA_PER_TENSOR", "SMOOTH_SUFFIX", "ScaleGroup", "apply_scales",
+           "awq_clip", "awq_layer", "bert_groups", "groups_for", "input_scale_hooks",
+           "llama_groups", "smooth_alpha_for", "smooth_layer"]
 
 log = logging.getLogger(__name__)
 
