@@ -110,13 +110,29 @@ class Storage:
         return sum(i.nbytes for i in self.inits)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (recorded in the graph's metadata for readers)."""
-        return {"places": {k: [p.fused, p.axis, p.start, p.n]
+        """JSON-ready description (recorded in the graph's metadata for readers): the fields
+        that differ from :data:`STORAGE_DEFAULTS` (the table is part of the graph's size);
+        :func:`storage_entry` reads it back."""
+        full = {"places": {k: [p.fused, p.axis, p.start, p.n]
                            for k, p in self.extra.get("places", {}).items()},
                 "kind": self.kind, "shape": list(self.shape), "transposed": self.transposed,
                 "bits": self.bits, "block_size": self.block_size, "axis": self.axis,
                 "symmetric": self.symmetric, "inits": [i.name for i in self.inits],
                 "fmin": bool(self.extra.get("fmin"))}
+        defaults = {**STORAGE_DEFAULTS, "inits": [self.name]}
+        return {k: v for k, v in full.items() if k not in defaults or v != defaults[k]}
+
+
+#: the values a :meth:`Storage.to_dict` entry leaves out (``inits`` defaults to the tensor's
+#: own name)
+STORAGE_DEFAULTS: dict[str, Any] = {"places": {}, "transposed": False, "bits": 0,
+                                    "block_size": 0, "axis": 0, "symmetric": True,
+                                    "fmin": False}
+
+
+def storage_entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """One ``quantport_tensors`` entry with the fields :meth:`Storage.to_dict` left out."""
+    return {**STORAGE_DEFAULTS, "inits": [name], **entry}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from quantport.errors import FormatError
-from quantport.formats.onnx_pack import element_bytes, unpack_bits
+from quantport.formats.onnx_pack import element_bytes, storage_entry, unpack_bits
 from quantport.ir import QuantizedTensor, ZeroPointDomain, dequantize
 
 __all__ = ["onnx_records", "onnx_weights"]
@@ -165,7 +165,8 @@ def onnx_records(path: str | Path) -> dict[str, QuantizedTensor | np.ndarray]:
         arr = fused[name]
         return arr[start:start + n] if axis == 0 or arr.ndim == 1 else arr[:, start:start + n]
 
-    for name, st in table.items():
+    for name, entry in table.items():
+        st = storage_entry(name, entry)
         arrs = [member(i, st) for i in st["inits"]]
         try:
             out[name] = _record(st, arrs)

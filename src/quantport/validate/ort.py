@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from quantport.errors import FormatError, QuantportError
+from quantport.formats.onnx_pack import storage_entry
 
 __all__ = ["OrtLM", "check_external_data", "genai_tokenize", "is_onnx_artifact", "onnx_model_path"]
 
@@ -140,9 +141,10 @@ def dynamic_quant_weights(model: Any) -> list[str]:
     # an initializer may hold several tensors: q, k and v written into one qkv_proj
     # (``places``: member initializer -> [fused initializer, ...])
     owner: dict[str, set[str]] = {}
-    for hf, st in tensors.items():
-        if not isinstance(st, dict):
+    for hf, entry in tensors.items():
+        if not isinstance(entry, dict):
             continue
+        st = storage_entry(hf, entry)
         places = st.get("places") or {}
         for i in st.get("inits", []):
             fused = places.get(i)

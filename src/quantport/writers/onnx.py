@@ -425,7 +425,8 @@ class ONNXWriter(DirectoryWriter):
             "quantport_recipe": json.dumps(recipe.to_dict(), sort_keys=True),
             "quantport_source": json.dumps(source.describe(), sort_keys=True),
             "quantport_data_size": str(data_size),
-            "quantport_tensors": json.dumps({s.name: s.to_dict() for s in storages}),
+            "quantport_tensors": json.dumps({s.name: s.to_dict() for s in storages},
+                                            separators=(",", ":")),
         }
         opts = GraphOptions(accuracy_level=4 if recipe.accuracy_level is None
                             else recipe.accuracy_level, data_file=DATA_FILE,
