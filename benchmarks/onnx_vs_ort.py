@@ -158,7 +158,8 @@ _QP_PY = textwrap.dedent("""
 
 
 def qp_cmd(src: str, quant: str, out: Path, matmul: str = "qdq", level: int | None = None,
-           tensor_types: tuple[str, ...] = (), method: str | None = None) -> list[str]:
+           tensor_types: tuple[str, ...] = (), method: str | None = None,
+           extra: tuple[str, ...] = ()) -> list[str]:
     if _qp_cli_has_onnx():
         cmd = [str(BIN / "quantport"), "convert", src, "--to", "onnx", "--quant", quant,
                "-o", str(out), "--force", "-q", "--onnx-matmul", matmul]
@@ -168,7 +169,7 @@ def qp_cmd(src: str, quant: str, out: Path, matmul: str = "qdq", level: int | No
             cmd += ["--tensor-type", t]
         if method is not None:  # a calibrated method: its default text, valid.tokens.txt
             cmd += ["--method", method, "--threads", str(THREADS)]
-        return cmd
+        return cmd + list(extra)
     return [PY, "-c", _QP_PY, json.dumps({"src": src, "quant": quant, "out": str(out),
                                           "matmul": matmul, "level": level,
                                           "tt": list(tensor_types)})]
@@ -349,11 +350,10 @@ def verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("**met**" if ok else "**not met**")
 
 
-def decoder_rows(args: Any, d: Path, hf: Path, text: Path, calib_text: Path, reps: int,
-                 log: Any) -> tuple[list[dict], str | None]:
-    """Export the decoder with every tool, then evaluate every graph in ORT."""
-    from quantport.validate.runner import _tokenizer, load_windows
-
+def decoder_exports(args: Any, d: Path, hf: Path,
+                    log: Any) -> tuple[list[Export], str | None, bool]:
+    """The decoder rows, one export each; the optimum venv's error if it cannot install, and
+    whether MatMulNBitsQuantizer's GPTQ (which needs calibration windows) is among them."""
     q = str(hf)
     ex: list[Export] = [
         Export("quantport f32", "quantport", [qp_cmd(q, "f32", d / "qp-f32")], d / "qp-f32",
@@ -396,6 +396,13 @@ def decoder_rows(args: Any, d: Path, hf: Path, text: Path, calib_text: Path, rep
             ex.append(Export(f"quantport GPTQ {quant} (MatMulNBits, accuracy_level 4)",
                              "quantport", [qp_cmd(q, quant, d / name, "nbits", 4,
                                                   method="gptq")], d / name))
+        # AWQ (scale and clip search) then GPTQ, bf16 calibration passes, at the builder's
+        # scheme and size
+        name = "qp-awqgptq-w4-g32-sym-nbits4"
+        ex.append(Export("quantport AWQ+GPTQ w4-g32-sym (MatMulNBits, accuracy_level 4)",
+                         "quantport", [qp_cmd(q, "w4-g32-sym", d / name, "nbits", 4,
+                                              method="awq+gptq",
+                                              extra=("--calib-dtype", "bfloat16"))], d / name))
         # the tensors MatMulNBitsQuantizer quantizes (the MatMuls with constant weights: not
         # the token table, nor the tied head that reads it), for the same-scheme comparison
         ex.append(Export("quantport w4-g32-sym, token table f32 (MatMulNBitsQuantizer's "
@@ -419,9 +426,18 @@ def decoder_rows(args: Any, d: Path, hf: Path, text: Path, calib_text: Path, rep
         ex.append(Export(f"ORT MatMulNBitsQuantizer {algo} on quantport f32", "ort-quantizer",
                          [[PY, "-c", _NBITS_PY, str(d / "qp-f32"), str(d / name), algo,
                            str(calib_npy)]], d / name, needs="quantport f32"))
+    return ex, optimum_err, "gptq" in algos
 
+
+def decoder_rows(args: Any, d: Path, hf: Path, text: Path, calib_text: Path, reps: int,
+                 log: Any) -> tuple[list[dict], str | None]:
+    """Export the decoder with every tool, then evaluate every graph in ORT."""
+    from quantport.validate.runner import _tokenizer, load_windows
+
+    ex, optimum_err, gptq = decoder_exports(args, d, hf, log)
+    calib_npy = d / "calib.npy"
     tok = _tokenizer(hf)
-    if "gptq" in algos:
+    if gptq:
         calib = load_windows(tok, calib_text, args.ctx, 8)
         np.save(calib_npy, np.stack(calib))
     log(f"exports: {len(ex)} decoder graphs x {args.runs} rounds")
@@ -433,7 +449,8 @@ def decoder_rows(args: Any, d: Path, hf: Path, text: Path, calib_text: Path, rep
     ref_lp = reference(hf, windows)
     rows = []
     for e in ex:
-        row: dict[str, Any] = {"name": e.name, "group": e.group, "error": e.error}
+        row: dict[str, Any] = {"name": e.name, "group": e.group, "error": e.error,
+                               "dir": e.out.name}
         if e.seconds:
             row["export_s"] = statistics.median(e.seconds)
             row["export_runs"] = len(e.seconds)
@@ -517,7 +534,15 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
         log("reference logits (fp32 source, transformers) ...")
         ref_lp = reference(hf, windows)
         for name in args.eval_only.split(","):
-            row = next(r for r in saved["decoder"] if r.get("dir") == name)
+            row = next((r for r in saved["decoder"] if r.get("dir") == name), None)
+            if row is None:
+                # a row this script defines that the saved run lacks, exported with the row's
+                # own command beside it (its export time is then not in the table)
+                quiet = argparse.Namespace(**{**vars(args), "no_optimum": True})
+                e = next(x for x in decoder_exports(quiet, work, hf, log)[0]
+                         if x.out.name == name)
+                row = {"name": e.name, "group": e.group, "dir": name}
+                saved["decoder"].append(row)
             log(f"evaluating {row['name']} ...")
             row["mib"] = dir_mib(work / name)
             row.update(evaluate(work / name, windows, ref_lp, args.decode, reps))
