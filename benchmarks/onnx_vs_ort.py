@@ -285,7 +285,19 @@ def evaluate(d: Path, windows: list[np.ndarray], ref_lp: list[Any], n_decode: in
         first = len(w) // 2
         stats.add(lp, log_softmax(lm.logits(w, first)[:-1]), w[first + 1:])
     m = stats.summary()
-    ctx = len(windows[0])
+    pre, dec = speed(lm, windows, n_decode, reps)
+    lm.close()
+    del lm
+    gc.collect()
+    return {"ppl": m["ppl"], "ppl_ref": m["ppl_reference"], "kld": m["kld_mean"],
+            "top1": m["top1_agreement"], "prefill_ms": 1000 * statistics.median(pre),
+            "decode_tps": statistics.median(dec), "ctx": len(windows[0])}
+
+
+def speed(lm: Any, windows: list[np.ndarray], n_decode: int,
+          reps: int) -> tuple[list[float], list[float]]:
+    """Prefill seconds (one window, empty cache; at least 5 runs) and decode tokens/s
+    (``n_decode`` greedy tokens after a 16-token prompt; ``reps`` runs) of a loaded graph."""
     lm.step(windows[0][:16])  # warm-up (prepacking happens at load; first runs allocate)
     pre = []
     for _ in range(max(reps, 5)):
@@ -302,12 +314,7 @@ def evaluate(d: Path, windows: list[np.ndarray], ref_lp: list[Any], n_decode: in
             lg, past = lm.step(np.asarray([tok]), past, len(prompt) + i)
             tok = int(lg[-1].argmax())
         dec.append(n_decode / (time.perf_counter() - t))
-    lm.close()
-    del lm
-    gc.collect()
-    return {"ppl": m["ppl"], "ppl_ref": m["ppl_reference"], "kld": m["kld_mean"],
-            "top1": m["top1_agreement"], "prefill_ms": 1000 * statistics.median(pre),
-            "decode_tps": statistics.median(dec), "ctx": ctx}
+    return pre, dec
 
 
 def minilm_eval(d: Path, sents: list[str], tok: Any, ref: np.ndarray, reps: int
@@ -490,6 +497,10 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
                     help="comma-separated graph directories under the work directory (exports "
                          "already there) to evaluate in this order; each row is merged into "
                          "results.json as it finishes")
+    ap.add_argument("--speed-only", default=None,
+                    help="comma-separated graph directories (rows of results.json): measure "
+                         "prefill and decode only, --runs rounds alternating between them "
+                         "(forward, then backward order), and store the medians in their rows")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the last run's results.json, measure nothing")
     args = ap.parse_args()
@@ -526,6 +537,29 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
         print("\n".join(lines))
         if out_md is not None:
             update_section(out_md, HEADING, lines)
+        return
+    if args.speed_only:
+        from quantport.validate.ort import OrtLM
+
+        saved = json.loads((work / "results.json").read_text())
+        windows = load_windows(_tokenizer(hf), text, args.ctx, 2)
+        names = args.speed_only.split(",")
+        got: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
+        for k in range(args.runs):
+            for name in (names if k % 2 == 0 else names[::-1]):
+                lm = OrtLM(work / name, threads=THREADS)
+                pre, dec = speed(lm, windows, args.decode, reps)
+                lm.close()
+                got[name][0].extend(pre)
+                got[name][1].extend(dec)
+                log(f"round {k + 1} {name}: prefill {1000 * statistics.median(pre):.0f} ms, "
+                    f"decode {statistics.median(dec):.1f} tok/s")
+        for name, (pre, dec) in got.items():
+            row = next(r for r in saved["decoder"] if r.get("dir") == name)
+            row["prefill_ms"] = 1000 * statistics.median(pre)
+            row["decode_tps"] = statistics.median(dec)
+            row["speed_rounds"] = args.runs
+        (work / "results.json").write_text(json.dumps(saved, indent=1))
         return
     if args.eval_only:
         saved = json.loads((work / "results.json").read_text())
