@@ -230,8 +230,12 @@ _QDYN_PY = textwrap.dedent("""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     src, dst = Path(sys.argv[1]), Path(sys.argv[2])
     dst.mkdir(parents=True, exist_ok=True)
+    import onnx
+    # DefaultTensorType: ORT's shape inference gives no type to the outputs of contrib ops
+    # (MultiHeadAttention), and the quantizer then stops; its own error message names this
     quantize_dynamic(str(src / "model.onnx"), str(dst / "model.onnx"),
-                     weight_type=QuantType.QInt8)
+                     weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     for f in src.iterdir():
         if f.suffix in (".json", ".txt"):
             shutil.copy(f, dst / f.name)
