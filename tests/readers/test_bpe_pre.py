@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import test_spm_vocab as spm
-from test_spm_vocab import _gguf_meta, _lines, _types, _vectors
+from test_spm_vocab import _gguf_meta, _lines, _types, _vectors, _write_vocab_gguf
 
 from quantport.errors import UnsupportedArchitectureError
-from quantport.formats.gguf_writer import GGUFKV, write_gguf
+from quantport.formats.gguf_writer import GGUFKV
 from quantport.readers.gguf_vocab import SUPPORTED_PRE_TOKENIZERS
 from quantport.readers.tokenizer import SUPPORTED_PRE, hf_tokenizer_from_gguf
 
@@ -149,13 +149,7 @@ def _with_pre(meta: dict[str, Any], pre: str, path: Path) -> Path:
     kvs = [GGUFKV(k, pre if k == "tokenizer.ggml.pre" else v,
                   *_types(k, pre if k == "tokenizer.ggml.pre" else v))
            for k, v in meta.items() if k.startswith("tokenizer.ggml.")]
-    U32, S = _types("x", 1)[0], _types("x", "s")[0]
-    head = [GGUFKV("general.architecture", "llama", S)] + [
-        GGUFKV(f"llama.{k}", v, U32) for k, v in (
-            ("block_count", 1), ("context_length", 4096), ("embedding_length", 64),
-            ("feed_forward_length", 128), ("attention.head_count", 4))]
-    write_gguf(path, head + kvs, [])
-    return path
+    return _write_vocab_gguf(path, kvs)
 
 
 @pytest.mark.llamacpp
