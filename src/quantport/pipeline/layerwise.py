@@ -345,13 +345,16 @@ def gram(x2: Any) -> Any:
     return (x2.T @ x2).to(torch.float32)
 
 
-def hessian_out(h32: Any) -> Any:
-    """A layer's Hessian as handed to GPTQ: float64 numpy on the CPU (the precision of the
-    cache: float32 values), the float32 tensor left on a GPU (GPTQ runs there and makes its
-    own float64 copy, see :class:`quantport.pipeline.device.TorchOps`)."""
-    if h32.device.type == "cpu":
-        return h32.numpy().astype(np.float64)
-    return h32
+def hessian_out(xtx: Any, n: int) -> tuple[Any, np.ndarray]:
+    """A layer's Hessian ``H = 2 XᵀX / n`` from the float32 sum ``xtx`` of ``n`` rows, as
+    handed to GPTQ, and the mean ``x²`` (``diag(H) / 2``, float32, the importance matrix).
+
+    ``H`` is computed in float32, the precision the cache stores (a cached run rounds exactly
+    as this one); then float64 numpy on the CPU, or the float32 tensor left on a GPU (GPTQ runs
+    there and makes its own float64 copy, see :class:`quantport.pipeline.device.TorchOps`)."""
+    h32 = xtx * (2.0 / n)
+    sq = _host(h32.diagonal()) / 2
+    return (h32.numpy().astype(np.float64) if h32.device.type == "cpu" else h32), sq
 
 
 class _Accumulator:
@@ -431,11 +434,10 @@ class _Accumulator:
         out = LayerStats(index)
         for group, s in self.sums.items():
             n = max(int(s["n"]), 1)
-            # float32, the precision the cache stores: a cached run rounds exactly as this one
-            h32 = None if s["H"] is None else s["H"] * (2.0 / n)
-            hess = None if h32 is None else hessian_out(h32)
-            sq = (_host(self.torch.diagonal(h32)).astype(np.float64) / 2 if h32 is not None
-                  else _host(s["sq"] / n))
+            if s["H"] is not None:
+                hess, sq = hessian_out(s["H"], n)
+            else:
+                hess, sq = None, _host(s["sq"] / n)
             out.groups.append(InputStats(
                 modules=list(self.members[group]), n=int(s["n"]), hessian=hess,
                 abs_mean=_host((s["abs"] / n).float()) if self.activations else None,
@@ -767,15 +769,10 @@ class LayerwiseModel:
                 hess = part if hess is None else hess.add_(part)
                 n += x2.shape[0]
             assert hess is not None
-            # float32 like _Accumulator: the cache stores it, a cached run rounds identically
-            h32 = hess * (2.0 / n)
+            h64, sq = hessian_out(hess, n)
             del hess
-            h64 = hessian_out(h32)
             full = [f"{p}{m}.weight" for m in names]
-            stats.groups.append(InputStats(
-                modules=full, n=n, hessian=h64,
-                sq_mean=_host(torch.diagonal(h32)) / 2))
-            del h32
+            stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq))
             quantize(full, h64)
 
         class _Stop(Exception):
@@ -917,16 +914,15 @@ class StatsCache:
         # sized before the Hessians are copied off a GPU (float32 in the file)
         size = (sum(a.nbytes for a in arrays.values())
                 + sum(4 * int(np.prod(g.hessian.shape)) for g in groups))
-        for k, g in enumerate(groups):
-            if size * n_layers <= self.max_bytes:
-                h = g.hessian
-                arrays[f"H{k}"] = np.asarray(h if isinstance(h, np.ndarray) else _host(h),
-                                             dtype=np.float32)
         if size * n_layers > self.max_bytes:
             log.info("calibration statistics (~%d MiB) exceed the cache limit; not cached",
                      size * n_layers >> 20)
             self.enabled = False
             return
+        for k, g in enumerate(groups):
+            h = g.hessian
+            arrays[f"H{k}"] = np.asarray(h if isinstance(h, np.ndarray) else _host(h),
+                                         dtype=np.float32)
         meta = {"groups": [{"modules": g.modules, "n": g.n} for g in groups],
                 "scales": list(scales)}
         if not self.dir.is_dir():
