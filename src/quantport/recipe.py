@@ -30,6 +30,7 @@ __all__ = [
     "ACT_ORDERS",
     "CALIB_INPUTS",
     "DENSE_TYPES",
+    "DEVICES",
     "FORMATS",
     "METHODS",
     "Method",
@@ -37,6 +38,7 @@ __all__ = [
     "Recipe",
     "Target",
     "make_recipe",
+    "parse_device",
     "parse_target",
 ]
 
@@ -214,6 +216,22 @@ class Recipe:
         return d
 
 
+#: the choices of ``--device`` (``cuda:N`` also picks one GPU)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parse_device(text: str) -> str:
+    """``--device`` as given, normalised (``auto``, ``cpu``, ``cuda`` or ``cuda:N``).
+
+    Raises:
+        OptionError: anything else.
+    """
+    dev = str(text).strip().lower()
+    if dev not in DEVICES and not re.fullmatch(r"cuda:\d+", dev):
+        raise OptionError(f"--device {text!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+    return dev
+
+
 def parse_target(text: str, fmt: str) -> Target:
     """One tensor's target as written on the command line, for format ``fmt``.
 
@@ -349,9 +367,7 @@ def make_recipe(
                                 ("--calib-dtype", calib_dtype, ("float32", "bfloat16"))):
         if value not in allowed:
             raise OptionError(f"{opt} {value!r} is not one of {', '.join(allowed)}")
-    dev = str(device).strip().lower()
-    if dev not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", dev):
-        raise OptionError(f"--device {device!r} is not one of auto, cpu, cuda (or cuda:N)")
+    dev = parse_device(device)
     if smooth_alpha is not None and not 0 < smooth_alpha < 1:
         raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
     if not 0 < damp < 10:

@@ -12,21 +12,19 @@ quantport uses a GPU.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import numpy as np
 
 from quantport.errors import OptionError
 from quantport.ir import code_range
+from quantport.recipe import parse_device
 from quantport.quant.gptq import ArrayOps, hessian_error
 
-__all__ = ["DEVICES", "TorchOps", "activations_fit", "cuda_available", "resolve_device"]
+__all__ = ["TorchOps", "activations_fit", "cuda_available", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-#: the choices of ``--device``
-DEVICES = ("auto", "cpu", "cuda")
 #: fraction of the GPU's free memory the calibration activations may take (the rest is for
 #: the layer, its intermediate activations and GPTQ's matrices)
 ACTIVATION_SHARE = 0.5
@@ -50,11 +48,8 @@ def resolve_device(requested: str, *, cuda: bool | None = None) -> str:
     Raises:
         OptionError: an unknown device, or ``cuda`` asked for where torch sees no GPU.
     """
-    req = str(requested).strip().lower()
+    req = parse_device(requested)
     base = req.split(":", 1)[0]
-    if req not in DEVICES and not re.fullmatch(r"cuda:\d+", req):
-        raise OptionError(f"--device {requested!r} is not one of {', '.join(DEVICES)} "
-                          "(or cuda:N)")
     if req == "cpu":
         return "cpu"
     have = cuda_available() if cuda is None else cuda
