@@ -216,8 +216,8 @@ class TorchOps(ArrayOps):
 
     @property
     def int_sub_batch(self) -> Any:  # type: ignore[override]
-        """GPTQ's integer-grid sub-batch in one call (:func:`_int_sub_batch`; compiled on a
-        GPU), unless ``fused`` was turned off."""
+        """GPTQ's integer-grid sub-batch in one call (:func:`_fused_int_sub_batch`), unless
+        ``fused`` was turned off."""
         return _fused_int_sub_batch(self.device.type) if self.fused else None
 
     def hessian_error(self, w: Any, q: Any, hessian: Any) -> float:
@@ -234,13 +234,14 @@ class TorchOps(ArrayOps):
 def _int_sub_batch(w: Any, u: Any, s: Any, z: Any, qmin: float, qmax: float,
                    out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
     """A sub-batch of GPTQ's column loop on an integer grid (``quant.gptq._column_loop``'s
-    per-column body, unrolled): ``w`` ``[n, rows]`` float64 columns, ``u`` ``[n, n]`` the
-    sub-batch's block of the inverse Hessian's Cholesky factor, ``s`` / ``z`` ``[n or 1, rows]``
-    each column's scale and zero-point (float32; ``z`` None when symmetric). Returns the codes
-    (int8), values (float32) and scaled errors (float64), ``[n, rows]`` each, also written into
-    ``out`` when given. The operations
-    are ``IntGrid.round`` / ``value`` and the error feedback in the same order; every step is
-    elementwise over rows, so compiled for a GPU the whole sub-batch becomes one kernel."""
+    per-column body, unrolled): ``w`` ``[n, rows]`` columns (float64, or float32 in
+    :class:`TorchOps`' float32 precision), ``u`` ``[n, n]`` the sub-batch's block of the
+    inverse Hessian's Cholesky factor, ``s`` / ``z`` ``[n or 1, rows]`` each column's scale and
+    zero-point (float32; ``z`` None when symmetric). Returns the codes (int8), values (float32)
+    and scaled errors (``w``'s dtype), ``[n, rows]`` each, also written into ``out`` when given.
+    The operations are ``IntGrid.round`` / ``value`` and the error feedback in the same order;
+    every step is elementwise over rows, so on a GPU the whole sub-batch is one kernel
+    (:mod:`quantport.pipeline._triton_gptq`)."""
     import torch
 
     n = w.shape[0]
@@ -285,38 +286,37 @@ def _triton() -> Any:
 
 
 def _fused_int_sub_batch(device_type: str) -> Any:
-    """:func:`_int_sub_batch` as run on ``device_type``: compiled by ``torch.compile`` on a GPU
-    (once per process; any failure to compile falls back to the eager function, logged), eager
-    on the CPU."""
+    """:func:`_int_sub_batch` as run on ``device_type``: eager on the CPU; on a GPU the Triton
+    kernel, or ``torch.compile`` where Triton is missing (chosen once per process; a failure
+    of either switches to the eager function, logged)."""
     if device_type == "cpu":
         return _int_sub_batch
     fn = _COMPILED.get(device_type)
-    if fn is None and _triton() is not None:
-        launch = _triton()
-
-        def fn(*args: Any) -> Any:
-            try:
-                return launch(*args)
-            except Exception as exc:  # noqa: BLE001 - a Triton build failure: eager is correct
-                log.warning("GPTQ's Triton kernel failed (%s); running its sub-batches "
-                            "eagerly", str(exc).splitlines()[0] if str(exc) else type(exc))
-                _COMPILED[device_type] = _int_sub_batch
-                return _int_sub_batch(*args)
-
-        _COMPILED[device_type] = fn
     if fn is None:
-        import torch
+        launch = _triton()
+        if launch is not None:
+            fn = _eager_fallback(device_type, launch, "GPTQ's Triton kernel")
+        else:
+            import torch
 
-        compiled = torch.compile(_int_sub_batch, dynamic=True, fullgraph=True)
-
-        def fn(*args: Any) -> Any:
-            try:
-                return compiled(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: eager is correct
-                log.warning("torch.compile of GPTQ's sub-batch failed (%s); running it "
-                            "eagerly", str(exc).splitlines()[0] if str(exc) else type(exc))
-                _COMPILED[device_type] = _int_sub_batch
-                return _int_sub_batch(*args)
-
+            fn = _eager_fallback(device_type,
+                                 torch.compile(_int_sub_batch, dynamic=True, fullgraph=True),
+                                 "torch.compile of GPTQ's sub-batch")
         _COMPILED[device_type] = fn
-    return _COMPILED[device_type]
+    return fn
+
+
+def _eager_fallback(device_type: str, fast: Any, what: str) -> Any:
+    """``fast`` (the sub-batch's kernel), switching the device to the eager
+    :func:`_int_sub_batch` at its first failure (a build error: the eager one is correct)."""
+
+    def fn(*args: Any) -> Any:
+        try:
+            return fast(*args)
+        except Exception as exc:  # noqa: BLE001 - any build failure: eager is correct
+            log.warning("%s failed (%s); running GPTQ's sub-batches eagerly", what,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            _COMPILED[device_type] = _int_sub_batch
+            return _int_sub_batch(*args)
+
+    return fn
