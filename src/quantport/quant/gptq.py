@@ -609,6 +609,20 @@ def _column_loop(
              and (static_params is not None or gb % _SUB == 0))
     cur_sz: tuple[Any, Any] | None = None
     static_sz = None
+    qmin, qmax = code_range(grid.bits, True) if fused else (0, 0)
+
+    def fit_group(j: int, i1: int, err1: Any) -> Params:
+        # a new group at column j, fitted on its columns as the errors of every earlier column
+        # left them: the batch-start state wt minus this batch's errors so far (gptq.py lines
+        # 120-124 fit from W, which has the earlier batches' updates but not this batch's)
+        end = j + gb
+        blk = wt[j:end]
+        if j > i1:
+            blk = blk - u[i1:j, j:end].T @ err1[:j - i1]
+        p = _fit_block(grid, blk, imp_p[j:end], stats, ops)
+        parts.append(p)
+        return p
+
     if fused and static_params is not None:
         zp = static_params.get("zero_point")
         static_sz = (ops.contiguous(ops.asarray(static_params["scale"]).T),
@@ -626,12 +640,7 @@ def _column_loop(
             s2 = min(s1 + _SUB, i2)
             if fused and s2 - s1 == _SUB:
                 if static_params is None and s1 % gb == 0:
-                    i = s1 - i1
-                    blk = wt[s1:s1 + gb]
-                    if i:
-                        blk = blk - u[i1:s1, s1:s1 + gb].T @ err1[:i]
-                    p = _fit_block(grid, blk, imp_p[s1:s1 + gb], stats, ops)
-                    parts.append(p)
+                    p = fit_group(s1, i1, err1)
                     zp = p.get("zero_point")
                     cur_sz = (ops.asarray(p["scale"][:, 0]),
                               None if zp is None else ops.asarray(zp[:, 0]))
@@ -643,7 +652,6 @@ def _column_loop(
                     assert cur_sz is not None  # one group: [1, rows], broadcast
                     sc = cur_sz[0][None, :]
                     zc = None if cur_sz[1] is None else cur_sz[1][None, :]
-                qmin, qmax = code_range(grid.bits, True)
                 a, b = s1 - i1, s2 - i1
                 if codes is None:
                     codes = ops.empty((cols, rows), np.int8)
@@ -658,17 +666,7 @@ def _column_loop(
                 i = j - i1
                 if static_params is None:
                     if j % gb == 0:
-                        # a new group, fitted on its columns as the errors of every earlier
-                        # column left them: the batch-start state minus this batch's errors so
-                        # far (gptq.py lines 120-124 fit from W, which has the earlier
-                        # batches' updates but not this batch's)
-                        end = j + gb
-                        blk = wt[j:end]
-                        if i:
-                            blk = blk - u[i1:j, j:end].T @ err1[:i]
-                        p = _fit_block(grid, blk, imp_p[j:end], stats, ops)
-                        parts.append(p)
-                        rounder = _rounder(grid, p, ops)
+                        rounder = _rounder(grid, fit_group(j, i1, err1), ops)
                     c = j % gb
                 else:
                     # static groups: the column's own block in the original order (gptq.py
