@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 
 from quantport.architectures import SMOOTH_SUFFIX, bert
-
 from quantport.ir import dequantize
 from quantport.quant.grid import Grid
 from quantport.quant.rtn import quantize_rtn
@@ -91,9 +90,6 @@ CLIP_PREFIX = "clip:"
 #: (``input:attention.self.query``): the Linear layers' weights carry ``s``, their input is
 #: divided by ``s`` at run time
 INPUT_PREFIX = "input:"
-
-#: suffix of the tensor a writer stores for an unfolded scale: Linear ``X.weight`` reads
-#: ``x * X.input_smooth`` (``1/s``, float32 ``[in]``), quantized after the multiplication
 
 # AutoAWQ ``_search_best_clip`` skips the query and key projections: their rounding error is
 # seen through the softmax, not the group-wise output share the search measures
