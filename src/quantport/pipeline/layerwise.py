@@ -524,7 +524,7 @@ class LayerwiseModel:
         """Tensor ``name`` of the source as float32 on the compute device."""
         torch = self.torch
         if self.device.type != "cpu":
-            stored = getattr(self.source, "stored", lambda _n: None)(name)
+            stored = self.source.stored(name)
             if stored is not None and stored[1] == "BF16":
                 # half the bytes over the bus, widened there
                 return widen_bf16(stored[0], self.device)

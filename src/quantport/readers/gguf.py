@@ -135,6 +135,11 @@ class GGUFSource:
         w = apply_edit(w, self.architecture.edit(name), self.n_head, self.n_head_kv, undo=True)
         return w if rows is None else w[rows[0]:rows[1]]
 
+    def stored(self, name: str) -> None:
+        """None: GGUF tensors are ggml blocks (and llama's q/k rows permuted), never a
+        Hugging Face tensor as stored."""
+        return None
+
     def release(self) -> None:
         """Drop the file pages read so far from this process's memory (between tensors)."""
         self._map.release()

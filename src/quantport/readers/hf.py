@@ -164,8 +164,7 @@ class HFCheckpoint:
 
     def stored(self, name: str) -> tuple[np.ndarray, str] | None:
         """One tensor as stored (a read-only view, BF16 as uint16) and its safetensors dtype
-        (``"BF16"``...), or None for a pickle checkpoint: lets a GPU caller widen on the
-        device instead of the host."""
+        (``"BF16"``...), or None for a pickle checkpoint."""
         if self._pickle is not None:
             return None
         f = self._where[name]

@@ -43,6 +43,12 @@ class ModelSource(Protocol):
         format allows)."""
         ...
 
+    def stored(self, name: str) -> tuple[np.ndarray, str] | None:
+        """One tensor exactly as the file stores it (a read-only view; BF16 as uint16) and
+        its safetensors dtype tag (``"BF16"``...), or None when the format has no such form
+        (GGUF's blocks, pickles): lets a caller keep a checkpoint's dtype or widen on a GPU."""
+        ...
+
     def release(self) -> None:
         """Drop file pages read so far from this process's memory (called between tensors
         by the pipeline, so that a worker's memory stays one tensor, not the whole file)."""

@@ -73,9 +73,9 @@ def _head(source: ModelSource, name: str) -> bool:
 
 def _kept(source: ModelSource, name: str) -> str:
     """The float type a tensor left unquantized is written in: a Hugging Face checkpoint's
-    bfloat16 / float16 as stored (exactly its values, half float32's bytes; transformers
-    widens them on load to the config's float32, as it widens the source's), else F32."""
-    stored = getattr(source, "stored", lambda _n: None)(name)
+    bfloat16 / float16 as stored (exactly its values, half float32's bytes; transformers loads
+    them as it loads the source's), else F32."""
+    stored = source.stored(name)
     return stored[1] if stored is not None and stored[1] in ("BF16", "F16") else "F32"
 
 
