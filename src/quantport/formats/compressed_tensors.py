@@ -55,27 +55,18 @@ def pack_int32(values: np.ndarray, bits: int) -> np.ndarray:
     """
     *lead, n = np.shape(values)
     n_words = -(-n * bits // 32)
-    if bits in (2, 4, 8) and n % (32 // bits) == 0:
-        # whole words: pack into bytes (element i at bits (i % per_byte)*bits of byte
-        # i // per_byte), and read each 4 bytes as one little-endian word -- element 8w+k of a
-        # 4-bit row then sits at bits 4k of word w, as below, in a few byte-wide passes
+    if 32 % bits == 0:
+        # 2, 4 or 8 bits: whole values per byte. Pack the row (zero-padded to whole words) into
+        # bytes, element i at bits (i % per_byte)*bits of byte i // per_byte, and read each 4
+        # bytes as one little-endian word: element i then sits at bits i*bits of the row's bit
+        # string (a few byte-wide passes; the bit-plane path below is ~50x slower at 7B scale)
         per_byte = 8 // bits
-        v = np.asarray(values).astype(np.uint8, copy=False)
+        v = np.zeros((*lead, n_words * 4 * per_byte), dtype=np.uint8)
+        v[..., :n] = values
         b = v[..., 0::per_byte].copy()
         for k in range(1, per_byte):
             b |= v[..., k::per_byte] << np.uint8(bits * k)
-        return np.ascontiguousarray(b).view("<u4").view(np.int32)
-    if 32 % bits == 0:
-        # 2, 4 or 8 bits: whole values per word, so shifts and ORs do it (~50x faster than the
-        # bit-plane path below, which matters at 7B scale)
-        per = 32 // bits
-        v = np.zeros((*lead, n_words * per), dtype=np.uint32)
-        v[..., :n] = values
-        v = v.reshape(*lead, n_words, per)
-        words = v[..., 0].copy()
-        for k in range(1, per):
-            words |= v[..., k] << np.uint32(bits * k)
-        return words.view(np.int32)
+        return b.view("<u4").view(np.int32)
     v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1, n)
     # scatter each value's bits into a bit plane, then fold 32 bits per word
     bit_idx = np.arange(n)[:, None] * bits + np.arange(bits)[None, :]  # [n, bits]
