@@ -36,6 +36,25 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_gguf_conversion_imports_no_other_format(tmp_path):
+    # a GGUF -> GGUF conversion is a whole process of about two seconds: the writer table must
+    # not make it pay for another format's stack (onnx_ir alone took about a second)
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "readers"))
+    import _tiny_inputs as tiny
+
+    src = tiny.write_tiny_gguf(tmp_path / "tiny.gguf")
+    code = ("import sys\nfrom quantport.cli.main import cli\n"
+            "try:\n    cli(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e\n"
+            "heavy = ('onnx', 'onnx_ir', 'onnxruntime', 'torch', 'transformers', 'safetensors')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code, "convert", str(src), "--to", "gguf",
+                          "--quant", "Q8_0", "-o", str(tmp_path / "out.gguf"), "--quiet"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_list(runner):
     res = run(runner, "list", "--json")
     assert res.exit_code == 0

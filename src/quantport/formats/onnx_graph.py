@@ -23,7 +23,7 @@ layers with their own window and RoPE base, final logit soft-capping).
 
 Weights are initializers whose data lies in the external file at offsets the writer's plan
 fixed (:class:`onnx_ir.ExternalTensor`), so the graph is complete before any weight is
-computed. This module imports numpy and onnx_ir only.
+computed. This module imports numpy and, on the first graph it builds, onnx_ir.
 """
 
 from __future__ import annotations
@@ -31,22 +31,41 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx_ir as ir
-from onnx_ir import tape as ir_tape
 
 from quantport.errors import ConfigError, UnsupportedArchitectureError
 from quantport.formats.onnx_pack import Storage
 
 __all__ = ["BUILDERS", "GraphOptions", "build_model", "rope_caches"]
 
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    from onnx_ir import tape as ir_tape
+else:
+    # onnx_ir (with onnx, ml_dtypes and sympy behind it) takes about a second to import, and
+    # every conversion imports this module through the writer table: it is bound by
+    # _import_ir() when the first graph is built, so only ONNX conversions pay for it
+    ir = ir_tape = None
+
 OPSET = 21  # DequantizeLinear with block_size (ONNX opset 21)
-_DTYPES = {"float32": ir.DataType.FLOAT, "float16": ir.DataType.FLOAT16,
-           "bfloat16": ir.DataType.BFLOAT16, "int8": ir.DataType.INT8,
-           "uint8": ir.DataType.UINT8, "int4": ir.DataType.INT4, "uint4": ir.DataType.UINT4}
+_DTYPES: dict[str, Any] = {}  # storage dtype name -> ir.DataType (filled by _import_ir)
 _MS = "com.microsoft"
+
+
+def _import_ir() -> None:
+    global ir, ir_tape
+    if ir is not None:
+        return
+    import onnx_ir
+    from onnx_ir import tape
+
+    ir, ir_tape = onnx_ir, tape
+    _DTYPES.update({"float32": ir.DataType.FLOAT, "float16": ir.DataType.FLOAT16,
+                    "bfloat16": ir.DataType.BFLOAT16, "int8": ir.DataType.INT8,
+                    "uint8": ir.DataType.UINT8, "int4": ir.DataType.INT4,
+                    "uint4": ir.DataType.UINT4})
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,7 @@ class _Builder:
 
     def __init__(self, storages: Mapping[str, Storage], offsets: Mapping[str, int],
                  opts: GraphOptions) -> None:
+        _import_ir()  # every graph builder works through a _Builder
         self.tape = ir_tape.Tape()
         self.storages = storages
         self.offsets = offsets
@@ -679,7 +699,7 @@ def _gelu(b: _Builder, x: ir.Value) -> ir.Value:
                         b.op("Add", [r, b.const(np.array(1.0, np.float32))])])
 
 
-Build = Callable[[_Builder, Mapping[str, Any]], tuple[list[ir.Value], list[ir.Value]]]
+Build = Callable[[_Builder, Mapping[str, Any]], tuple[list["ir.Value"], list["ir.Value"]]]
 #: quantport architecture name -> graph builder
 BUILDERS: dict[str, Build] = {"llama": _llama, "mistral": _family("mistral"),
                               "qwen2": _family("qwen2"), "qwen3": _family("qwen3"),
