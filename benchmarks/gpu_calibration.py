@@ -217,16 +217,76 @@ def _qp_args(model: str, art: Path, a: argparse.Namespace) -> list[str]:
     return args
 
 
+class _Timeline:
+    """A logging handler for ``--profile``: every quantport log record with its time since
+    the start and the GPU memory at that moment (allocated / peak allocated / reserved, GiB)."""
+
+    def __init__(self, path: Path) -> None:
+        import logging
+
+        import torch
+
+        self.torch, self.t0, self.f = torch, time.perf_counter(), open(path, "w")
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self.emit  # type: ignore[method-assign]
+        self.logger = logging.getLogger("quantport")
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.DEBUG)
+
+    def emit(self, record) -> None:
+        mem = ""
+        if self.torch.cuda.is_available() and self.torch.cuda.is_initialized():
+            c = self.torch.cuda
+            mem = (f" [alloc {c.memory_allocated() / GIB:.2f} peak "
+                   f"{c.max_memory_allocated() / GIB:.2f} reserved {c.memory_reserved() / GIB:.2f}]")
+        self.f.write(f"{time.perf_counter() - self.t0:8.2f}{mem} {record.getMessage()}\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        self.f.close()
+
+
 def inner_quantport(a: argparse.Namespace) -> dict:
     from quantport.cli.main import cli
 
     args = _qp_args(a.model, Path(a.artifact), a)
+    if a.act_share is not None:
+        from quantport.pipeline import device
+
+        device.ACTIVATION_SHARE = a.act_share
+    prof = timeline = None
+    if a.profile:  # a diagnostic run: cProfile and a timeline of the log (slower)
+        import cProfile
+
+        Path(a.profile).mkdir(parents=True, exist_ok=True)
+        timeline = _Timeline(Path(a.profile) / "timeline.txt")
+        prof = cProfile.Profile()
+        prof.enable()
     t = time.perf_counter()
     try:
         cli.main(args=args, prog_name="quantport", standalone_mode=False)
     except SystemExit as e:  # click's exit with a code
         if e.code:
             raise
+    finally:
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            buf = io.StringIO()
+            st = pstats.Stats(prof, stream=buf)
+            st.sort_stats("cumulative").print_stats(70)
+            st.sort_stats("tottime").print_stats(50)
+            # who pulls in the costly imports and registrations (start-up time)
+            for pat in ("custom_ops.py:189", "onnx_ir/__init__", "sklearn/__init__",
+                        "sympy/__init__", "compressed_tensors/__init__"):
+                st.print_callers(pat)
+            (Path(a.profile) / "profile.txt").write_text(buf.getvalue())
+            timeline.close()
     return {"quant_s": time.perf_counter() - t, "args": " ".join(args)}
 
 
@@ -414,6 +474,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         cmd += ["--device", a.device]
     if a.calib_dtype:
         cmd += ["--calib-dtype", a.calib_dtype]
+    if a.profile:
+        cmd += ["--profile", a.profile]
+    if a.act_share is not None:
+        cmd += ["--act-share", str(a.act_share)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(
         [p for p in [env.get("PYTHONPATH"), str(ROOT / "src")] if p])
@@ -564,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="passed to quantport (--device) and GPTQModel; omit for defaults")
         p.add_argument("--calib-dtype", default=None, choices=["float32", "bfloat16"],
                        help="quantport --calib-dtype (default: quantport's own)")
+        p.add_argument("--act-share", type=float, default=None,
+                       help="quantport only, diagnostic: quantport.pipeline.device."
+                            "ACTIVATION_SHARE (0 keeps the activations on the host)")
+        p.add_argument("--profile", default=None,
+                       help="quantport only: cProfile and a log timeline with GPU memory into "
+                            "this directory (a diagnostic run, not a timed one)")
 
     r = sub.add_parser("run", help="one tool, one process, measured")
     r.add_argument("tool", choices=TOOLS)

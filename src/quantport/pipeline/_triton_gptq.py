@@ -21,9 +21,11 @@ import triton.language as tl
 
 __all__ = ["int_sub_batch"]
 
-# 1.5 * 2**23: adding it rounds a float32 below 2**22 in magnitude to an integer, half to even
-_MAGIC = 12582912.0
-_BIG = 4194304.0
+# 1.5 * 2**23: adding it rounds a float32 below 2**22 in magnitude to an integer, half to even.
+# Globals a @triton.jit function reads must be tl.constexpr objects (Triton 3.x refuses plain
+# floats when it compiles; its CPU interpreter does not check).
+_MAGIC = tl.constexpr(12582912.0)
+_BIG = tl.constexpr(4194304.0)
 
 
 @triton.jit

@@ -179,118 +179,170 @@ def run_calibrated(
               and not plan.rows[i].source.endswith(SMOOTH_SUFFIX)]
     execute(source, plan, sink, importance=importance, workers=workers, only=others)
 
-    # 2. the layers, in order (from the cache when this very calibration ran before)
-    # the α used, given or the default: ONNX w8a8 quantizes activations per tensor
-    # (DynamicQuantizeLinear), compressed-tensors W8A8 per token
-    alpha = (recipe.smooth_alpha if recipe.smooth_alpha is not None
-             else smooth_alpha_for(model.layers[0], per_tensor=recipe.format == "onnx"))
-    if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
-        report.notes.append(f"SmoothQuant alpha {alpha} (the default for "
-                            f"{type(model.layers[0]).__name__} to {recipe.format}; "
-                            "--smooth-alpha sets another)")
-    settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
-                "inputs": recipe.calib_inputs, "damp": recipe.damp,
-                "act_order": recipe.act_order, "alpha": alpha,
-                "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
-                "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
-                            for r in plan.rows]}
-    cache = StatsCache(cache_key(
-        source, windows.array() if isinstance(windows, Sentences) else windows, settings))
-    cached = cache.complete(model.n_layers + (head is not None))
-    report.cached = cached
-    if cached:
-        log.info("calibration statistics from the cache %s: no forward passes", cache.dir)
-    h = None if cached else model.embed(windows)
-    for li in range(model.n_layers):
-        layer = model.load(li)
-        linears = model.weight_names(li, layer)
-        rows = {name: plan.rows[by_source[name]] for name in linears if name in by_source}
-        local = len(f"{model.prefix}{li}.")
-        grids = {name[local:].removesuffix(".weight"): grid_for(r.target, r.shape)
-                 for name, r in rows.items() if r.quantized}
-        hit = cache.load(li) if cached else None
-        if cached and hit is None:
-            raise QuantportError(f"calibration cache {cache.dir} lost layer {li} during the "
-                                 "run; run the conversion again")
-        scales: dict[str, np.ndarray] = {}
-        if hit is not None:
-            scales = hit[1]
-            apply_scales(layer, scales)
-        elif "awq" in recipe.method:
-            sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
-            firsts = [g.linears[0] for g in llama_groups(layer)]
-            inputs = model.capture(li, layer, sample,
-                                   list(dict.fromkeys([*firsts, "self_attn.o_proj"])))
-            scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
-            scales.update(awq_clip(layer, inputs, grids))
-            del inputs
-        elif recipe.method == "smoothquant":
-            _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)
-            assert st is not None
-            scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
-                                          for n in linears}, alpha=alpha)
-        # unfolded scales (post-LayerNorm encoders): the writer's 1/s rows, and the same
-        # division in the forward passes below, so the layer computes what it computed before
-        hooks = input_scale_hooks(layer, scales)
-        for key, s in scales.items():
-            if key.startswith(INPUT_PREFIX):
-                for lname in next(g.linears for g in bert_groups(layer)
-                                  if g.linears[0] == key[len(INPUT_PREFIX):]):
-                    sink.put(by_source[f"{model.prefix}{li}.{lname}{SMOOTH_SUFFIX}"],
-                             (1.0 / np.asarray(s, np.float32)).astype(np.float32))
-        rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv),
-                                ops)
-        gptq = "gptq" in recipe.method
-        out = stats = None
-        staged = (hit is None and gptq and recipe.calib_inputs == "quantized"
-                  and model.staged(layer))
-        if hit is not None:
-            stats = hit[0] if gptq else None
-        elif staged:
-            # one pass: each sub-block's Hessian, rounding, then its rounded output (h in place)
-            stats = model.run_staged(li, layer, h, rounder.group)
-        elif gptq:
-            # statistics of the (transformed) layer's inputs, then rounding onto the grids
-            out, stats = model.run(li, layer, h, collect=True)
-        elif recipe.calib_inputs == "float":
-            out, _ = model.run(li, layer, h)
-        if hit is None:
-            cache.save(stats or LayerStats(li), scales, model.n_layers)
-        for lname, param in layer.named_parameters():
-            name = f"{model.prefix}{li}.{lname}"
-            idx = by_source.get(name)
-            if idx is None or name in rounder.written:
-                continue
-            if name in linears and plan.rows[idx].quantized:
-                rounder.one(name, None if stats is None else stats.of(name).hessian)
+    # the records are packed and written by a thread of their own while the next weight is
+    # rounded (packing is host work; on a GPU it would otherwise leave the GPU idle)
+    with BackgroundSink(sink) as sink:
+        # 2. the layers, in order (from the cache when this very calibration ran before)
+        # the α used, given or the default: ONNX w8a8 quantizes activations per tensor
+        # (DynamicQuantizeLinear), compressed-tensors W8A8 per token
+        alpha = (recipe.smooth_alpha if recipe.smooth_alpha is not None
+                 else smooth_alpha_for(model.layers[0], per_tensor=recipe.format == "onnx"))
+        if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
+            report.notes.append(f"SmoothQuant alpha {alpha} (the default for "
+                                f"{type(model.layers[0]).__name__} to {recipe.format}; "
+                                "--smooth-alpha sets another)")
+        settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
+                    "inputs": recipe.calib_inputs, "damp": recipe.damp,
+                    "act_order": recipe.act_order, "alpha": alpha,
+                    "awq_tokens": AWQ_SAMPLE_TOKENS, "awq_clip": CLIP_TOKENS,
+                    "targets": [[r.source, str(r.target), getattr(r.target, "rule", None), r.edit]
+                                for r in plan.rows]}
+        cache = StatsCache(cache_key(
+            source, windows.array() if isinstance(windows, Sentences) else windows, settings))
+        cached = cache.complete(model.n_layers + (head is not None))
+        report.cached = cached
+        if cached:
+            log.info("calibration statistics from the cache %s: no forward passes", cache.dir)
+        h = None if cached else model.embed(windows)
+        log.debug("outside the layers written; calibration starts")
+        for li in range(model.n_layers):
+            layer = model.load(li)
+            log.debug("layer %d loaded", li)
+            linears = model.weight_names(li, layer)
+            rows = {name: plan.rows[by_source[name]] for name in linears if name in by_source}
+            local = len(f"{model.prefix}{li}.")
+            grids = {name[local:].removesuffix(".weight"): grid_for(r.target, r.shape)
+                     for name, r in rows.items() if r.quantized}
+            hit = cache.load(li) if cached else None
+            if cached and hit is None:
+                raise QuantportError(f"calibration cache {cache.dir} lost layer {li} during the "
+                                     "run; run the conversion again")
+            scales: dict[str, np.ndarray] = {}
+            if hit is not None:
+                scales = hit[1]
+                apply_scales(layer, scales)
+            elif "awq" in recipe.method:
+                sample = h[: max(1, AWQ_SAMPLE_TOKENS // h.shape[1])]
+                firsts = [g.linears[0] for g in llama_groups(layer)]
+                inputs = model.capture(li, layer, sample,
+                                       list(dict.fromkeys([*firsts, "self_attn.o_proj"])))
+                scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+                scales.update(awq_clip(layer, inputs, grids))
+                del inputs
+            elif recipe.method == "smoothquant":
+                _, st = model.run(li, layer, h, collect=True, hessian=False, activations=True)
+                assert st is not None
+                scales = smooth_layer(layer, {n.removesuffix(".weight")[local:]: st.of(n).abs_max
+                                              for n in linears}, alpha=alpha)
+            # unfolded scales (post-LayerNorm encoders): the writer's 1/s rows, and the same
+            # division in the forward passes below, so the layer computes what it computed before
+            hooks = input_scale_hooks(layer, scales)
+            for key, s in scales.items():
+                if key.startswith(INPUT_PREFIX):
+                    for lname in next(g.linears for g in bert_groups(layer)
+                                      if g.linears[0] == key[len(INPUT_PREFIX):]):
+                        sink.put(by_source[f"{model.prefix}{li}.{lname}{SMOOTH_SUFFIX}"],
+                                 (1.0 / np.asarray(s, np.float32)).astype(np.float32))
+            rounder = _LayerRounder(plan, sink, report, by_source, linears, (n_head, n_head_kv),
+                                    ops)
+            gptq = "gptq" in recipe.method
+            out = stats = None
+            staged = (hit is None and gptq and recipe.calib_inputs == "quantized"
+                      and model.staged(layer))
+            if hit is not None:
+                stats = hit[0] if gptq else None
+            elif staged:
+                # one pass: each sub-block's Hessian, rounding, then its rounded output (h in place)
+                stats = model.run_staged(li, layer, h, rounder.group)
+            elif gptq:
+                # statistics of the (transformed) layer's inputs, then rounding onto the grids
+                out, stats = model.run(li, layer, h, collect=True)
+            elif recipe.calib_inputs == "float":
+                out, _ = model.run(li, layer, h)
+            if hit is None:
+                cache.save(stats or LayerStats(li), scales, model.n_layers)
+            for lname, param in layer.named_parameters():
+                name = f"{model.prefix}{li}.{lname}"
+                idx = by_source.get(name)
+                if idx is None or name in rounder.written:
+                    continue
+                if name in linears and plan.rows[idx].quantized:
+                    rounder.one(name, None if stats is None else stats.of(name).hessian)
+                else:
+                    sink.put(idx, param.detach().cpu().numpy().copy())
+            source.release()
+            if cached or staged:
+                pass  # no activations to carry (cache), or h is already the rounded layer's output
+            elif recipe.calib_inputs == "quantized" or out is None:
+                del out
+                h, _ = model.run(li, layer, h)
             else:
-                sink.put(idx, param.detach().cpu().numpy().copy())
-        source.release()
-        if cached or staged:
-            pass  # no activations to carry (cache), or h is already the rounded layer's output
-        elif recipe.calib_inputs == "quantized" or out is None:
-            del out
-            h, _ = model.run(li, layer, h)
-        else:
-            h = out
-        for hd in hooks:
-            hd.remove()
-        model.unload(li)
-        if on_progress:
-            on_progress("calibrate", li + 1, model.n_layers)
-    if head is not None:
-        hit = cache.load(model.n_layers) if cached else None
-        stats = hit[0] if hit is not None else model.head_stats(h, head)
-        if hit is None:
-            cache.save(stats, {}, model.n_layers)
-        import torch
+                h = out
+            for hd in hooks:
+                hd.remove()
+            model.unload(li)
+            log.debug("layer %d done", li)
+            if on_progress:
+                on_progress("calibrate", li + 1, model.n_layers)
+        if head is not None:
+            hit = cache.load(model.n_layers) if cached else None
+            stats = hit[0] if hit is not None else model.head_stats(h, head)
+            if hit is None:
+                cache.save(stats, {}, model.n_layers)
+            import torch
 
-        weight = torch.nn.Parameter(model._tensor(head), requires_grad=False)
-        source.release()
-        _LayerRounder(plan, sink, report, by_source, {head: SimpleNamespace(weight=weight)},
-                      (n_head, n_head_kv), ops).one(head, stats.of(head).hessian)
+            weight = torch.nn.Parameter(model._tensor(head), requires_grad=False)
+            source.release()
+            _LayerRounder(plan, sink, report, by_source, {head: SimpleNamespace(weight=weight)},
+                          (n_head, n_head_kv), ops).one(head, stats.of(head).hessian)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class BackgroundSink:
+    """A :class:`~quantport.pipeline.execute.Sink` whose ``put`` runs on one thread of its
+    own, in call order, at most :attr:`BACKLOG` calls behind; leaving the ``with`` block waits
+    for them and raises the first error any of them raised (after an error inside the block,
+    the pending ones are cancelled)."""
+
+    BACKLOG = 4
+
+    def __init__(self, sink: Sink) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sink = sink
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantport-write")
+        self.pending: list[Any] = []
+
+    def put(self, i: int, value: Any, rows: tuple[int, int] | None = None) -> int:
+        """Queue ``sink.put(i, value, rows)`` (``value`` must not change afterwards);
+        returns 0 (the bytes are the writer's to count)."""
+        while len(self.pending) >= self.BACKLOG:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self.sink.put, i, value, rows))
+        return 0
+
+    def chunkable(self, i: int) -> bool:
+        return self.sink.chunkable(i)
+
+    def sync(self) -> None:
+        self.drain()
+        self.sink.sync()
+
+    def drain(self) -> None:
+        """Wait for every queued ``put``; raises the first error."""
+        while self.pending:
+            self.pending.pop(0).result()
+
+    def __enter__(self) -> BackgroundSink:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.drain()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def gptq_ops(device: str, calib_dtype: str = "float32") -> Any:

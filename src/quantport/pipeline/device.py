@@ -126,6 +126,12 @@ class TorchOps(ArrayOps):
             return a.to(device=self.device, dtype=self._dt(dtype), copy=True)
         return self.asarray(np.array(a, copy=True), dtype)
 
+    def borrow_as(self, a: Any, dtype: Any) -> Any:
+        if (isinstance(a, self.torch.Tensor) and a.dtype == self._dt(dtype)
+                and a.device == self.device):
+            return a
+        return self.copy_as(a, dtype)
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.torch.empty(shape, dtype=self._dt(dtype), device=self.device)
 
@@ -175,20 +181,20 @@ class TorchOps(ArrayOps):
         return self.torch.flip(a, (0, 1))
 
     def damped_upper_chol_of_inverse(self, h: Any, lam: float) -> Any | None:
-        # gptq.py's cholesky / cholesky_inverse / cholesky(upper) in one factorisation, as
-        # quant.gptq._upper_chol_of_inverse (JHJ = L Lᵀ, U = J L⁻¹ J), freeing each n x n
-        # temporary as soon as it is used: at most three besides h (the GPU's peak memory)
+        # gptq.py lines 98-104 as written -- cholesky, cholesky_inverse, cholesky(upper) --
+        # each step in place in ONE n x n buffer besides h: the GPU's peak memory is set by
+        # down_proj's 14336 x 14336 matrices (quant.gptq._upper_chol_of_inverse takes one
+        # factorisation and a triangular inverse instead, which needs two buffers)
         torch = self.torch
-        hd = torch.flip(h, (0, 1))
-        hd.diagonal().add_(lam)
-        lower, info = torch.linalg.cholesky_ex(hd)
-        del hd
+        a = h.clone()
+        a.diagonal().add_(lam)
+        info = torch.empty((), dtype=torch.int32, device=a.device)
+        torch.linalg.cholesky_ex(a, out=(a, info))
         if int(info) != 0:
             return None
-        li = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-        torch.linalg.solve_triangular(lower, li, upper=False, out=li)
-        del lower
-        return torch.flip(li, (0, 1))
+        torch.cholesky_inverse(a, out=a)
+        torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
+        return a if int(info) == 0 else None
 
     def sq_sum(self, e: Any) -> Any:
         return self.torch.dot(e, e)

@@ -30,6 +30,7 @@ tokens only -- a padded position's hidden state is never attended to, and never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -483,6 +484,13 @@ class LayerwiseModel:
         self.source = source
         self.torch = torch
         self.device = torch.device(device)
+        if self.device.type == "cuda" and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+            # GPTQ's n x n matrices and the forward passes' activations come and go in sizes
+            # that fragment the caching allocator's fixed segments (reserved memory well above
+            # what is in use); segments that grow and shrink keep the two close. A setting the
+            # user gave in PYTORCH_CUDA_ALLOC_CONF wins.
+            with contextlib.suppress(AttributeError, RuntimeError):
+                torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         self.act_device = self.device
         self.batch_tokens = _BATCH_TOKENS if self.device.type == "cpu" else _GPU_BATCH_TOKENS
         # weights stay float32 (they are what gets rounded and written); a bfloat16 run casts
@@ -535,6 +543,15 @@ class LayerwiseModel:
         """``x`` on the compute device (a batch of host-kept activations)."""
         return x if x.device == self.device else x.to(self.device, non_blocking=True)
 
+    def _put(self, buf: Any, b: slice, y: Any) -> None:
+        """``buf[b] = y``. A GPU result going into host-kept activations (pinned) is copied
+        asynchronously: every later read of ``buf`` is a copy to the GPU on the same stream,
+        so it runs after this one, and the GPU does not wait for the host in between."""
+        if buf.device != y.device:
+            buf[b].copy_(y, non_blocking=True)
+        else:
+            buf[b] = y
+
     def _place(self, shape: tuple[int, ...]) -> None:
         """Choose where the activation buffers of ``shape`` live (two of them: a layer's
         input and its output)."""
@@ -545,6 +562,14 @@ class LayerwiseModel:
             log.info("calibration activations (%d MiB) kept on the host, not on %s",
                      n >> 20, self.device)
             self.act_device = self.torch.device("cpu")
+
+    def buffer(self, shape: tuple[int, ...]) -> Any:
+        """An activation buffer where the activations live (:attr:`act_device`): pinned host
+        memory when a GPU's activations are kept on the host, so that each batch's copy to
+        the GPU and back is a DMA transfer instead of a staged, synchronous one."""
+        pin = self.act_device.type == "cpu" and self.device.type == "cuda"
+        return self.torch.empty(*shape, dtype=self.dtype, device=self.act_device,
+                                pin_memory=pin)
 
     def embed(self, windows: np.ndarray | Sentences) -> Any:
         """Hidden states entering layer 0: ``[windows, tokens, hidden]`` (an encoder takes
@@ -557,14 +582,14 @@ class LayerwiseModel:
         self._place((*windows.shape, w.shape[1]))
         ids = torch.from_numpy(windows)
         # the activation buffers: half the memory in bfloat16
-        h = torch.empty(*windows.shape, w.shape[1], dtype=self.dtype, device=self.act_device)
+        h = self.buffer((*windows.shape, w.shape[1]))
         with torch.inference_mode():
             for b in self._batches(h):
                 e = torch.nn.functional.embedding(self._dev(ids[b]), w)
                 scale = getattr(self.body, "embed_scale", None)  # Gemma-style scaled embeddings
                 if scale is not None:
                     e = e * (scale.to(e.device) if isinstance(scale, torch.Tensor) else scale)
-                h[b] = e.to(self.dtype)
+                self._put(h, b, e)
         del w
         self.source.release()
         return h
@@ -623,8 +648,6 @@ class LayerwiseModel:
 
     def autocast(self) -> Any:
         """The context the forward passes run in (bfloat16 autocast, or nothing)."""
-        import contextlib
-
         if self.dtype == self.torch.float32:
             return contextlib.nullcontext()
         return self.torch.autocast(self.device.type, dtype=self.dtype)
@@ -642,7 +665,7 @@ class LayerwiseModel:
         torch = self.torch
         acc = (_Accumulator(layer, f"{self.prefix}{i}.", hessian, activations) if collect
                else None)
-        out = torch.empty_like(h)
+        out = self.buffer(tuple(h.shape))
         if self.encoder:
             try:
                 with torch.inference_mode(), self.autocast():
@@ -650,7 +673,7 @@ class LayerwiseModel:
                         if acc is not None:
                             acc.rows = self.mask[b].reshape(-1)
                         y = layer(self._dev(h[b]), attention_mask=self._attention_mask(b))
-                        out[b] = y[0] if isinstance(y, tuple) else y
+                        self._put(out, b, y[0] if isinstance(y, tuple) else y)
                         if acc is not None:
                             acc.end_batch()
             finally:
@@ -666,7 +689,7 @@ class LayerwiseModel:
                     # windows have no padding
                     y = layer(self._dev(h[b]), attention_mask=None, position_ids=pos,
                               position_embeddings=pe)
-                    out[b] = y[0] if isinstance(y, tuple) else y
+                    self._put(out, b, y[0] if isinstance(y, tuple) else y)
                     if acc is not None:
                         acc.end_batch()
         finally:
@@ -789,41 +812,49 @@ class LayerwiseModel:
             pe = (cos.to(self.dtype), sin.to(self.dtype))
             stage(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
                   lambda b: ln1(dev(h[b])))
-            a = torch.empty(*h.shape[:-1], attn.o_proj.in_features, dtype=h.dtype,
-                            device=h.device)
-            handle = attn.o_proj.register_forward_pre_hook(catch)
-            try:
-                for b in batches:
-                    try:
-                        attn(hidden_states=ln1(dev(h[b])), position_embeddings=pe,
-                             attention_mask=None)
-                    except _Stop:
-                        a[b] = got.pop()
-            finally:
-                handle.remove()
-            stage(["self_attn.o_proj"], lambda b: dev(a[b]))
+            # o_proj's input (the attention's output) and down_proj's (the widest activation)
+            # are each kept between their two uses when they fit in _KEEP_BYTES, recomputed
+            # otherwise: a second pass over the windows costs less than a buffer the size of
+            # the calibration activations (GPU memory)
+            def kept(width: int) -> Any:
+                keep = h.shape[0] * h.shape[1] * width * h.element_size() <= _KEEP_BYTES
+                return self.buffer((*h.shape[:-1], width)) if keep else None
+
+            a = kept(attn.o_proj.in_features)
+
+            def o_input(b: slice) -> Any:
+                handle = attn.o_proj.register_forward_pre_hook(catch)
+                try:
+                    attn(hidden_states=ln1(dev(h[b])), position_embeddings=pe,
+                         attention_mask=None)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                y = got.pop()
+                if a is not None:
+                    self._put(a, b, y)
+                return y
+
+            stage(["self_attn.o_proj"], o_input)
             for b in batches:
-                h[b] = dev(h[b]) + attn.o_proj(dev(a[b]))
+                x = dev(a[b]) if a is not None else o_input(b)
+                self._put(h, b, dev(h[b]) + attn.o_proj(x))
             a = None  # noqa: F841 - freed before the MLP's wider activations
             stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(dev(h[b])))
-            # down_proj's input is kept between its two uses when it fits (it is the widest
-            # activation), recomputed otherwise
-            width = mlp.down_proj.in_features
-            keep = (h.shape[0] * h.shape[1] * width * h.element_size() <= _KEEP_BYTES)
-            x3 = (torch.empty(*h.shape[:-1], width, dtype=h.dtype, device=h.device) if keep
-                  else None)
+            x3 = kept(mlp.down_proj.in_features)
 
             def down_input(b: slice) -> Any:
                 x = ln2(dev(h[b]))
                 y = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
                 if x3 is not None:
-                    x3[b] = y
+                    self._put(x3, b, y)
                 return y
 
             stage(["mlp.down_proj"], down_input)
             for b in batches:
-                h[b] = dev(h[b]) + mlp.down_proj(dev(x3[b]) if x3 is not None
-                                                 else down_input(b))
+                self._put(h, b, dev(h[b]) + mlp.down_proj(dev(x3[b]) if x3 is not None
+                                                          else down_input(b)))
         return stats
 
 
