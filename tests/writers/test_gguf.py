@@ -206,11 +206,28 @@ def test_writer_failure_leaves_nothing(tmp_path: Path) -> None:
         ([], [GGUFTensor("t", (4, 33), "Q8_0")], "not a multiple of the Q8_0 block size 32"),
         ([], [GGUFTensor("x" * 64, (4,), "F32")], "at most 63"),
         ([], [GGUFTensor("t", (1, 1, 1, 1, 1), "F32")], "5 dimensions"),
+        # an encoded array whose element type is not the declared one (INT32 = 5, not STRING)
+        ([GGUFKV("k", ["a"], GGUFValueType.ARRAY, GGUFValueType.STRING,
+                 b"\x05\x00\x00\x00" + bytes(8))], [], "does not hold"),
     ],
 )
 def test_writer_refuses_invalid_files(kvs, tensors, match) -> None:
     with pytest.raises(FormatError, match=match):
         gguf_file_size(kvs, tensors)
+
+
+def test_encoded_values_are_written_as_they_are(tmp_path: Path) -> None:
+    # a value copied from another GGUF keeps its bytes: the header holds the encoding given,
+    # not a re-encoding of the value (here they differ on purpose, to tell them apart)
+    enc = (int(GGUFValueType.STRING).to_bytes(4, "little") + (1).to_bytes(8, "little")
+           + (1).to_bytes(8, "little") + b"z")
+    kvs = [GGUFKV("x.tok", ["a"], GGUFValueType.ARRAY, GGUFValueType.STRING, enc),
+           GGUFKV("x.s", "b", GGUFValueType.STRING, None, (1).to_bytes(8, "little") + b"y")]
+    write_gguf(tmp_path / "x.gguf", kvs, [])
+    scan = scan_gguf(tmp_path / "x.gguf", keep_arrays=True)
+    assert scan.metadata == {"x.tok": ["z"], "x.s": "y"}
+    raw = (tmp_path / "x.gguf").read_bytes()
+    assert raw[slice(*scan.spans["x.tok"])] == enc
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +375,12 @@ def test_gguf_source_round_trip_is_exact(smol_files, tmp_path: Path) -> None:
         "tokenizer.ggml.bos_token_id",
     ):
         assert a[key] == b[key], key
+    # and every tokenizer value is copied byte for byte, as llama-quantize copies its KVs
+    sa, sb = scan_gguf(src_path), scan_gguf(out)
+    ra, rb = src_path.read_bytes(), out.read_bytes()
+    keys = [k for k in sa.spans if k.startswith("tokenizer.")]
+    assert len(keys) >= 6 and all(sb.types[k] == sa.types[k] for k in keys)
+    assert all(rb[slice(*sb.spans[k])] == ra[slice(*sa.spans[k])] for k in keys)
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class GGUFScan:
     alignment: int = 32
     # key -> (GGUF value type, array element type or None): lets a writer copy values verbatim
     types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    # key -> (start, end): file offsets of the value's encoding (after its type), so that a
+    # writer copies it byte for byte instead of encoding 10^5 vocabulary strings again
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class _Cursor:
@@ -198,7 +201,9 @@ def scan_gguf(path: str | os.PathLike[str], *, keep_arrays: bool = False) -> GGU
             cur.need(4, f"array type of {shown}")
             (etype,) = struct.unpack_from("<I", cur.buf, cur.pos)
         scan.types[key] = (vtype, etype)
+        start = cur.pos
         scan.metadata[key] = _value(cur, vtype, shown, keep_arrays)
+        scan.spans[key] = (start, cur.pos)
     align = scan.metadata.get("general.alignment", 32)
     if not isinstance(align, int) or align <= 0 or align & (align - 1):
         raise FormatError(f"{where}: general.alignment must be a power of two, got {align!r}")

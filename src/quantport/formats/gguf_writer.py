@@ -39,7 +39,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,17 @@ class GGUFKV:
         value: a Python scalar/str, or a sequence (list, tuple, 1-D ndarray) for arrays.
         type: the value type; ``GGUFValueType.ARRAY`` for arrays.
         array_type: the element type of an array (required for arrays, no nesting).
+        encoded: ``value`` already encoded as GGUF stores it after the type (an array's
+            element type, count and elements), e.g. copied from a source GGUF: written as
+            it is, which for a vocabulary saves encoding 10^5 strings again. It must encode
+            ``value``; only its element type is checked.
     """
 
     key: str
     value: Any
     type: GGUFValueType
     array_type: GGUFValueType | None = None
+    encoded: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,12 @@ def _kv_bytes(kv: GGUFKV) -> bytes:
     except ValueError:
         raise FormatError(f"{where}: unknown GGUF value type {kv.type!r}") from None
     out = _string(kv.key, "metadata key") + struct.pack("<I", int(vtype))
+    if kv.encoded is not None:
+        if vtype == GGUFValueType.ARRAY and (
+                kv.array_type is None or kv.encoded[:4] != struct.pack("<I", int(kv.array_type))):
+            raise FormatError(f"{where}: the encoded array does not hold {kv.array_type!r} "
+                              "elements")
+        return out + kv.encoded
     if vtype == GGUFValueType.STRING:
         return out + _string(kv.value, where)
     if vtype == GGUFValueType.ARRAY:

@@ -106,11 +106,14 @@ class GGUFSource:
             self._tokenizer_files = hf_tokenizer_from_gguf(self.metadata, str(self.path))
         return self._tokenizer_files
 
-    def gguf_tokenizer_kv(self) -> list[tuple[str, Any, int, int | None]]:
-        """The file's ``tokenizer.*`` metadata as ``(key, value, type, array_type)``, to copy
-        into a re-quantized GGUF unchanged (as llama-quantize copies every KV)."""
-        return [(k, v, *self._scan.types[k]) for k, v in self.metadata.items()
-                if k.startswith("tokenizer.")]
+    def gguf_tokenizer_kv(self) -> list[tuple[str, Any, int, int | None, bytes]]:
+        """The file's ``tokenizer.*`` metadata as ``(key, value, type, array_type, encoded)``,
+        to copy into a re-quantized GGUF unchanged (as llama-quantize copies every KV);
+        ``encoded`` is the value's bytes in this file (after its type), written as they are."""
+        whole = self._map.whole()
+        spans = self._scan.spans
+        return [(k, v, *self._scan.types[k], whole[spans[k][0]:spans[k][1]].tobytes())
+                for k, v in self.metadata.items() if k.startswith("tokenizer.")]
 
     def names(self) -> list[str]:
         """HF tensor names in file order."""

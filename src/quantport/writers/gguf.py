@@ -263,8 +263,8 @@ def gguf_metadata(
     copy_kv = getattr(source, "gguf_tokenizer_kv", None)
     if copy_kv is not None:
         # GGUF in, GGUF out: keep the source vocabulary exactly, with its value types
-        kv += [GGUFKV(k, v, GGUFValueType(t), None if e is None else GGUFValueType(e))
-               for k, v, t, e in copy_kv()]
+        kv += [GGUFKV(k, v, GGUFValueType(t), None if e is None else GGUFValueType(e), raw)
+               for k, v, t, e, raw in copy_kv()]
         return kv
     model_dir = source.path if source.path.is_dir() else None
     vocab = vocab_from_hf(source.tokenizer_files, cfg, arch=arch.gguf_arch, model_dir=model_dir)
