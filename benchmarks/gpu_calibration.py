@@ -258,6 +258,8 @@ def inner_quantport(a: argparse.Namespace) -> dict:
 
         device.ACTIVATION_SHARE = a.act_share
     prof = timeline = None
+    if a.timeline:  # the log's records with their times and GPU memory (costs nothing)
+        timeline = _Timeline(Path(a.timeline))
     if a.profile:  # a diagnostic run: cProfile and a timeline of the log (slower)
         import cProfile
 
@@ -286,6 +288,7 @@ def inner_quantport(a: argparse.Namespace) -> dict:
                         "sympy/__init__", "compressed_tensors/__init__"):
                 st.print_callers(pat)
             (Path(a.profile) / "profile.txt").write_text(buf.getvalue())
+        if timeline is not None:
             timeline.close()
     return {"quant_s": time.perf_counter() - t, "args": " ".join(args)}
 
@@ -476,6 +479,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         cmd += ["--calib-dtype", a.calib_dtype]
     if a.profile:
         cmd += ["--profile", a.profile]
+    if a.timeline:
+        cmd += ["--timeline", a.timeline]
     if a.act_share is not None:
         cmd += ["--act-share", str(a.act_share)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -631,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--act-share", type=float, default=None,
                        help="quantport only, diagnostic: quantport.pipeline.device."
                             "ACTIVATION_SHARE (0 keeps the activations on the host)")
+        p.add_argument("--timeline", default=None,
+                       help="quantport only: write its log records with times and GPU memory "
+                            "to this file")
         p.add_argument("--profile", default=None,
                        help="quantport only: cProfile and a log timeline with GPU memory into "
                             "this directory (a diagnostic run, not a timed one)")

@@ -336,14 +336,41 @@ def gram(x2: Any) -> Any:
     bfloat16 (the CPU's AMX units, the GPU's tensor cores); on CUDA the product is taken in
     float32 straight from the tensor cores' accumulators (``torch.mm(..., out_dtype=)``)
     instead of being rounded to bfloat16 first."""
+    return gram2(x2, x2)
+
+
+#: columns of one product in :func:`add_gram` on a GPU
+_GRAM_COLS = 2048
+
+
+def add_gram(acc: Any, x2: Any) -> Any:
+    """``acc += x2ᵀ x2`` (float32 ``[n, n]``; None: a new sum), one batch's term of the
+    Hessian (:func:`gram`). On a GPU the product is taken :data:`_GRAM_COLS` columns at a
+    time, so a wide input (down_proj's 14336) needs no second ``n x n`` matrix besides the
+    sum."""
     import torch
 
-    if x2.device.type == "cuda" and x2.dtype in (torch.bfloat16, torch.float16):
+    n = x2.shape[1]
+    if x2.device.type != "cuda" or n <= _GRAM_COLS:
+        part = gram(x2)
+        return part if acc is None else acc.add_(part)
+    if acc is None:
+        acc = torch.zeros(n, n, dtype=torch.float32, device=x2.device)
+    for c in range(0, n, _GRAM_COLS):
+        acc[:, c:c + _GRAM_COLS] += gram2(x2, x2[:, c:c + _GRAM_COLS])
+    return acc
+
+
+def gram2(a: Any, b: Any) -> Any:
+    """``aᵀ b`` in float32, as :func:`gram` takes ``x2ᵀ x2``."""
+    import torch
+
+    if a.device.type == "cuda" and a.dtype in (torch.bfloat16, torch.float16):
         try:
-            return torch.mm(x2.T, x2, out_dtype=torch.float32)
+            return torch.mm(a.T, b, out_dtype=torch.float32)
         except (TypeError, RuntimeError, NotImplementedError):  # a torch without out_dtype
             pass
-    return (x2.T @ x2).to(torch.float32)
+    return (a.T @ b).to(torch.float32)
 
 
 def hessian_out(xtx: Any, n: int) -> tuple[Any, np.ndarray]:
@@ -353,7 +380,10 @@ def hessian_out(xtx: Any, n: int) -> tuple[Any, np.ndarray]:
     ``H`` is computed in float32, the precision the cache stores (a cached run rounds exactly
     as this one); then float64 numpy on the CPU, or the float32 tensor left on a GPU (GPTQ runs
     there and makes its own float64 copy, see :class:`quantport.pipeline.device.TorchOps`)."""
-    h32 = xtx * (2.0 / n)
+    import torch
+
+    with torch.inference_mode():  # the sums are inference tensors (made in the forward passes)
+        h32 = xtx.mul_(2.0 / n)  # in place: the sum is not used again (one n x n less)
     sq = _host(h32.diagonal()) / 2
     return (h32.numpy().astype(np.float64) if h32.device.type == "cpu" else h32), sq
 
@@ -418,7 +448,7 @@ class _Accumulator:
         if s["H"] is not None:
             # the reference's add_batch: H += X Xᵀ (scaled by 2/n at the end). A bfloat16 run
             # multiplies in bfloat16 (AMX) and adds each batch's product in float32.
-            s["H"] += gram(x2)
+            s["H"] = add_gram(s["H"], x2)
         else:  # mean x² is diag(H)/2 when H is collected
             s["sq"] += x2.float().square().sum(0, dtype=torch.float64)
         if self.activations:
@@ -492,6 +522,7 @@ class LayerwiseModel:
             with contextlib.suppress(AttributeError, RuntimeError):
                 torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         self.act_device = self.device
+        self._spare: Any = None  # pinned host buffer of :meth:`evicted`
         self.batch_tokens = _BATCH_TOKENS if self.device.type == "cpu" else _GPU_BATCH_TOKENS
         # weights stay float32 (they are what gets rounded and written); a bfloat16 run casts
         # them per matmul under autocast, where the CPU's bf16 units (AMX) are several times
@@ -542,6 +573,34 @@ class LayerwiseModel:
     def _dev(self, x: Any) -> Any:
         """``x`` on the compute device (a batch of host-kept activations)."""
         return x if x.device == self.device else x.to(self.device, non_blocking=True)
+
+    @contextlib.contextmanager
+    def evicted(self, h: Any, need: int) -> Iterator[None]:
+        """GPU-kept activations ``h`` moved to pinned host memory for the duration of the
+        block when the block needs more GPU memory (``need`` bytes: GPTQ's ``n x n``
+        matrices) than ``h`` takes; back in place afterwards (the same tensor object: its
+        storage is freed and re-allocated, as FSDP frees parameters).
+
+        GPU memory is then set by one layer's work, not by that work plus the activations:
+        an 8B model's down_proj (n = 14336: three 0.8 GiB matrices) runs while the
+        ``[128, 2048, 4096]`` activations (2 GiB) wait on the host. The two copies cost
+        about 0.1 s a layer; smaller roundings run with the activations left in place."""
+        torch = self.torch
+        nbytes = h.numel() * h.element_size()
+        if h.device.type != "cuda" or need <= nbytes:
+            yield
+            return
+        if self._spare is None or self._spare.shape != h.shape:
+            self._spare = torch.empty(h.shape, dtype=h.dtype, pin_memory=True)
+        host = self._spare
+        host.copy_(h, non_blocking=True)
+        # stream-ordered: memory freed here is reused only by work queued after the copy
+        h.untyped_storage().resize_(0)
+        try:
+            yield
+        finally:
+            h.untyped_storage().resize_(nbytes)
+            h.copy_(host, non_blocking=True)
 
     def _put(self, buf: Any, b: slice, y: Any) -> None:
         """``buf[b] = y``. A GPU result going into host-kept activations (pinned) is copied
@@ -626,6 +685,9 @@ class LayerwiseModel:
         """Layer ``i`` with its weights read from the source (float32, or ``dtype``)."""
         torch = self.torch
         layer = self.layers[i].to_empty(device=self.device)
+        # no gradients: autocast would otherwise keep a bfloat16 copy of every weight it casts
+        # (its cache holds casts of leaves that require grad) until the forward passes end
+        layer.requires_grad_(False)
         with torch.no_grad():
             for name, p in layer.named_parameters():
                 p.copy_(self._tensor(f"{self.prefix}{i}.{name}"))
@@ -786,17 +848,18 @@ class LayerwiseModel:
         def stage(names: list[str], inputs: Callable[[slice], Any]) -> None:
             hess, n = None, 0
             for b in batches:
-                x = inputs(b)
-                x2 = x.reshape(-1, x.shape[-1])
-                part = gram(x2)
-                hess = part if hess is None else hess.add_(part)
+                x2 = inputs(b)
+                x2 = x2.reshape(-1, x2.shape[-1])
+                hess = add_gram(hess, x2)
                 n += x2.shape[0]
+            del x2  # the last batch's input: freed before GPTQ's matrices are made
             assert hess is not None
             h64, sq = hessian_out(hess, n)
             del hess
             full = [f"{p}{m}.weight" for m in names]
             stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq))
-            quantize(full, h64)
+            with self.evicted(h, 3 * h64.shape[0] ** 2 * 4):
+                quantize(full, h64)
 
         class _Stop(Exception):
             pass
