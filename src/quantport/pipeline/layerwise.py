@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -519,7 +520,9 @@ class LayerwiseModel:
             # that fragment the caching allocator's fixed segments (reserved memory well above
             # what is in use); segments that grow and shrink keep the two close. A setting the
             # user gave in PYTORCH_CUDA_ALLOC_CONF wins.
-            with contextlib.suppress(AttributeError, RuntimeError):
+            with contextlib.suppress(AttributeError, RuntimeError), warnings.catch_warnings():
+                # torch 2.11 marks this name deprecated (FutureWarning) but still honours it
+                warnings.simplefilter("ignore", FutureWarning)
                 torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         self.act_device = self.device
         self._spare: Any = None  # pinned host buffer of :meth:`evicted`
