@@ -184,6 +184,58 @@ def test_w8a8_runs_int8_gemms(exports, tiny_llama: Path, tmp_path: Path) -> None
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
+def test_w8a8_gemms_take_uint8_weights(exports) -> None:
+    """MLAS multiplies uint8 by int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16
+    pair sums saturate: SmolLM2's W8A8 graph gave KLD 10 against its source on such a machine.
+    Every MatMulInteger of the graph must get its int8 codes as uint8 (+128, zero point +128),
+    which MLAS multiplies exactly (U8U8)."""
+    import onnx
+
+    m = onnx.load(str(exports[("w8a8", "qdq")] / "model.onnx"), load_external_data=False)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    mmi = [n for n in m.graph.node if n.op_type == "MatMulInteger"]
+    assert mmi
+    for n in mmi:
+        for i in (1, 3):  # B and its zero point
+            p = producers[n.input[i]]
+            assert p.op_type == "Cast" and p.attribute[0].i == onnx.TensorProto.UINT8, n.name
+
+
+def test_uint8_weights_are_exact_where_int8_saturates() -> None:
+    """The pattern test_w8a8_gemms_take_uint8_weights checks for, run by ORT on inputs that
+    saturate a uint8 x int8 kernel (adjacent activations and codes near their maxima): the
+    product is exact. The int8 weights alone are exact only on CPUs with VNNI."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n, m = 64, 8, 4
+    w = np.full((k, n), 127, np.int8)
+    w[:, 1::2] = -127
+    x = np.zeros((1, m, k), np.float32)
+    x[..., :] = 1.0
+    x[0, 0, 0] = -1.0  # a negative value: the zero point is 1, the others quantize to 255
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.INT16),
+             helper.make_node("Add", ["w16", "c128"], ["wu16"]),
+             helper.make_node("Cast", ["wu16"], ["wu"], to=TensorProto.UINT8),
+             helper.make_node("MatMulInteger", ["xq", "wu", "xz", "zu"], ["y"])]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, m, n])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.int16), "c128"),
+         numpy_helper.from_array(np.array(128, np.uint8), "zu")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    y = ort.InferenceSession(model.SerializeToString(),
+                             providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # DynamicQuantizeLinear as the ONNX spec defines it, then the integer product
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = np.float32((hi - lo) / 255)
+    zp = np.clip(np.round(-lo / scale), 0, 255)
+    xq = np.clip(np.round(x / scale) + zp, 0, 255)
+    ref = (xq - zp).astype(np.int64) @ w.astype(np.int64)
+    assert np.array_equal(y, ref)
+
+
 def test_genai_greedy_generation_equals_transformers(exports, tiny_llama: Path) -> None:
     og = pytest.importorskip("onnxruntime_genai")
     import torch

@@ -194,10 +194,23 @@ class _Builder:
         # com.microsoft DynamicQuantizeMatMul at the extended level
         q, s, z = (self.init(i.name) for i in st.inits)
         xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
+        # the stored int8 codes (and zero points) + 128, as uint8: MLAS multiplies uint8 by
+        # int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16 pair sums saturate (ORT's
+        # quantization docs, "saturation"; here, AVX2 only: a 576 x 960 product off by 16% of
+        # its range), while uint8 by uint8 (its U8U8 kernel) is exact on every CPU. The
+        # product is the same: (x - xz)(q + 128 - (z + 128)). ORT folds the conversion of the
+        # initializers when it loads the graph (constant folding), so it costs no run time.
+        q, z = self._to_u8(q), self._to_u8(z)
         acc = self.op("MatMulInteger", [xq, q, xz, z])
         f = self.op("Cast", [acc], {"to": ir.DataType.FLOAT})
         scale = self.op("Mul", [xs, s])
         return self.op("Mul", [f, scale], name=st.name)
+
+    def _to_u8(self, v: ir.Value) -> ir.Value:
+        """int8 ``v`` + 128 as uint8 (exact: -128..127 -> 0..255)."""
+        w = self.op("Cast", [v], {"to": ir.DataType.INT16})
+        w = self.op("Add", [w, self.const(np.array(128, np.int16))])
+        return self.op("Cast", [w], {"to": ir.DataType.UINT8})
 
     def embedding(self, ids: ir.Value, name: str) -> ir.Value:
         """Rows of a token table: Gather, or GatherBlockQuantized of the packed table."""

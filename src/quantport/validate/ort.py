@@ -150,14 +150,26 @@ def dynamic_quant_weights(model: Any) -> list[str]:
             fused = places.get(i)
             owner.setdefault(fused[0] if fused else i, set()).add(hf)
     producers = {o: n for n in model.graph.node for o in n.output}
+
+    def weight(name: str) -> set[str]:
+        # the initializer behind a MatMul input, through the int8 -> uint8 conversion
+        # (Cast, Add, Cast) quantport's writer puts in front of MatMulInteger
+        seen = 0
+        while name not in owner and name in producers and seen < 4:
+            p = producers[name]
+            if p.op_type not in ("Cast", "Add") or not p.input:
+                break
+            name, seen = p.input[0], seen + 1
+        return owner.get(name, set())
+
     out = set()
     for n in model.graph.node:
         if n.op_type == "MatMulInteger" and len(n.input) > 1:
             src = producers.get(n.input[0])
             if src is not None and src.op_type == "DynamicQuantizeLinear":
-                out |= owner.get(n.input[1], set())
+                out |= weight(n.input[1])
         elif n.op_type == "DynamicQuantizeMatMul" and len(n.input) > 1:
-            out |= owner.get(n.input[1], set())
+            out |= weight(n.input[1])
     return sorted(out)
 
 
