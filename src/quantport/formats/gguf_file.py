@@ -96,27 +96,50 @@ def _shown(s: str) -> str:
 
 
 def _strings(cur: _Cursor, count: int, key: str) -> list[str]:
-    """``count`` length-prefixed UTF-8 strings: :meth:`_Cursor.string` inlined, since a
-    vocabulary holds ~10^5 of them (same bounds checks, a third of the time)."""
-    buf, pos, end, out = cur.buf, cur.pos, len(cur.buf), []
+    """``count`` length-prefixed UTF-8 strings (the bounds checks of :meth:`_Cursor.string`).
+
+    A vocabulary holds ~10^5 of them, so only the walk over their lengths is a Python loop:
+    the strings are then decoded in one call, each length prefix replaced by a NUL
+    separator, and split (separated, an invalid string cannot borrow bytes from its
+    neighbour, so the whole is valid UTF-8 exactly when every string is). Measured on
+    SmolLM2's 49152 tokens: 14 ms instead of 33 ms decoding each string on its own.
+    """
+    buf, start, end = cur.buf, cur.pos, len(cur.buf)
     unpack = struct.Struct("<Q").unpack_from
-    try:
+    pos = start
+    starts: list[int] = []  # where each string's bytes begin
+    append = starts.append
+    try:  # bounds checked once afterwards: unpack_from refuses to read past the end
         for _ in range(count):
-            if pos + 8 > end:
-                break
             (n,) = unpack(buf, pos)
             pos += 8
-            if pos + n > end:
-                pos -= 8
-                break
-            out.append(str(buf[pos : pos + n], "utf-8"))
+            append(pos)
             pos += n
+    except (struct.error, OverflowError):  # an offset past the end, or past any buffer
+        pos = end + 1
+    if pos > end:  # truncated: find the first string that does not fit, let the cursor say so
+        cur.pos = start
+        for _ in range(count):
+            cur.string(f"element of {key}")
+        raise AssertionError("unreachable: a string above runs past the end")  # pragma: no cover
+    cur.pos = pos
+    if not count:
+        return []
+    s = np.asarray(starts, dtype=np.int64) - start
+    region = np.frombuffer(buf, dtype=np.uint8, count=pos - start, offset=start)
+    keep = np.ones(pos - start, dtype=bool)
+    keep[(s[:, None] - np.arange(1, 8)).ravel()] = False  # 7 of each prefix's 8 bytes
+    packed = region[keep]
+    packed[s - 8 - 7 * np.arange(count)] = 0  # and its first byte becomes the separator
+    try:
+        out = packed.tobytes().decode("utf-8").split("\0")
     except UnicodeDecodeError as exc:
         raise FormatError(f"{cur.where}: element of {key} is not valid UTF-8") from exc
-    cur.pos = pos
-    if len(out) < count:  # let the cursor word the truncation error
-        cur.string(f"element of {key}")
-    return out
+    if len(out) == count + 1:
+        return out[1:]
+    # a string holds NUL itself: decode them one by one (all are valid UTF-8, checked above)
+    ends = [*(b - 8 for b in starts[1:]), pos]
+    return [str(buf[a:b], "utf-8") for a, b in zip(starts, ends, strict=True)]
 
 
 def _value(cur: _Cursor, vtype: int, key: str, keep_arrays: bool) -> Any:
