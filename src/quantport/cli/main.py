@@ -8,8 +8,10 @@ One module per command (``convert.py``, ``validate.py``); the small ones live he
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,7 +23,23 @@ from quantport.cli.validate import validate
 __all__ = ["cli"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``quantport`` group as the console script calls it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.main(*args, **kwargs)
+        finally:
+            # The process ends here: what is still alive is frozen out of the garbage
+            # collector, whose full collections during the interpreter's teardown would
+            # otherwise walk every imported module's objects again (measured: 0.15-0.19 s
+            # of a 2.8 s conversion, 0.03 s with this). Objects are still freed; only
+            # reference cycles left at exit stay uncollected, which at exit changes nothing.
+            # (Tests call cli.main through CliRunner: their process is left alone.)
+            gc.freeze()
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quantport")
 def cli() -> None:
     """Quantize model checkpoints for llama.cpp, ONNX Runtime and transformers, and prove the
