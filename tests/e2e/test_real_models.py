@@ -93,3 +93,35 @@ def test_gguf_to_dense_safetensors(tmp_path, smollm2_gguf):
 
     m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert m.config.tie_word_embeddings and m.model.embed_tokens.weight.shape == (49152, 576)
+
+
+def test_smollm2_w8a8_onnx_correctness(tmp_path, default_model_dir):
+    """SmolLM2's unsmoothed W8A8 graph quantizes outlier-heavy activations per tensor, which
+    turns float rounding into whole quantization steps: ORT and quantport's forward of the
+    same weights part by as much as that forward does from itself in float64 (KLD about
+    0.28), and validate's correctness limits widen to twice that. They still catch a graph
+    that computes something else: layers 0 and 1 reading each other's weights."""
+    import shutil
+
+    import onnx
+
+    from quantport.validate.runner import validate
+
+    d = tmp_path / "w8a8"
+    res = run("convert", default_model_dir, "--to", "onnx", "--quant", "w8a8", "-o", d, "-q")
+    assert res.exit_code == 0, res.output
+    rep = validate(d, default_model_dir, ctx=256, n_windows=2, threads=2, n_generate=0)
+    checks = {c["name"]: c for c in rep.checks}
+    assert checks["weights_kld_mean"]["passed"] is True, checks["weights_kld_mean"]
+    assert rep.extra["ir_float64_kld_mean"] > 0.0
+    bad = tmp_path / "w8a8-bad"
+    shutil.copytree(d, bad)
+    m = onnx.load(str(bad / "model.onnx"), load_external_data=False)
+    mmi = [n for n in m.graph.node if n.op_type == "MatMulInteger"]
+    per = len(mmi) // 30  # the same products in each of SmolLM2's 30 layers
+    for a, b in zip(mmi[:per], mmi[per:2 * per], strict=True):
+        a.input[1], b.input[1] = b.input[1], a.input[1]
+    onnx.save(m, str(bad / "model.onnx"))
+    rep = validate(bad, default_model_dir, ctx=256, n_windows=2, threads=2, n_generate=0)
+    checks = {c["name"]: c for c in rep.checks}
+    assert checks["weights_kld_mean"]["passed"] is False, checks["weights_kld_mean"]

@@ -335,6 +335,8 @@ class TransformersLM:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise QuantportError(f"{path}: transformers cannot load it ({first})") from exc
         self.model = model
+        #: Linear layers whose input is quantized at run time (:meth:`quantize_inputs`)
+        self.quantized_inputs = 0
         self.model.eval()
         self.causal = causal
 
@@ -424,7 +426,18 @@ class TransformersLM:
             if isinstance(m, torch.nn.Linear):
                 m.register_forward_pre_hook(hook)
                 n += 1
+        self.quantized_inputs += n
         return n
+
+    def logits64(self, windows: list[np.ndarray], firsts: list[int]) -> list[Any]:
+        """:meth:`logits` of each window with the model in float64 (then float32 again): the
+        same arithmetic rounded less, to measure how much this forward amplifies float32
+        rounding (see :func:`_causal`)."""
+        self.model.double()
+        try:
+            return [self.logits(w, f) for w, f in zip(windows, firsts, strict=True)]
+        finally:
+            self.model.float()
 
     def generate(self, ids: np.ndarray, n: int) -> tuple[list[int], np.ndarray]:
         """Greedy decoding of ``n`` tokens after ``ids`` through transformers' KV cache.
@@ -469,7 +482,8 @@ def dynamic_quantize(x: Any) -> Any:
     ``q = saturate(round(x / scale) + zp)``, rounding half to even."""
     import torch
 
-    xf = x.float()
+    # float32 as the spec; a float64 forward (TransformersLM.logits64) keeps float64
+    xf = x if x.dtype == torch.float64 else x.float()
     lo = torch.clamp(xf.min(), max=0.0)
     hi = torch.clamp(xf.max(), min=0.0)
     scale = (hi - lo) / 255.0
@@ -929,6 +943,7 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
         tok_check = _token_check(refs, runtime_ids, n, tok, why)
     quality = LogitStats()
     weights = LogitStats()
+    floor = LogitStats()  # quantport's forward in float64 against itself in float32 (W8A8)
     for i, w in enumerate(windows):
         first = len(w) // 2
         target = w[first + 1 :]
@@ -945,13 +960,36 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
             with timer("forward_weights"):
                 q = ir.logits(w, first)[:-1]
             with timer("metrics"):
-                weights.add(log_softmax(q), lp_a, target, q, a, top_art=top_a)
+                lp_q = log_softmax(q)
+                weights.add(lp_q, lp_a, target, q, a, top_art=top_a)
+            if getattr(ir, "quantized_inputs", 0):
+                with timer("forward_weights"):
+                    q64 = ir.logits64([w], [first])[0][:-1]
+                floor.add(log_softmax(q64), lp_q, target)
         if on_progress:
             on_progress("validate", i + 1, len(windows))
     m = quality.summary()
     report = ValidationReport(str(art_path), "", runtime, True, **m, n_windows=len(windows),
                               window=ctx)
     checks = [tok_check]
+    max_kld, min_top1, why = cl.max_kld, cl.min_top1, ""
+    if ir is not None and getattr(ir, "quantized_inputs", 0):
+        # A graph that quantizes its activations per tensor at run time (W8A8) turns float
+        # rounding into whole quantization steps: a sum that lands on the other side of a
+        # rounding boundary moves a value by one step (over 20 for SmolLM2's down_proj
+        # inputs), and the steps compound over the layers. The runtime's float32 kernels and
+        # quantport's torch forward sum in different orders, so they part by as much as this
+        # same forward does from itself in float64 (measured: KLD 0.28 both ways on SmolLM2,
+        # while each layer on the same input agrees to 1e-6). The limits widen to twice that
+        # floor; a wrong weight or layout still costs nats (KLD 10 for a saturating kernel).
+        fm = floor.summary()
+        if 2 * fm["kld_mean"] > max_kld:
+            max_kld = 2 * fm["kld_mean"]
+            min_top1 = min(min_top1, 1 - 2 * (1 - fm["top1_agreement"]))
+            why = (f"; limits widened to twice the float32-vs-float64 difference of that "
+                   f"forward itself (KLD {fm['kld_mean']:.3g}, top-1 "
+                   f"{fm['top1_agreement']:.3g}): the graph quantizes activations per tensor "
+                   "at run time, which amplifies float rounding")
     if ir is not None:
         wm = weights.summary()
         # the runtime against quantport's torch forward of the very weights the artifact holds
@@ -962,11 +1000,15 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
             "ir_max_abs_logit_diff": wm["max_abs_logit_diff"],
             "ir_ppl": wm["ppl_reference"],
         }
+        if floor.n:
+            fm = floor.summary()
+            report.extra["ir_float64_kld_mean"] = fm["kld_mean"]
+            report.extra["ir_float64_top1_agreement"] = fm["top1_agreement"]
         checks += [
-            Check.of("weights_kld_mean", CORRECTNESS, wm["kld_mean"], cl.max_kld, "<=",
-                     "runtime vs quantport's forward of the artifact's weights"),
-            Check.of("weights_top1_agreement", CORRECTNESS, wm["top1_agreement"], cl.min_top1,
-                     ">=", "runtime vs quantport's forward of the artifact's weights"),
+            Check.of("weights_kld_mean", CORRECTNESS, wm["kld_mean"], max_kld, "<=",
+                     "runtime vs quantport's forward of the artifact's weights" + why),
+            Check.of("weights_top1_agreement", CORRECTNESS, wm["top1_agreement"], min_top1,
+                     ">=", "runtime vs quantport's forward of the artifact's weights" + why),
         ]
     else:
         checks.append(Check("weights_kld_mean", CORRECTNESS, None, cl.max_kld, "<=", None,
