@@ -257,3 +257,22 @@ def test_thresholds_follow_precision(tiny_llama, tmp_path):
     assert loose.max_kld > Thresholds.for_bits(4).max_kld > tight.max_kld
     assert loose.min_top1 < tight.min_top1
     assert Thresholds.for_bits(4).override(max_kld=0.1, min_top1=None).max_kld == 0.1
+
+
+def test_progress_bars(capsys):
+    from quantport.cli._common import Bars
+
+    bars = Bars(quiet=False)
+    bars("write", 3_500_000, 104_000_000)
+    bars("write", 3_600_000, 104_000_000)  # within 0.25 s of the first: not redrawn
+    bars("validate", 1, 8)
+    drawn = capsys.readouterr().err.split("\r")
+    assert drawn[1].startswith("write:   3%|") and "3.50M/104M" in drawn[1], drawn
+    assert drawn[2].startswith("validate:  12%|") and " 1/8 " in drawn[2], drawn
+    bars("write", 104_000_000, 104_000_000)  # a phase that ends erases its line
+    bars.close()  # and so does closing the others
+    erased = capsys.readouterr().err.split("\r")
+    assert [s.strip() for s in erased] == [""] * 5, erased
+    quiet = Bars(quiet=True)
+    quiet("write", 1, 2)
+    assert capsys.readouterr().err == ""
