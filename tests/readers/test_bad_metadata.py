@@ -162,6 +162,31 @@ def test_gguf_tensor_names_that_alias_or_exceed_layers(tmp_path, name):
     _one_line(ei.value, str(p))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("key", "value", "atype"), [
+    ("tokenizer.ggml.merges", ["x y"], S),  # a merge of no tokens
+    ("tokenizer.ggml.tokens", [b"\xff"] + tiny.TOKENS[1:], S),  # a token that is not UTF-8
+    ("tokenizer.ggml.token_type", [1] * (_N - 1), I32),  # shorter than the tokens
+])
+def test_gguf_to_gguf_refuses_the_bad_vocabulary_it_would_copy(tmp_path, monkeypatch, key,
+                                                                 value, atype, threads):
+    # GGUF -> GGUF copies the vocabulary's bytes and checks it while the workers quantize
+    # (GGUFSource.verify): the conversion still refuses it and leaves nothing; so does a dry run
+    from quantport.pipeline import convert, execute, make_recipe
+
+    monkeypatch.setattr(execute, "CHUNK_ELEMS", 1000)  # the tiny model in parallel workers
+    monkeypatch.setattr(execute, "_PARALLEL_MIN_ELEMS", 0)
+    p = tiny.write_tiny_gguf(tmp_path / "bad.gguf", tiny.replace_meta(key, value, A, atype))
+    out = tmp_path / "out" / "x.gguf"
+    out.parent.mkdir()
+    for dry_run in (False, True):
+        with pytest.raises(FormatError) as ei:
+            convert(open_path(p), make_recipe("gguf", "Q8_0"), out, threads=threads,
+                    dry_run=dry_run)
+        _one_line(ei.value, str(p), key)
+        assert list(out.parent.iterdir()) == []
+
+
 def test_gguf_special_id_outside_vocab_is_ignored(tmp_path):
     # llama.cpp: "bad special token ... using default id"; not an error
     p = tiny.write_tiny_gguf(tmp_path / "ok.gguf",

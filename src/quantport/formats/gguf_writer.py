@@ -102,7 +102,8 @@ class GGUFKV:
 
     Attributes:
         key: the key, e.g. ``"llama.context_length"``.
-        value: a Python scalar/str, or a sequence (list, tuple, 1-D ndarray) for arrays.
+        value: a Python scalar/str, or a sequence (list, tuple, 1-D ndarray) for arrays; may
+            be None when ``encoded`` gives its bytes.
         type: the value type; ``GGUFValueType.ARRAY`` for arrays.
         array_type: the element type of an array (required for arrays, no nesting).
         encoded: ``value`` already encoded as GGUF stores it after the type (an array's

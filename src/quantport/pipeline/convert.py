@@ -148,6 +148,7 @@ def convert(
         # GPTQ & co. collect their own statistics layer by layer (pipeline/calibrated.py);
         # the recipe's calibration text is theirs, not an importance matrix's
         plan = writer.plan(source, recipe, imatrix)
+        source.verify()  # what the reader postponed: the layer-by-layer stage has no idle core
         if dry_run:
             return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
         writer.check_output(out_path)
@@ -170,6 +171,7 @@ def convert(
         elif imatrix is None:
             imatrix = _imatrix(source, recipe, on_progress)
         plan = writer.plan(source, recipe, imatrix)
+        source.verify()  # a dry run refuses what the conversion would refuse
         return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
     writer.check_output(out_path)
     check_output(out_path, force)
@@ -182,8 +184,10 @@ def convert(
     plan = writer.plan(source, recipe, imatrix)
     importance = writer.importance(plan, imatrix)
     with writer.open(out_path, source, plan) as sink:
+        # the reader's postponed checks (a GGUF's vocabulary, which a GGUF output copies) run
+        # here while the workers quantize, and always before the artifact is committed
         execute(source, plan, sink, importance=importance, workers=threads,
-                on_progress=on_progress)
+                on_progress=on_progress, meanwhile=source.verify)
     return ConvertReport(out_path, plan, time.perf_counter() - t0, False, imatrix)
 
 

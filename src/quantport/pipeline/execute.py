@@ -172,6 +172,7 @@ def execute(
     workers: int | None = None,
     on_progress: Progress | None = None,
     only: Collection[int] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """Compute every planned tensor by round-to-nearest and put it into ``sink``.
 
@@ -183,6 +184,9 @@ def execute(
         workers: processes to use; default :func:`default_workers`. 1 runs in order here.
         on_progress: ``on_progress("write", bytes_done, bytes_total)``.
         only: compute just these plan rows (a calibrated method computes the others).
+        meanwhile: work of this process to do while the workers compute (a source's
+            postponed checks, :meth:`ModelSource.verify`); what it raises stops them. With
+            one process it runs first.
     """
     cfg = source.config
     n_head = int(cfg.get("num_attention_heads") or 1)
@@ -194,8 +198,10 @@ def execute(
     big = sum(t.elems for t in tasks) >= _PARALLEL_MIN_ELEMS
     if n > 1 and big and len(tasks) > 1 and parallel_supported():
         log.info("quantizing in %d worker processes", n)
-        _run_parallel(job, min(n, len(tasks)), total, on_progress)
+        _run_parallel(job, min(n, len(tasks)), total, on_progress, meanwhile)
         return
+    if meanwhile is not None:
+        meanwhile()
     done = 0
     for k in range(len(tasks)):
         done += _run_task(job, k)
@@ -273,7 +279,8 @@ def _worker_main(order: Sequence[int], claim: Any, out: Any, out_lock: Any) -> N
             out.send_bytes(b"E" + pickle.dumps(_portable(exc, name)))
 
 
-def _run_parallel(job: _Job, processes: int, total: int, on_progress: Progress | None) -> None:
+def _run_parallel(job: _Job, processes: int, total: int, on_progress: Progress | None,
+                  meanwhile: Callable[[], None] | None = None) -> None:
     global _JOB
     import multiprocessing
 
@@ -294,6 +301,8 @@ def _run_parallel(job: _Job, processes: int, total: int, on_progress: Progress |
                 procs.append(p)
                 p.start()
             writer.close()  # the workers hold it now
+            if meanwhile is not None:
+                meanwhile()
             _collect(job, reader, procs, len(order), total, on_progress)
             ok = True
         finally:

@@ -12,7 +12,7 @@ from quantport.architectures import apply_edit, for_gguf
 from quantport.architectures.config import check_config, optional_str
 from quantport.errors import ConfigError, FormatError, UnsupportedArchitectureError
 from quantport.formats._io import ReadMap
-from quantport.formats.gguf_file import GGUFTensorInfo, read_tensor, scan_gguf
+from quantport.formats.gguf_file import GGUFTensorInfo, decode_deferred, read_tensor, scan_gguf
 from quantport.ir import QuantizedTensor, dequantize
 from quantport.readers.tokenizer import check_gguf_vocab, hf_tokenizer_from_gguf
 
@@ -30,21 +30,25 @@ class GGUFSource:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         where = str(self.path)
-        # one validating pass reads everything (gguf.GGUFReader re-parses 98k vocabulary
-        # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor()
-        scan = scan_gguf(self.path, keep_arrays=True)
+        # one validating pass reads the header (gguf.GGUFReader re-parses 98k vocabulary
+        # strings in ~3 s); tensors are then memory-mapped one at a time by read_tensor().
+        # The vocabulary's string arrays are bounds-checked but decoded and checked only when
+        # first needed (metadata, tokenizer_files) or by verify(): a GGUF -> GGUF conversion
+        # copies their bytes and verifies them while its workers quantize (~0.1 s for
+        # SmolLM2's 98k strings, off the path before the workers start)
+        scan = scan_gguf(self.path, keep_arrays=True, defer_strings="tokenizer.")
         self._scan = scan
         self._map = ReadMap(self.path)
         self._infos = {t.name: t for t in scan.tensors}
-        self.metadata = m = scan.metadata
+        self._meta = m = scan.metadata  # all but the deferred string arrays
+        self._metadata: dict[str, Any] | None = None  # all of it, once verified
         self.gguf_types = {t.name: t.type_name for t in scan.tensors}
         self.architecture = arch = for_gguf(m.get("general.architecture"), where)
         assert arch.from_gguf is not None, "for_gguf returns importable architectures"
         optional_str(m, "general.name", where)
-        # the vocabulary is checked here, not when tokenizer_files is first built: GGUF -> GGUF
-        # conversion copies it verbatim, so a corrupt one must not get that far
+        # the vocabulary's other values now (its string arrays are verify()'s)
         check_gguf_vocab(m, where)
-        tokens = m.get("tokenizer.ggml.tokens") or []
+        tokens = scan.deferred.get("tokenizer.ggml.tokens") or m.get("tokenizer.ggml.tokens") or []
         imported = arch.from_gguf(m, where)
         self._keys = imported.keys
         names = [t.name for t in scan.tensors]
@@ -88,8 +92,27 @@ class GGUFSource:
         self._shapes = {hf: t.shape for hf, t in zip(self._gguf_of, scan.tensors, strict=True)}
 
     def _token_id(self, key: str, n_tokens: int) -> int | None:
-        i = self.metadata.get(key)  # type checked by check_gguf_vocab
+        i = self._meta.get(key)  # type checked by check_gguf_vocab
         return i if i is not None and (n_tokens == 0 or i < n_tokens) else None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Every metadata value, the vocabulary decoded and checked (:meth:`verify`)."""
+        if self._metadata is None:
+            m = decode_deferred(self._scan, self._map.whole())
+            check_gguf_vocab(m, str(self.path))
+            self._metadata = m
+        return self._metadata
+
+    def verify(self) -> None:
+        """Decode and check the vocabulary (the one check postponed from opening): the
+        pipeline calls it before it commits an artifact that copies the vocabulary.
+
+        Raises:
+            FormatError: a string that is not UTF-8, values of the wrong type, arrays of
+                different lengths, merges that are not pairs of tokens.
+        """
+        self.metadata  # noqa: B018 - decoding and checking is the point
 
     def _check_shape(self, t: GGUFTensorInfo) -> None:
         """Refuse a tensor whose shape does not follow from the hyper-parameters, as
@@ -109,11 +132,14 @@ class GGUFSource:
     def gguf_tokenizer_kv(self) -> list[tuple[str, Any, int, int | None, bytes]]:
         """The file's ``tokenizer.*`` metadata as ``(key, value, type, array_type, encoded)``,
         to copy into a re-quantized GGUF unchanged (as llama-quantize copies every KV);
-        ``encoded`` is the value's bytes in this file (after its type), written as they are."""
+        ``encoded`` is the value's bytes in this file (after its type), written as they are.
+        ``value`` is None for a string array not decoded yet: a copy needs its bytes only, and
+        :meth:`verify` before the copy is committed."""
         whole = self._map.whole()
-        spans = self._scan.spans
-        return [(k, v, *self._scan.types[k], whole[spans[k][0]:spans[k][1]].tobytes())
-                for k, v in self.metadata.items() if k.startswith("tokenizer.")]
+        scan = self._scan
+        values = self._metadata if self._metadata is not None else self._meta
+        return [(k, values.get(k), *t, whole[scan.spans[k][0]:scan.spans[k][1]].tobytes())
+                for k, t in scan.types.items() if k.startswith("tokenizer.")]
 
     def names(self) -> list[str]:
         """HF tensor names in file order."""
@@ -155,7 +181,7 @@ class GGUFSource:
         return {
             "source": str(self.path),
             "source_format": "gguf",
-            "source_name": self.metadata.get("general.name"),
+            "source_name": self._meta.get("general.name"),
             "source_tensor_types": types,
         }
 

@@ -175,6 +175,9 @@ class HFCheckpoint:
         for f in {id(f): f for f in self._where.values()}.values():
             f.release()
 
+    def verify(self) -> None:
+        """Nothing is postponed: a checkpoint is checked when it is opened."""
+
     def describe(self) -> dict[str, Any]:
         """Provenance: the directory and its format."""
         return {"source": str(self.path), "source_format": "hf-checkpoint"}

@@ -54,6 +54,13 @@ class ModelSource(Protocol):
         by the pipeline, so that a worker's memory stays one tensor, not the whole file)."""
         ...
 
+    def verify(self) -> None:
+        """The checks a reader postpones from opening because they cost more than the data
+        they guard is usually worth (a GGUF's 10^5-string vocabulary, which a GGUF -> GGUF
+        conversion only copies). The pipeline calls it before committing an artifact (while
+        its workers compute); raises the reader's errors."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Provenance of the source."""
         ...
