@@ -12,9 +12,11 @@ user runs it, every run a fresh process under ``/usr/bin/time -v``:
   separately below, as "baseline").
 
 Peak RSS is ``/usr/bin/time -v``'s "Maximum resident set size": the largest single process of the
-tree (quantport forks worker processes; their RSS is not added up). The script also samples the
+tree (quantport forks worker processes; their RSS is not added up). Wall and CPU times come from
+these runs, which nothing else observes. A second set of ``--runs`` runs per tool samples the
 whole process tree from /proc and reports the peak of the summed RSS and PSS (PSS shares pages
-between the forked processes fairly, so it is the tree's real footprint).
+between the forked processes fairly, so it is the tree's real footprint); sampling slows the
+sampled processes (quantport's three more than llama.cpp's one), so times are not taken there.
 
 With ``--diagnose`` (the default) it then looks at where quantport's memory goes, in separate
 processes: ``python -X importtime`` of the CLI run (which heavy packages are imported at all),
@@ -106,13 +108,27 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
+# /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN) lists a thread's children: walking the
+# tree through it reads a few files, where scanning every /proc/PID/stat took ~2.6 ms of CPU
+# per sample (5% of a core at 50 ms, taken from the measured processes)
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
 def _tree(root: int) -> list[int]:
-    kids = _children_map()
+    kids = None if _CHILDREN_FILES else _children_map()
     out, todo = [], [root]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo += kids.get(p, [])
+        if kids is not None:
+            todo += kids.get(p, [])
+            continue
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:  # the process (or thread) is gone
+            continue
     return out
 
 
@@ -154,9 +170,10 @@ def _parse_time_v(text: str) -> dict[str, float]:
 
 
 def measure(label: str, cmd: list[str], *, env: dict[str, str] | None = None,
-            interval: float = 0.1, with_pss: bool = True, log_dir: Path | None = None,
+            interval: float | None = 0.1, with_pss: bool = True, log_dir: Path | None = None,
             check: bool = True) -> Measured:
-    """Run ``cmd`` under ``/usr/bin/time -v`` and sample its process tree every ``interval`` s."""
+    """Run ``cmd`` under ``/usr/bin/time -v`` and sample its process tree every ``interval`` s
+    (``None``: not at all; tree_rss/tree_pss stay 0, and nothing else runs beside it)."""
     log_dir = log_dir or Path(tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
@@ -181,10 +198,12 @@ def measure(label: str, cmd: list[str], *, env: dict[str, str] | None = None,
                 stop.wait(interval)
 
         th = threading.Thread(target=sample, daemon=True)
-        th.start()
+        if interval is not None:
+            th.start()
         p.wait()
         stop.set()
-        th.join()
+        if interval is not None:
+            th.join()
     tv = _parse_time_v(tfile.read_text())
     text = lfile.read_text(errors="replace")
     m = Measured(label, cmd, int(tv.get("rc", p.returncode)), tv.get("wall", float("nan")),
@@ -583,20 +602,30 @@ def main() -> None:
               str(qp_out), "--force"]
     lc_cmd = [PY, "-c", LLAMA_QUANTIZE, str(f32), str(lc_out), args.preset, str(args.nthread)]
 
+    load = os.getloadavg()
     # baselines: what an interpreter costs, and one with llama_cpp imported
     base_py = measure("baseline-python", [PY, "-c", "pass"], env=env, log_dir=logs)
     base_lc = measure("baseline-llama_cpp", [PY, "-c", LLAMA_IMPORT_ONLY], env=env, log_dir=logs)
 
-    qp_runs: list[Measured] = []
-    lc_runs: list[Measured] = []
-    for i in range(args.runs):
-        pair = [("qp", qp_cmd, qp_runs), ("lc", lc_cmd, lc_runs)]
-        for tag, cmd, runs in pair if i % 2 == 0 else pair[::-1]:
-            m = measure(f"{tag}-{i}", cmd, env=env, log_dir=logs, interval=0.05)
-            runs.append(m)
-            print(f"run {i} {tag}: wall {m.wall_s:.2f} s, maxrss {m.maxrss / MIB:.0f} MiB, "
-                  f"tree RSS {m.tree_rss / MIB:.0f} MiB, tree PSS {m.tree_pss / MIB:.0f} MiB",
-                  file=sys.stderr, flush=True)
+    def alternate(kind: str, interval: float | None) -> tuple[list[Measured], list[Measured]]:
+        qp_runs: list[Measured] = []
+        lc_runs: list[Measured] = []
+        for i in range(args.runs):
+            pair = [("qp", qp_cmd, qp_runs), ("lc", lc_cmd, lc_runs)]
+            for tag, cmd, runs in pair if i % 2 == 0 else pair[::-1]:
+                m = measure(f"{tag}-{kind}-{i}", cmd, env=env, log_dir=logs, interval=interval)
+                runs.append(m)
+                print(f"{kind} run {i} {tag}: wall {m.wall_s:.2f} s, maxrss "
+                      f"{m.maxrss / MIB:.0f} MiB, tree RSS {m.tree_rss / MIB:.0f} MiB, tree PSS "
+                      f"{m.tree_pss / MIB:.0f} MiB", file=sys.stderr, flush=True)
+        return qp_runs, lc_runs
+
+    # Times come from runs that nothing observes but /usr/bin/time (its figures are wait4's
+    # rusage): sampling /proc every 50 ms, smaps_rollup included, slows the measured
+    # processes, quantport's three more than llama.cpp's one. The tree's RSS and PSS come from
+    # a second, sampled set of runs.
+    qp_runs, lc_runs = alternate("time", None)
+    qp_mem, lc_mem = alternate("memory", 0.05)
     same, total, differ = identical_tensors(qp_out, lc_out)
 
     def med(runs: list[Measured], attr: str) -> float:
@@ -604,8 +633,8 @@ def main() -> None:
 
     qp_rss, lc_rss = med(qp_runs, "maxrss"), med(lc_runs, "maxrss")
     qp_wall, lc_wall = med(qp_runs, "wall_s"), med(lc_runs, "wall_s")
-    qp_pss, lc_pss = med(qp_runs, "tree_pss"), med(lc_runs, "tree_pss")
-    qp_trss, lc_trss = med(qp_runs, "tree_rss"), med(lc_runs, "tree_rss")
+    qp_pss, lc_pss = med(qp_mem, "tree_pss"), med(lc_mem, "tree_pss")
+    qp_trss, lc_trss = med(qp_mem, "tree_rss"), med(lc_mem, "tree_rss")
     rss_ratio, wall_ratio = qp_rss / lc_rss, qp_wall / lc_wall
 
     diag = None
@@ -617,9 +646,11 @@ def main() -> None:
     body = [args.note, ""] if args.note else []
     body += [
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()}, "
-        f"{os.cpu_count()} cores, {args.runs} runs per tool, alternating; every run a fresh "
-        f"process under `/usr/bin/time -v`; {src_desc()}. Model: SmolLM2-135M-Instruct as an F32 GGUF "
-        f"({f32.stat().st_size / MIB:.0f} MiB), quantized to {args.preset}.",
+        f"{os.cpu_count()} cores (load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} "
+        f"after), {args.runs} timed runs per tool, alternating, then {args.runs} sampled ones; "
+        f"every run a fresh process under `/usr/bin/time -v`; {src_desc()}. Model: "
+        f"SmolLM2-135M-Instruct as an F32 GGUF ({f32.stat().st_size / MIB:.0f} MiB), quantized "
+        f"to {args.preset}.",
         "",
         f"- quantport: `quantport convert smollm2-f32.gguf --to gguf --quant {args.preset} -o "
         f"OUT --force` (default threads: one worker process per core); its modules "
@@ -640,13 +671,19 @@ def main() -> None:
         f"| ratio | {rss_ratio:.2f} | {qp_trss / lc_trss:.2f} | {qp_pss / lc_pss:.2f} | "
         f"{wall_ratio:.2f} | |",
         "",
-        "Medians. Peak RSS (time -v) is the largest single process of the tree; tree RSS and "
-        "PSS are the peaks of the sum over every process of the tree, sampled every 50 ms "
-        "from /proc (forked workers share the parent's pages: RSS counts them once per process, "
-        "PSS divides them). Every run (wall s / peak RSS MiB):",
+        "Medians. Wall, user+sys and peak RSS (time -v: the largest single process of the "
+        "tree) come from the timed runs, which nothing but `/usr/bin/time` observes; tree RSS "
+        "and PSS are the peaks of the sum over every process of the tree in the sampled runs, "
+        "read from /proc every 50 ms (forked workers share the parent's pages: RSS counts "
+        "them once per process, PSS divides them). Sampling slows what it samples, so those "
+        "runs' times are listed but not used. Every run (wall s / peak RSS MiB):",
         "",
-        "- quantport: " + ", ".join(f"{r.wall_s:.2f}/{r.maxrss / MIB:.0f}" for r in qp_runs),
-        "- llama.cpp: " + ", ".join(f"{r.wall_s:.2f}/{r.maxrss / MIB:.0f}" for r in lc_runs),
+        "- quantport, timed: " + ", ".join(f"{r.wall_s:.2f}/{r.maxrss / MIB:.0f}"
+                                            for r in qp_runs),
+        "- llama.cpp, timed: " + ", ".join(f"{r.wall_s:.2f}/{r.maxrss / MIB:.0f}"
+                                            for r in lc_runs),
+        f"- sampled (wall s, median): quantport {med(qp_mem, 'wall_s'):.2f}, llama.cpp "
+        f"{med(lc_mem, 'wall_s'):.2f}",
         f"- identical tensors: {same}/{total}"
         + (f" (differ: {', '.join(differ[:5])})" if differ else ""),
         "",
