@@ -331,7 +331,7 @@ def stage(name, stmt):
     exec(stmt, globals())
     stages.append((name, status()))
 stage("import numpy", "import numpy")
-stage("import click, tqdm", "import click, tqdm")
+stage("import click", "import click")  # (the CLI draws its own progress bars: no tqdm)
 stage("import quantport.cli.main (what `quantport` loads)", "import quantport.cli.main")
 stage("convert's imports (writers.safetensors, models, _atomic)",
       "import quantport.writers.safetensors, quantport.models, quantport.formats._atomic")
