@@ -180,14 +180,12 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
         return f"DQ {t} {gran} {zp_kind(2)} → {'/'.join(users)}", owned
     if op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
         # quantport's W8A8 graphs convert the stored int8 codes and zero points to uint8
-        # (Cast, Add 128, Cast) in front of the product: the weight is the initializer behind
+        # in front of the product: the weight is the initializer behind
+        from quantport.formats.onnx_pack import behind_conversion
+
         for i in (1, 3, 4):
-            steps = 0
-            while len(ins) > i and ins[i] and ins[i] not in inits and steps < 4:
-                src = producers.get(ins[i])
-                if src is None or src.op_type not in ("Cast", "Add") or not src.input:
-                    break
-                ins[i], steps = src.input[0], steps + 1
+            if len(ins) > i and ins[i]:
+                ins[i] = behind_conversion(ins[i], producers, inits)
     if op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat") and present(1):
         t = onnx.TensorProto.DataType.Name(inits[ins[1]].data_type).lower()
         scale = present(3) if op == "MatMulInteger" else present(2)

@@ -161,6 +161,21 @@ class Fused:
     places: dict[str, Place]
 
 
+def behind_conversion(name: str, producers: dict[str, Any], known: Any) -> str:
+    """The value ``name`` traced back to a name in ``known`` (initializers) through the
+    conversion quantport's W8A8 graphs put between a stored int8 initializer and
+    MatMulInteger (Cast to int16, Add 128, Cast to uint8: ``onnx_graph._Builder._to_u8``);
+    ``producers`` maps each node output to its node. ``name`` itself where no such chain
+    leads to ``known``'s names."""
+    start, steps = name, 0
+    while name not in known and name in producers and steps < 4:
+        p = producers[name]
+        if p.op_type not in ("Cast", "Add") or not p.input:
+            break
+        name, steps = p.input[0], steps + 1
+    return name if name in known else start
+
+
 def _concat_axis(kind: str, init: Init, axis: int) -> int:
     """The axis along which output channels lie in an initializer of ``kind``."""
     if kind == "nbits" or len(init.shape) == 1:

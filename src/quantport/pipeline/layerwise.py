@@ -586,8 +586,8 @@ class LayerwiseModel:
 
         GPU memory is then set by one layer's work, not by that work plus the activations:
         an 8B model's down_proj (n = 14336: three 0.8 GiB matrices) runs while the
-        ``[128, 2048, 4096]`` activations (2 GiB) wait on the host. The two copies cost
-        about 0.1 s a layer; smaller roundings run with the activations left in place."""
+        ``[128, 2048, 4096]`` activations (2 GiB) wait on the host (two copies over the bus
+        a layer); smaller roundings run with the activations left in place."""
         torch = self.torch
         nbytes = h.numel() * h.element_size()
         if h.device.type != "cuda" or need <= nbytes:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from quantport.errors import FormatError, QuantportError
-from quantport.formats.onnx_pack import storage_entry
+from quantport.formats.onnx_pack import behind_conversion, storage_entry
 
 __all__ = ["OrtLM", "check_external_data", "genai_tokenize", "is_onnx_artifact", "onnx_model_path"]
 
@@ -152,15 +152,7 @@ def dynamic_quant_weights(model: Any) -> list[str]:
     producers = {o: n for n in model.graph.node for o in n.output}
 
     def weight(name: str) -> set[str]:
-        # the initializer behind a MatMul input, through the int8 -> uint8 conversion
-        # (Cast, Add, Cast) quantport's writer puts in front of MatMulInteger
-        seen = 0
-        while name not in owner and name in producers and seen < 4:
-            p = producers[name]
-            if p.op_type not in ("Cast", "Add") or not p.input:
-                break
-            name, seen = p.input[0], seen + 1
-        return owner.get(name, set())
+        return owner.get(behind_conversion(name, producers, owner), set())
 
     out = set()
     for n in model.graph.node:

@@ -429,13 +429,13 @@ class TransformersLM:
         self.quantized_inputs += n
         return n
 
-    def logits64(self, windows: list[np.ndarray], firsts: list[int]) -> list[Any]:
-        """:meth:`logits` of each window with the model in float64 (then float32 again): the
-        same arithmetic rounded less, to measure how much this forward amplifies float32
-        rounding (see :func:`_causal`)."""
+    def logits64(self, ids: np.ndarray, first: int = 0) -> Any:
+        """:meth:`logits` with the model in float64 (then float32 again): the same arithmetic
+        rounded less, to measure how much this forward amplifies float32 rounding (see
+        :func:`_causal`)."""
         self.model.double()
         try:
-            return [self.logits(w, f) for w, f in zip(windows, firsts, strict=True)]
+            return self.logits(ids, first)
         finally:
             self.model.float()
 
@@ -962,9 +962,9 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
             with timer("metrics"):
                 lp_q = log_softmax(q)
                 weights.add(lp_q, lp_a, target, q, a, top_art=top_a)
-            if getattr(ir, "quantized_inputs", 0):
+            if ir.quantized_inputs:
                 with timer("forward_weights"):
-                    q64 = ir.logits64([w], [first])[0][:-1]
+                    q64 = ir.logits64(w, first)[:-1]
                 floor.add(log_softmax(q64), lp_q, target)
         if on_progress:
             on_progress("validate", i + 1, len(windows))
@@ -973,7 +973,8 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
                               window=ctx)
     checks = [tok_check]
     max_kld, min_top1, why = cl.max_kld, cl.min_top1, ""
-    if ir is not None and getattr(ir, "quantized_inputs", 0):
+    fm = floor.summary() if floor.n else None
+    if fm is not None:
         # A graph that quantizes its activations per tensor at run time (W8A8) turns float
         # rounding into whole quantization steps: a sum that lands on the other side of a
         # rounding boundary moves a value by one step (over 20 for SmolLM2's down_proj
@@ -982,7 +983,6 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
         # same forward does from itself in float64 (measured: KLD 0.28 both ways on SmolLM2,
         # while each layer on the same input agrees to 1e-6). The limits widen to twice that
         # floor; a wrong weight or layout still costs nats (KLD 10 for a saturating kernel).
-        fm = floor.summary()
         if 2 * fm["kld_mean"] > max_kld:
             max_kld = 2 * fm["kld_mean"]
             min_top1 = min(min_top1, 1 - 2 * (1 - fm["top1_agreement"]))
@@ -1000,8 +1000,7 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
             "ir_max_abs_logit_diff": wm["max_abs_logit_diff"],
             "ir_ppl": wm["ppl_reference"],
         }
-        if floor.n:
-            fm = floor.summary()
+        if fm is not None:
             report.extra["ir_float64_kld_mean"] = fm["kld_mean"]
             report.extra["ir_float64_top1_agreement"] = fm["top1_agreement"]
         checks += [
