@@ -323,8 +323,14 @@ def make_recipe(
             raise OptionError(f"--accuracy-level must be 0..4, got {accuracy_level}")
     if fmt in ("onnx", "safetensors") and str(quant).strip().lower() == "w8a8":
         # int8 per-channel symmetric weights; activations quantized at run time, per token
-        # (compressed-tensors' INT8_W8A8 preset; ORT's DynamicQuantizeLinear per tensor)
-        q, act_quant = parse_scheme("w8-channel-sym"), "w8a8"
+        # (compressed-tensors' INT8_W8A8 preset; ORT's DynamicQuantizeLinear per tensor).
+        # ONNX: codes in 7 of the int8's bits, ORT's reduce_range (quantize_dynamic): MLAS
+        # multiplies uint8 activations by int8 weights with VPMADDUBSW on x86 CPUs without
+        # VNNI, whose int16 pair sums saturate unless |w| <= 64 (2 * 255 * 64 < 2**15); with
+        # 8-bit codes the graph would need MLAS's exact but slower uint8 x uint8 kernel
+        # (the ONNX writer uses it for an 8-bit override)
+        q = parse_scheme("w7-channel-sym" if fmt == "onnx" else "w8-channel-sym")
+        act_quant = "w8a8"
         if onnx_matmul != "qdq":
             raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "
                               "--onnx-matmul nbits")

@@ -184,45 +184,81 @@ def test_w8a8_runs_int8_gemms(exports, tiny_llama: Path, tmp_path: Path) -> None
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
-def test_w8a8_gemms_take_uint8_weights(exports) -> None:
-    """MLAS multiplies uint8 by int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16
-    pair sums saturate: SmolLM2's W8A8 graph gave KLD 10 against its source on such a machine.
-    Every MatMulInteger of the graph must get its int8 codes as uint8 (+128, zero point +128),
-    which MLAS multiplies exactly (U8U8)."""
+def _gemm_weights(d: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """For each MatMulInteger of the graph in ``d``, by its weight initializer's name: how the
+    weight arrives (``"int8"`` straight from the initializer, or ``"uint8"`` through the + 128
+    conversion) and the int8 codes stored."""
     import onnx
+    from onnx import numpy_helper
 
-    m = onnx.load(str(exports[("w8a8", "qdq")] / "model.onnx"), load_external_data=False)
+    m = onnx.load(str(d / "model.onnx"))
     producers = {o: n for n in m.graph.node for o in n.output}
-    mmi = [n for n in m.graph.node if n.op_type == "MatMulInteger"]
-    assert mmi
-    for n in mmi:
-        for i in (1, 3):  # B and its zero point
-            p = producers[n.input[i]]
-            assert p.op_type == "Cast" and p.attribute[0].i == onnx.TensorProto.UINT8, n.name
+    inits = {i.name: i for i in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type != "MatMulInteger":
+            continue
+        w = n.input[1]
+        if w in inits:
+            out[w] = ("int8", numpy_helper.to_array(inits[w]))
+            continue
+        cast = producers[w]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.UINT8, n.name
+        src = producers[producers[cast.input[0]].input[0]].input[0]  # Cast <- Add <- Cast <- q
+        out[src] = ("uint8", numpy_helper.to_array(inits[src]))
+    return out
 
 
-def test_uint8_weights_are_exact_where_int8_saturates() -> None:
-    """The pattern test_w8a8_gemms_take_uint8_weights checks for, run by ORT on inputs that
-    saturate a uint8 x int8 kernel (adjacent activations and codes near their maxima): the
-    product is exact. The int8 weights alone are exact only on CPUs with VNNI."""
+def test_w8a8_gemms_cannot_saturate(exports, tiny_llama: Path, tmp_path: Path) -> None:
+    """MLAS multiplies uint8 by int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16
+    pair sums saturate: SmolLM2's W8A8 graph with 8-bit weight codes gave KLD 10 against its
+    source on such a machine. --quant w8a8 writes 7-bit codes (|q| <= 64: 2 * 255 * 64 <
+    2**15, ORT's reduce_range) that go to the fast uint8 x int8 kernel as they are; an 8-bit
+    override goes as uint8 (+ 128) to the exact uint8 x uint8 kernel."""
+    gemms = _gemm_weights(exports[("w8a8", "qdq")])
+    assert gemms
+    for name, (how, q) in gemms.items():
+        assert how == "int8" and q.dtype == np.int8, name
+        assert q.min() >= -64 and q.max() <= 63, name
+    d = tmp_path / "w8a8-down8"
+    r = make_recipe("onnx", "w8a8", tensor_types=["embed_tokens=f32", "down_proj=w8-channel-sym"])
+    convert(open_path(tiny_llama), r, d, threads=1)
+    gemms = _gemm_weights(d)
+    down = {k: v for k, v in gemms.items() if "down_proj" in k}
+    assert down and all(how == "uint8" for how, _ in down.values())
+    assert max(int(np.abs(q).max()) for _, q in down.values()) > 64  # really 8-bit codes
+    assert all(how == "int8" for k, (how, _) in gemms.items() if k not in down)
+
+
+@pytest.mark.parametrize("code, as_uint8", [(127, True), (64, False)])
+def test_int8_gemm_patterns_are_exact_where_8bit_int8_saturates(code: int, as_uint8: bool) -> None:
+    """The two patterns test_w8a8_gemms_cannot_saturate checks for, run by ORT on inputs that
+    saturate a uint8 x int8 kernel with 8-bit codes (adjacent activations and codes at their
+    maxima): 8-bit codes through uint8, and 7-bit codes as int8, give the exact product. (8-bit
+    codes as int8 are exact only on CPUs with VNNI.)"""
     from onnx import TensorProto, helper, numpy_helper
 
     k, n, m = 64, 8, 4
-    w = np.full((k, n), 127, np.int8)
-    w[:, 1::2] = -127
+    w = np.full((k, n), code, np.int8)
+    w[:, 1::2] = -code
     x = np.zeros((1, m, k), np.float32)
     x[..., :] = 1.0
     x[0, 0, 0] = -1.0  # a negative value: the zero point is 1, the others quantize to 255
-    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
-             helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.INT16),
-             helper.make_node("Add", ["w16", "c128"], ["wu16"]),
-             helper.make_node("Cast", ["wu16"], ["wu"], to=TensorProto.UINT8),
-             helper.make_node("MatMulInteger", ["xq", "wu", "xz", "zu"], ["y"])]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"])]
+    inits = [numpy_helper.from_array(w, "w")]
+    if as_uint8:
+        nodes += [helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.INT16),
+                  helper.make_node("Add", ["w16", "c128"], ["wu16"]),
+                  helper.make_node("Cast", ["wu16"], ["wu"], to=TensorProto.UINT8),
+                  helper.make_node("MatMulInteger", ["xq", "wu", "xz", "zu"], ["y"])]
+        inits += [numpy_helper.from_array(np.array(128, np.int16), "c128"),
+                  numpy_helper.from_array(np.array(128, np.uint8), "zu")]
+    else:
+        nodes += [helper.make_node("MatMulInteger", ["xq", "w", "xz", "z"], ["y"])]
+        inits += [numpy_helper.from_array(np.array(0, np.int8), "z")]
     g = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, m, n])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.int16), "c128"),
-         numpy_helper.from_array(np.array(128, np.uint8), "zu")])
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, m, n])], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     y = ort.InferenceSession(model.SerializeToString(),

@@ -194,13 +194,15 @@ class _Builder:
         # com.microsoft DynamicQuantizeMatMul at the extended level
         q, s, z = (self.init(i.name) for i in st.inits)
         xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
-        # the stored int8 codes (and zero points) + 128, as uint8: MLAS multiplies uint8 by
-        # int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16 pair sums saturate (ORT's
-        # quantization docs, "saturation"; here, AVX2 only: a 576 x 960 product off by 16% of
-        # its range), while uint8 by uint8 (its U8U8 kernel) is exact on every CPU. The
-        # product is the same: (x - xz)(q + 128 - (z + 128)). ORT folds the conversion of the
-        # initializers when it loads the graph (constant folding), so it costs no run time.
-        q, z = self._to_u8(q), self._to_u8(z)
+        # MLAS multiplies uint8 by int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16
+        # pair sums saturate (ORT's quantization docs, "saturation"; here, AVX2 only: a
+        # 576 x 960 product off by 16% of its range) unless the weights fit 7 bits
+        # (2 * 255 * 64 < 2**15: ORT's reduce_range, what --quant w8a8 writes). Codes of 8
+        # bits go in + 128, as uint8, to its exact but slower U8U8 kernel: the product is the
+        # same, (x - xz)(q + 128 - (z + 128)), and ORT folds the conversion of the
+        # initializers when it loads the graph.
+        if st.bits > 7:
+            q, z = self._to_u8(q), self._to_u8(z)
         acc = self.op("MatMulInteger", [xq, q, xz, z])
         f = self.op("Cast", [acc], {"to": ir.DataType.FLOAT})
         scale = self.op("Mul", [xs, s])

@@ -272,8 +272,9 @@ def storage_for(name: str, shape: tuple[int, ...], target: Any, role: str,
         )
     n, k = shape
     if role == "linear" and mode == "qdq":
-        if s.bits not in (4, 8):
+        if s.bits not in (4, 7, 8):
             raise _refuse(name, s, f"DequantizeLinear-21 has 4- and 8-bit integers, not {s.bits}")
+        # 7-bit codes sit in int8 (ORT's reduce_range, what W8A8 writes: see recipe.py)
         dt = "int4" if s.bits == 4 else "int8"
         if s.granularity == "group":
             g = int(s.group_size or 0)

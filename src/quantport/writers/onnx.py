@@ -54,7 +54,7 @@ from quantport.formats.onnx_pack import (
 )
 from quantport.ir import QuantizedTensor
 from quantport.plan import Plan, PlanRow
-from quantport.quant.scheme import IntScheme
+from quantport.quant.scheme import IntScheme, parse_scheme
 from quantport.readers.source import ModelSource
 from quantport.readers.tokenizer import sentencepiece_tokenizer_json
 from quantport.recipe import Recipe, Target
@@ -121,6 +121,10 @@ def _default(source: ModelSource, recipe: Recipe, name: str, role: str,
         return recipe.quant, "default"
     if role == "linear":
         return recipe.quant, "default"
+    if role == "embed" and tied and recipe.act_quant == "w8a8":
+        # the table is gathered and read by the head's MatMulNBits, not an int8 GEMM: the
+        # full 8 bits (W8A8's 7-bit codes are for MatMulInteger, see recipe.py)
+        return parse_scheme("w8-channel-sym"), "tied to the LM head (no int8 GEMM reads it)"
     if role == "embed" and tied and recipe.quant == "Q4_1":
         return "Q8_0", "tied to the LM head; GatherBlockQuantized has no float minimums"
     if role == "embed" and tied:
