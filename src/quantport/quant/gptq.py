@@ -32,7 +32,7 @@ import numpy as np
 from quantport.errors import ShapeError, UnsupportedQuantError
 from quantport.ir import QuantizedTensor, code_range, dequantize
 from quantport.quant._ggml_search import nearest_int
-from quantport.quant.ggml import GGML_GRIDS, QK_K, GgmlKGrid, GgmlLegacyGrid, IQ4NLGrid
+from quantport.quant.ggml import GGML_GRIDS, GgmlKGrid, GgmlLegacyGrid
 from quantport.quant.grid import Grid, IntGrid, Params, concat_params
 from quantport.quant.rtn import quantize_rtn
 from quantport.quant.scheme import IntScheme
@@ -305,8 +305,6 @@ def run_gptq(
     name: str = "tensor",
     ops: ArrayOps | None = None,
     host_values: bool = True,
-    refine: bool = False,
-    passes: int = 1,
 ) -> GptqResult:
     """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
 
@@ -335,18 +333,6 @@ def run_gptq(
             record is numpy either way.
         host_values: return ``values`` as numpy; False leaves them an array of ``ops``
             (a GPU caller writes them straight back into its layer).
-        refine: ggml grids (legacy types, IQ4_NL, k-quants), static groups or no act-order:
-            after the column loop, refit the block parameters given the codes against the
-            exact objective ``(w - v)ᵀ H (w - v)`` of each row -- the legacy types' fp16
-            scales (and mins) by least squares; the k-quants' integer sub-block scales and
-            mins by coordinate descent, then their super-block ``d``/``dmin`` by least
-            squares -- and keep them in the rows whose error they lower (GPTQ's rows are
-            independent, in the loop and in the objective). Off by default: the column loop
-            alone is the reference's. Other grids ignore it. (On SmolLM2 Q4_K_M it lowered
-            the layers' Hessian errors by 5-40% but not the model's KLD; see BENCHMARKS.md.)
-        passes: with ``refine`` and static groups: run the column loop this many times, each
-            pass after the first with the static parameters refined on the previous codes;
-            every row keeps its best pass.
 
     Returns:
         The record, its dequantized values and the error figures (:class:`GptqResult`).
@@ -478,56 +464,19 @@ def run_gptq(
                                      row_stats=stats)
             loop_params = static_params
 
-    wp = ops.cast(ops.take_cols(wd, perm) if act_order else wd, np.float64)
+    codes_p, values_p, loss, parts = _column_loop(
+        ops.cast(ops.take_cols(wd, perm) if act_order else wd, np.float64),
+        u,
+        grid,
+        imp[perm],
+        stats,
+        perm,
+        loop_params,
+        min(block_cols, cols),
+        ops,
+    )
+    del u
     inv = np.argsort(perm)
-    refining = refine and type(grid) in _REFINED and (static_groups or not act_order)
-    more = refining and passes > 1 and static_groups
-    if not (refining or more) or not finite:
-        codes_p, values_p, loss, parts = _column_loop(
-            wp, u, grid, imp[perm], stats, perm, loop_params, min(block_cols, cols), ops)
-        del u
-    else:
-        # rows are independent in GPTQ and in its objective: every candidate below is kept
-        # row by row where its Hessian error is lower
-        wh = w_host().astype(np.float64)
-        hh = np.asarray(ops.numpy(hessian), dtype=np.float64)
-        best: list[Any] = []
-
-        def consider(c_p: Any, prm: Params, lo: float, permuted: bool = True) -> None:
-            c = np.asarray(ops.numpy(c_p))
-            c = c[:, inv] if act_order and permuted else c
-            c3 = c.reshape(rows, nb, gb)
-            errs = _row_errors(wh, grid.value(c3, prm).reshape(rows, cols), hh)
-            if not best:
-                best.extend([c3, prm, errs, lo])
-                return
-            take = errs < best[2]
-            best[0] = np.where(take[:, None, None], c3, best[0])
-            best[1] = _rows_where(take, prm, best[1])
-            best[2] = np.where(take, errs, best[2])
-
-        def refined() -> None:
-            new = _refine(grid, wh, best[0], best[1], hh)
-            consider(best[0].reshape(rows, cols), new, best[3], permuted=False)
-
-        sp = loop_params
-        for k in range(passes if more else 1):
-            if k:
-                # the loop again, with the static parameters refined on the last codes
-                refined()
-                sp = _loopable(grid, best[1])
-            c_p, _, lo, pp = _column_loop(ops.copy(wp) if more else wp, u, grid, imp[perm],
-                                          stats, perm, sp, min(block_cols, cols), ops)
-            consider(c_p, sp if sp is not None else concat_params(pp), lo)
-        del u, wp
-        if refining:
-            refined()
-        c3, prm, _, lo = best
-        record = grid.assemble((rows, cols), c3, prm)
-        values_h = dequantize(record)
-        values = values_h if (host_values or on_host) else ops.asarray(values_h)
-        err = hessian_error(w_host(), values_h, hh)
-        return GptqResult(record, values, lo, err, used)
     values_d = ops.contiguous(ops.take_cols(values_p, inv) if act_order else values_p)
     err = ops.hessian_error(w, values_d, hessian)
     values = (values_d if not (host_values or on_host)
@@ -635,205 +584,6 @@ class TensorIntGrid:
 
 
 # ------------------------------------------------------------------------------ internals
-
-
-# ------------------------------------------------------------------ refinement of the scales
-
-
-def _row_errors(w: np.ndarray, v: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``(w - v)ᵀ H (w - v)`` of every row (float64): the rows' shares of
-    :func:`hessian_error` (GPTQ's objective separates by rows)."""
-    e = np.asarray(w, dtype=np.float64) - np.asarray(v, dtype=np.float64)
-    return np.einsum("ij,ij->i", e @ h, e)
-
-
-def _block_lstsq(w: np.ndarray, h: np.ndarray, bases: list[np.ndarray]) -> np.ndarray:
-    """Per row, the coefficients ``θ`` minimising ``(w - Bθ)ᵀ H (w - Bθ)`` where ``B`` holds,
-    for each basis ``u`` ``[rows, nb, gb]`` and block ``b``, the column that is ``u[:, b]`` on
-    block ``b``'s columns and zero elsewhere. Returns ``[rows, len(bases) * nb]`` (basis-major);
-    a coefficient whose basis column is zero comes back as 0."""
-    rows, nb, gb = bases[0].shape
-    cols = nb * gb
-    k = len(bases)
-    p = k * nb
-    out = np.zeros((rows, p))
-    step = max(1, (16 << 20) // (8 * cols * k))  # rows a chunk
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        n = r1 - r0
-        us = [u[r0:r1] for u in bases]
-        m = np.empty((n, p, p))
-        for s, us_ in enumerate(us):
-            for b in range(nb):
-                # H times basis s on block b, then its products with every basis block
-                hb = (us_[:, b, :] @ h[b * gb:(b + 1) * gb, :]).reshape(n, nb, gb)
-                for t, ut in enumerate(us):
-                    m[:, t * nb:(t + 1) * nb, s * nb + b] = np.einsum("rai,rai->ra", ut, hb)
-        hw = (w[r0:r1] @ h).reshape(r1 - r0, nb, gb)
-        rhs = np.concatenate([np.einsum("rai,rai->ra", ut, hw) for ut in us], axis=1)
-        dg = np.einsum("rii->ri", m)
-        empty = dg <= 0
-        scale = np.where(empty, 0.0, dg).max(axis=1, keepdims=True)
-        scale = np.where(scale > 0, scale, 1.0)
-        # empty coefficients: an identity row; a tiny ridge for the nearly singular
-        idx = np.arange(p)
-        m[:, idx, idx] = np.where(empty, 1.0, dg + 1e-12 * scale)
-        rhs = np.where(empty, 0.0, rhs)
-        try:
-            out[r0:r1] = np.linalg.solve(m, rhs[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            out[r0:r1] = np.nan
-    return out
-
-
-def _refine_legacy(grid: Any, w: np.ndarray, codes: np.ndarray, params: Params,
-                   h: np.ndarray) -> Params:
-    """Q4_0 ... Q8_0, IQ4_NL: the fp16 block scales ``d`` (and Q4_1/Q5_1's mins ``m``) that
-    minimise the rows' Hessian errors given the codes (one linear least-squares problem per
-    row), then rounded to fp16 as the block stores them."""
-    rows, cols = w.shape
-    gb = grid.block
-    nb = cols // gb
-    c3 = codes.reshape(rows, nb, gb)
-    asym = bool(getattr(grid, "asym", False))
-    unit = {**params, "d": np.ones((rows, nb), F32)}
-    if asym:
-        unit["m"] = np.zeros((rows, nb), F32)
-    u = grid.value(c3, unit).astype(np.float64)
-    bases = [u, np.ones_like(u)] if asym else [u]
-    theta = _block_lstsq(w, h, bases)
-    new = dict(params)
-    d = _fp16_of(theta[:, :nb])
-    new["d"] = np.where(np.isfinite(d), d, params["d"]).astype(F32)
-    if asym:
-        m = _fp16_of(theta[:, nb:])
-        new["m"] = np.where(np.isfinite(m), m, params["m"]).astype(F32)
-    return new
-
-
-def _fp16_of(a: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.asarray(a, dtype=F32).astype(np.float16).astype(F32)
-
-
-def _refine_k(grid: GgmlKGrid, w: np.ndarray, codes: np.ndarray, params: Params,
-              h: np.ndarray, sweeps: int = 2) -> Params:
-    """k-quants: the integer sub-block scales ``sc`` (and mins ``mn``) moved one sub-block at
-    a time to the integer that lowers the row's Hessian error most (coordinate descent, the
-    exact change of ``(w - v)ᵀ H (w - v)``), then the super-block scales ``d`` (and ``dmin``)
-    by least squares given everything else, rounded to fp16."""
-    rows, cols = w.shape
-    nb = cols // QK_K
-    sub = grid.sub
-    per = QK_K // sub
-    nsub = cols // sub
-    p = {k: np.array(v, copy=True) for k, v in params.items()}
-    # the stored ranges: Q2_K 4-bit scales and mins, Q3_K 6-bit signed scales, Q4_K/Q5_K 6-bit
-    # scales and mins, Q6_K int8 scales
-    lo_sc, hi_sc = {"Q2_K": (0, 15), "Q3_K": (-32, 31), "Q6_K": (-128, 127)}.get(
-        grid.name, (0, 63))
-    hi_mn = 15 if grid.name == "Q2_K" else 63
-    q = codes.reshape(rows, nsub, sub).astype(np.float64)
-    sc = p["sc"].reshape(rows, nsub).astype(np.int64)
-    mn = p["mn"].reshape(rows, nsub).astype(np.int64) if grid.asym else None
-
-    def values() -> np.ndarray:
-        p["sc"] = sc.reshape(rows, nb, per).astype(params["sc"].dtype)
-        if mn is not None:
-            p["mn"] = mn.reshape(rows, nb, per).astype(params["mn"].dtype)
-        return grid.value(codes.reshape(rows, nb, QK_K), p).reshape(rows, cols)
-
-    for _ in range(sweeps):
-        e = w - values().astype(np.float64)
-        d = np.repeat(p["d"].reshape(rows, nb).astype(np.float64), per, axis=1)
-        dmin = (np.repeat(p["dmin"].reshape(rows, nb).astype(np.float64), per, axis=1)
-                if mn is not None else None)
-        for sb in range(nb):
-            # one super-block at a time: H(w - v) on its columns, kept up to date within it
-            # (a move changes v on one sub-block: rows x sub x 256 to update)
-            bc = slice(sb * QK_K, (sb + 1) * QK_K)
-            g = e @ h[:, bc]
-            hb = h[bc, bc]
-            for k in range(sb * per, (sb + 1) * per):
-                lc = slice((k - sb * per) * sub, (k - sb * per + 1) * sub)
-                hk = hb[lc, lc]
-                moves = [(sc, d[:, k, None] * q[:, k], lo_sc, hi_sc)]
-                if mn is not None:
-                    moves.append((mn, -dmin[:, k, None] * np.ones((rows, sub)), 0, hi_mn))
-                for ints, a, lo, hi in moves:
-                    lin = np.einsum("ri,ri->r", a, g[:, lc])
-                    quad = np.einsum("ri,ri->r", a @ hk, a)
-                    ok = quad > 0
-                    cur = ints[:, k]
-                    step = np.where(ok, np.rint(lin / np.where(ok, quad, 1.0)), 0.0)
-                    step = np.clip(cur + step, lo, hi) - cur
-                    gain = -2.0 * step * lin + step * step * quad
-                    move = (gain < -1e-12 * np.abs(lin)) & (step != 0)
-                    if not move.any():
-                        continue
-                    st = np.where(move, step, 0.0)
-                    ints[:, k] = cur + st.astype(np.int64)
-                    da = st[:, None] * a
-                    e[:, k * sub:(k + 1) * sub] -= da
-                    g -= da @ hb[lc, :]
-        # the super-block scales by least squares, given the integers
-        rep = np.repeat
-        ub = (rep(sc.reshape(rows, nsub, 1), sub, axis=2) * q).reshape(rows, nb, QK_K)
-        bases = [ub]
-        if mn is not None:
-            bases.append(-rep(mn.reshape(rows, nsub, 1), sub, axis=2).astype(np.float64)
-                         .reshape(rows, nb, QK_K))
-        theta = _block_lstsq(w, h, bases)
-        dd = _fp16_of(theta[:, :nb])
-        p["d"] = np.where(np.isfinite(dd) & (dd > 0) if grid.asym else np.isfinite(dd),
-                          dd, p["d"]).astype(F32)
-        if mn is not None:
-            dm = _fp16_of(theta[:, nb:])
-            p["dmin"] = np.where(np.isfinite(dm) & (dm >= 0), dm, p["dmin"]).astype(F32)
-    values()
-    return p
-
-
-_REFINED = (GgmlLegacyGrid, IQ4NLGrid, GgmlKGrid)
-
-
-def _refine(grid: Any, w: np.ndarray, codes: np.ndarray, params: Params,
-            h: np.ndarray) -> Params:
-    if type(grid) is GgmlKGrid:
-        return _refine_k(grid, w, codes, params, h)
-    return _refine_legacy(grid, w, codes, params, h)
-
-
-def _loopable(grid: Any, p: Params) -> Params:
-    """Refined parameters made fit for the column loop's rounding: the legacy grids round
-    with an inverse scale (``iscale`` / ``id``) and a rounding min (``min0`` / ``min``) of
-    their own, which a refinement of ``d`` and ``m`` leaves stale. k-quants round with the
-    stored scales already."""
-    if type(grid) is GgmlKGrid:
-        return p
-    p = dict(p)
-    d = p["d"]
-    with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, F32(1.0) / np.where(d != 0, d, F32(1.0)), F32(0.0)).astype(F32)
-    for key in ("iscale", "id"):
-        if key in p:
-            p[key] = inv
-    if "zero" in p:
-        p["zero"] = p["zero"] & (d == 0)
-    for key in ("min0", "min"):
-        if key in p:
-            p[key] = p["m"].astype(F32)
-    return p
-
-
-def _rows_where(take: np.ndarray, a: Params, b: Params) -> Params:
-    """Per row, ``a``'s parameters where ``take``, else ``b``'s."""
-    out = {}
-    for k in b:
-        x, y = np.asarray(a[k]), np.asarray(b[k])
-        t = take.reshape((-1,) + (1,) * (y.ndim - 1))
-        out[k] = np.where(t, x, y).astype(y.dtype)
-    return out
 
 
 def _column_loop(
