@@ -191,6 +191,8 @@ def _gemm_weights(d: Path) -> dict[str, tuple[str, np.ndarray]]:
     import onnx
     from onnx import numpy_helper
 
+    from quantport.formats.onnx_pack import behind_conversion
+
     m = onnx.load(str(d / "model.onnx"))
     producers = {o: n for n in m.graph.node for o in n.output}
     inits = {i.name: i for i in m.graph.initializer}
@@ -199,13 +201,13 @@ def _gemm_weights(d: Path) -> dict[str, tuple[str, np.ndarray]]:
         if n.op_type != "MatMulInteger":
             continue
         w = n.input[1]
-        if w in inits:
-            out[w] = ("int8", numpy_helper.to_array(inits[w]))
-            continue
-        cast = producers[w]
-        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.UINT8, n.name
-        src = producers[producers[cast.input[0]].input[0]].input[0]  # Cast <- Add <- Cast <- q
-        out[src] = ("uint8", numpy_helper.to_array(inits[src]))
+        src = behind_conversion(w, producers, inits)
+        assert src in inits, n.name
+        if src != w:
+            cast = producers[w]
+            assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.UINT8, \
+                n.name
+        out[src] = ("int8" if src == w else "uint8", numpy_helper.to_array(inits[src]))
     return out
 
 
