@@ -36,7 +36,7 @@ import numpy as np
 
 from quantport.formats import compressed_tensors as ct
 from quantport.ir import dequantize
-from quantport.pipeline.execute import Sink, apply_edit, execute
+from quantport.pipeline.execute import Sink, apply_edit, execute, release_freed_memory
 from quantport.errors import QuantportError, UnsupportedQuantError
 from quantport.pipeline.layerwise import (
     LayerStats,
@@ -281,6 +281,7 @@ def run_calibrated(
             for hd in hooks:
                 hd.remove()
             model.unload(li)
+            release_freed_memory()
             log.debug("layer %d done", li)
             if on_progress:
                 on_progress("calibrate", li + 1, model.n_layers)
