@@ -98,3 +98,25 @@ def test_refuses_bad_arguments(default_model_dir: Path, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="is the evaluation text"):
         collect_imatrix(source, EVALUATION_TEXT, n_chunks=1, ctx=64)
+
+
+@pytest.mark.parametrize("n", [5, 64, 97])
+def test_hessian_sum_block_triangle_matches_float64(n: int) -> None:
+    """add_gram sums only the block upper triangle of XᵀX on the CPU; hessian_out mirrors it:
+    the Hessian equals 2 XᵀX / rows taken in float64, and is exactly symmetric."""
+    import torch
+
+    from quantport.pipeline.layerwise import add_gram, hessian_out
+
+    rng = np.random.default_rng(n)
+    batches = [rng.standard_normal((r, n)).astype(np.float32) for r in (33, 70)]
+    acc = None
+    with torch.inference_mode():
+        for b in batches:
+            acc = add_gram(acc, torch.from_numpy(b))
+    h, sq = hessian_out(acc, 103)
+    x = np.concatenate(batches).astype(np.float64)
+    ref = 2 * x.T @ x / 103
+    np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(h, h.T)
+    np.testing.assert_allclose(sq, np.diag(ref) / 2, rtol=1e-5)
