@@ -429,13 +429,20 @@ def release_freed_memory() -> None:
     and the heap never shrank between layers -- SmolLM2's GPTQ grew ~28 MiB a layer, to a
     2.2 GiB peak where one layer needs under 1 GiB (measured: 1598 MiB after the last layer
     of a 16-window run, 451 with this)."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+def _glibc(name: str) -> Any:
+    """glibc's function ``name`` from the C library this process already runs on, or None
+    (musl, macOS)."""
     import ctypes
 
     try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return
-    trim(0)
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def _keep_freed_memory() -> None:
@@ -444,11 +451,8 @@ def _keep_freed_memory() -> None:
     freed many times; by default each large one is a fresh mmap whose every page faults in
     again (measured on SmolLM2 Q4_K_M: 61k page faults in the workers, about 20k with this, ~0.1 s
     less CPU). A worker keeps at most 128 MiB it does not use."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
     mallopt(m_trim_threshold, 128 << 20)
