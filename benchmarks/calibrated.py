@@ -512,6 +512,16 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     return out
 
 
+def _run_counts(rows: list[Row]) -> str:
+    """How many timed runs each measured row has: "2 runs: st-gptq, st-llmc; 1 run: ..."."""
+    by: dict[int, list[str]] = {}
+    for r in rows:
+        if r.runs:
+            by.setdefault(len(r.runs), []).append(r.key)
+    return "; ".join(f"{n} run{'s' * (n != 1)}: {', '.join(keys)}"
+                     for n, keys in sorted(by.items(), reverse=True)) or "none"
+
+
 def _record_path(r: Row, ctx: Ctx) -> Path:
     return ctx.work / "rows" / f"{r.key}.json"
 
@@ -646,7 +656,7 @@ def main() -> None:
             if not r.skip and not r.runs:
                 r.skip = "not measured (this table was assembled with --no-run)"
     live = [r for r in rows if not r.skip]
-    for i in range(runs):
+    for i in range(0 if args.no_run else runs):
         for r in live if i % 2 == 0 else live[::-1]:  # alternate: drifts hit every row
             if r.skip or len(r.runs) > i:  # failed, or measured by a run this one resumes
                 continue
@@ -737,8 +747,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
         *[fmt_row(r) for r in rows],
         "",
-        f"Wall and peak RSS: medians of {runs} run(s) per row, rows alternating (forward "
-        "order, then backward), each a whole process under `/usr/bin/time -v` (peak RSS: the "
+        f"Wall and peak RSS: medians of each row's runs ({_run_counts(rows)}), rows "
+        "alternating (forward order, then backward), each a whole process under "
+        "`/usr/bin/time -v` (peak RSS: the "
         "largest single process). File MiB: the GGUF file, or the checkpoint's .safetensors "
         "files. quantport rows: `quantport convert SRC ... --threads N` (calibrated rows with "
         f"`--calib valid.tokens.txt --calib-samples {ctx.samples} --calib-len {ctx.length}`), "
@@ -757,11 +768,11 @@ def main() -> None:
     if VERSIONS:
         body += ["Versions in the tools' own venvs (`.cache/bench-venvs/`): "
                  + "; ".join(f"{k}: {v}" for k, v in VERSIONS.items()) + ".", ""]
-    body += ["Every run (wall s / peak RSS MiB):", ""]
+    body += ["Every run (wall s / CPU s, user + sys / peak RSS MiB):", ""]
     for r in rows:
         if r.runs:
-            body.append(f"- {r.key}: " + ", ".join(f"{m.wall_s:.1f}/{m.maxrss / MIB:.0f}"
-                                                  for m in r.runs))
+            body.append(f"- {r.key}: " + ", ".join(
+                f"{m.wall_s:.1f}/{m.user_s + m.sys_s:.0f}/{m.maxrss / MIB:.0f}" for m in r.runs))
     body.append("")
     body += judge(by_key, layout_note)
     print("\n".join([HEADING, "", *body]))
