@@ -464,25 +464,25 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
             continue
         q, c = rows[key], rows["st-llmc"]
         line(f"quantport {label} w4-g64-sym KLD at most llm-compressor's", q.kld <= c.kld,
-             f"{q.kld:.5f} vs {c.kld:.5f}, ratio {q.kld / c.kld:.2f}")
+             f"{q.kld:.5f} vs {c.kld:.5f}, ratio {q.kld / c.kld:.3f}")
         line(f"quantport {label} w4-g64-sym wall time at most 0.5x llm-compressor's",
-             q.wall <= 0.5 * c.wall, f"{q.wall:.1f} s vs {c.wall:.1f} s, ratio {q.wall / c.wall:.2f}")
+             q.wall <= 0.5 * c.wall, f"{q.wall:.1f} s vs {c.wall:.1f} s, ratio {q.wall / c.wall:.3f}")
         line(f"quantport {label} w4-g64-sym peak RSS at most llm-compressor's", q.rss <= c.rss,
-             f"{q.rss / MIB:.0f} MiB vs {c.rss / MIB:.0f} MiB, ratio {q.rss / c.rss:.2f}")
+             f"{q.rss / MIB:.0f} MiB vs {c.rss / MIB:.0f} MiB, ratio {q.rss / c.rss:.3f}")
     why = have("st-awq", "st-rtn")
     if why:
         line("AWQ w4-g64 KLD at most 0.8x RTN's", None, why)
     else:
         a, r = rows["st-awq"], rows["st-rtn"]
         line("AWQ w4-g64 KLD at most 0.8x RTN's", a.kld <= 0.8 * r.kld,
-             f"{a.kld:.5f} vs {r.kld:.5f}, ratio {a.kld / r.kld:.2f}")
+             f"{a.kld:.5f} vs {r.kld:.5f}, ratio {a.kld / r.kld:.3f}")
     why = have("gguf-gptq", "gguf-lc-imat")
     if why:
         line("quantport GPTQ Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD", None, why)
     else:
         g, c = rows["gguf-gptq"], rows["gguf-lc-imat"]
         line("quantport GPTQ Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD",
-             g.kld <= 0.7 * c.kld, f"{g.kld:.5f} vs {c.kld:.5f}, ratio {g.kld / c.kld:.2f}")
+             g.kld <= 0.7 * c.kld, f"{g.kld:.5f} vs {c.kld:.5f}, ratio {g.kld / c.kld:.3f}")
     if layout_note:
         out.append(f"- quantport GPTQ Q4_K_M: same tensor types and file size as llama.cpp's: "
                    f"{layout_note}.")
@@ -492,14 +492,14 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     else:
         g, a = rows["gguf-gptq"], rows["gguf-ar"]
         line("quantport GPTQ Q4_K_M KLD at most auto-round's", g.kld <= a.kld,
-             f"{g.kld:.5f} vs {a.kld:.5f}, ratio {g.kld / a.kld:.2f}")
+             f"{g.kld:.5f} vs {a.kld:.5f}, ratio {g.kld / a.kld:.3f}")
     why = have("w8a8-sq", "w8a8-rtn")
     if why:
         line("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing", None, why)
     else:
         s, r = rows["w8a8-sq"], rows["w8a8-rtn"]
         line("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing",
-             s.kld <= 0.7 * r.kld, f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.2f}")
+             s.kld <= 0.7 * r.kld, f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.3f}")
     target = "MiniLM SmoothQuant W8A8 (1 - cosine) at least 30% below W8A8 without smoothing"
     why = have("minilm-w8a8-sq", "minilm-w8a8-rtn")
     if why:
@@ -507,7 +507,7 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     else:
         s, r = rows["minilm-w8a8-sq"], rows["minilm-w8a8-rtn"]
         line(target, s.kld <= 0.7 * r.kld,
-             f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.2f}")
+             f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.3f}")
     out.append("")
     return out
 
