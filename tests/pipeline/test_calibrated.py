@@ -322,6 +322,23 @@ def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: 
     q = "model.layers.0.self_attn.q_proj.weight"
     np.testing.assert_allclose(staged.of(q).hessian, two_pass.of(q).hessian, rtol=1e-5,
                                atol=1e-6)
+    # the next layer reuses the scratch space the first one's o_proj and down_proj inputs took
+    layer1 = model.load(1)
+    ref1, _ = model.run(1, layer1, h)
+    model.run_staged(1, layer1, h, lambda names, hess: None)
+    torch.testing.assert_close(h, ref1, rtol=1e-6, atol=1e-6)
+
+
+def test_scratch_is_one_buffer_grown_when_needed(tiny_llama: Path) -> None:
+    model = LayerwiseModel(open_path(tiny_llama))
+    a = model.scratch((2, 3, 4))
+    b = model.scratch((2, 3, 2))
+    assert b.untyped_storage().data_ptr() == a.untyped_storage().data_ptr()
+    assert tuple(b.shape) == (2, 3, 2) and b.is_contiguous()
+    c = model.scratch((2, 3, 8))  # larger: a new buffer
+    assert c.numel() == 48 and model._scratch.numel() == 48
+    model.release_scratch()
+    assert model._scratch is None
 
 
 def test_cache_keeps_only_the_most_recent_calibrations(tmp_path: Path) -> None:

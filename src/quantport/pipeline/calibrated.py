@@ -36,7 +36,8 @@ import numpy as np
 
 from quantport.formats import compressed_tensors as ct
 from quantport.ir import dequantize
-from quantport.pipeline.execute import Sink, apply_edit, execute, release_freed_memory
+from quantport.pipeline.execute import (Sink, apply_edit, execute, keep_freed_memory,
+                                        release_freed_memory)
 from quantport.errors import QuantportError, UnsupportedQuantError
 from quantport.pipeline.layerwise import (
     LayerStats,
@@ -148,6 +149,7 @@ def run_calibrated(
 
     recipe = plan.recipe
     t0 = time.perf_counter()
+    keep_freed_memory()  # the forward passes' batch temporaries: reused, not faulted in anew
     device = resolve_device(recipe.device)
     model = LayerwiseModel(source, dtype=recipe.calib_dtype, device=device)
     ops = gptq_ops(device, recipe.calib_dtype)
@@ -285,6 +287,7 @@ def run_calibrated(
             log.debug("layer %d done", li)
             if on_progress:
                 on_progress("calibrate", li + 1, model.n_layers)
+        model.release_scratch()
         if head is not None:
             hit = cache.load(model.n_layers) if cached else None
             stats = hit[0] if hit is not None else model.head_stats(h, head)
