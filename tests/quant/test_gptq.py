@@ -437,3 +437,30 @@ def test_upper_cholesky_of_the_inverse(n: int) -> None:
     assert np.allclose(u, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
     with pytest.raises(np.linalg.LinAlgError):
         _upper_chol_of_inverse(h - 2 * np.linalg.eigvalsh(h).max() * np.eye(n))
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_a_shared_factor_gives_the_same_result_with_one_factorisation(
+        act_order: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights reading one input (q/k/v) share one Cholesky factor of the damped H⁻¹: the
+    records are those of separate calls, and the factorisation runs once per order and damp."""
+    import quantport.quant.gptq as gptq_mod
+
+    h = _hessian(7)
+    grid = IntGrid(4, True, 32)
+    alone = [run_gptq(_weight(s), h, grid, act_order=act_order, static_groups=act_order)
+             for s in (1, 2)]
+    calls = []
+    real = gptq_mod._inverse_cholesky
+    monkeypatch.setattr(gptq_mod, "_inverse_cholesky",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    factor: dict = {}
+    shared = [run_gptq(_weight(s), h, grid, act_order=act_order, static_groups=act_order,
+                       factor=factor) for s in (1, 2)]
+    assert len(calls) == 1
+    for a, b in zip(alone, shared, strict=True):
+        np.testing.assert_array_equal(a.record.codes, b.record.codes)
+        np.testing.assert_array_equal(a.values, b.values)
+        assert a.loss == b.loss and a.damp == b.damp
+    run_gptq(_weight(3), h, grid, damp=0.1, factor=factor)  # another damp: factorised anew
+    assert len(calls) == 2

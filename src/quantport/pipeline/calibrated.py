@@ -412,14 +412,17 @@ class _LayerRounder:
         self.written: set[str] = set()
 
     def group(self, names: list[str], hess: np.ndarray) -> None:
-        """Round the quantized weights among ``names`` (Linear layers sharing ``hess``)."""
+        """Round the quantized weights among ``names`` (Linear layers sharing ``hess``): one
+        factorisation of ``hess`` for all of them (``run_gptq``'s ``factor``)."""
+        factor: dict[Any, Any] = {}
         for name in names:
             idx = self.by_source.get(name)
             if idx is not None and self.plan.rows[idx].quantized:
-                self.one(name, hess)
+                self.one(name, hess, factor)
 
-    def one(self, name: str, hess: np.ndarray | None) -> None:
-        """Round Linear weight ``name`` (Hugging Face name)."""
+    def one(self, name: str, hess: np.ndarray | None,
+            factor: dict[Any, Any] | None = None) -> None:
+        """Round Linear weight ``name`` (Hugging Face name); ``factor``: see :meth:`group`."""
         import torch
 
         from quantport.quant.gptq import grid_for, run_gptq
@@ -446,7 +449,7 @@ class _LayerRounder:
             act, static = _act_order(recipe, row, report)
             res = run_gptq(we, hess, grid, damp=recipe.damp, act_order=act,
                            static_groups=static, name=row.name, ops=self.ops,
-                           host_values=not on_device)
+                           host_values=not on_device, factor=factor)
             record, values = res.record, res.values
             report.errors[row.name] = res.error
             if res.fell_back:

@@ -305,6 +305,7 @@ def run_gptq(
     name: str = "tensor",
     ops: ArrayOps | None = None,
     host_values: bool = True,
+    factor: dict[Any, Any] | None = None,
 ) -> GptqResult:
     """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
 
@@ -333,6 +334,10 @@ def run_gptq(
             record is numpy either way.
         host_values: return ``values`` as numpy; False leaves them an array of ``ops``
             (a GPU caller writes them straight back into its layer).
+        factor: a dict shared by the calls for weights that read one input (the same
+            ``hessian``: q/k/v, gate/up). The first call keeps the damped inverse's Cholesky
+            factor there; a later one with the same ``act_order`` and ``damp`` takes it
+            instead of factorising the same matrix again. None: nothing is kept.
 
     Returns:
         The record, its dequantized values and the error figures (:class:`GptqResult`).
@@ -424,11 +429,16 @@ def run_gptq(
         perm = np.arange(cols)
 
     u, used = (None, damp)
-    if finite:
+    key = (bool(act_order), float(damp))
+    if factor is not None and key in factor:
+        u, used = factor[key]  # the same matrix, order and dampening: the same factor
+    elif finite:
         if act_order:
             h = ops.take2(h, perm)  # (the unpermuted copy is freed)
             diag = diag[perm]
         u, used = _inverse_cholesky(h, diag, damp, ops)
+        if factor is not None:
+            factor[key] = (u, used)
     del h
     if u is None:
         why = (f"is not positive definite even with dampening {used:g}" if finite
