@@ -675,9 +675,9 @@ class LayerwiseModel:
         then down_proj's).
 
         Why: a fresh buffer of this size is a fresh mmap whose every page faults in (and is
-        zeroed by the kernel) again -- SmolLM2's 128 x 512 windows made 403 + 151 MiB of them a
+        zeroed by the kernel) again -- SmolLM2's 128 x 512 windows made 384 + 144 MiB of them a
         layer, about 4 of the 7 million minor page faults of a GPTQ run and most of its 38 s
-        of system time (measured with ``/usr/bin/time -v``). Peak memory is unchanged: the
+        of system time (measured with ``/usr/bin/time -v``). Peak memory is not raised: the
         largest of them was live at the peak anyway."""
         n = int(np.prod(shape))
         if self._scratch is None or self._scratch.numel() < n:
