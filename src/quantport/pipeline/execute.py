@@ -451,8 +451,8 @@ def keep_freed_memory() -> None:
     back itself after each layer (:func:`release_freed_memory`). numpy's and torch's
     temporaries are allocated and freed many times; by default each large one is a fresh mmap
     whose every page faults in again (measured on SmolLM2 Q4_K_M: 61k page faults in the
-    workers, about 20k with this, ~0.1 s less CPU; SmolLM2's 128-window GPTQ: 2.8 million
-    faults, 1.9 million with this). At most 128 MiB not in use is kept between trims."""
+    workers, about 20k with this, ~0.1 s less CPU; SmolLM2's 128-window GPTQ in the calibration
+    loop: 2.6 million faults, 1.1 million with this). At most 128 MiB not in use is kept between trims."""
     mallopt = _glibc("mallopt")
     if mallopt is None:
         return

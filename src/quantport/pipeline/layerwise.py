@@ -670,9 +670,9 @@ class LayerwiseModel:
 
     def scratch(self, shape: tuple[int, ...]) -> Any:
         """A :meth:`buffer` of ``shape`` carved from one kept for the whole run (grown when a
-        larger shape is asked for; :meth:`release_scratch` frees it). Its contents are
-        overwritten by the next call: :meth:`run_staged` holds one at a time (o_proj's input,
-        then down_proj's).
+        larger shape is asked for; :meth:`release_scratch` frees it). The next call hands out
+        the same memory: :meth:`run_staged` holds one at a time (o_proj's input, then
+        down_proj's).
 
         Why: a fresh buffer of this size is a fresh mmap whose every page faults in (and is
         zeroed by the kernel) again -- SmolLM2's 128 x 512 windows made 384 + 144 MiB of them a
