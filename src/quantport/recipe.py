@@ -90,8 +90,10 @@ METHODS: dict[str, Method] = {
 #: (GPTQModel's ``desc_act``); ``none``: natural order.
 ACT_ORDERS = ("static", "group", "none")
 #: calibration statistics of a layer come from the outputs of the already quantized layers
-#: before it (``quantized``, true-sequential) or of the float ones (``float``, one run a layer)
-CALIB_INPUTS = ("quantized", "float")
+#: before it (``quantized``, true-sequential) or of the float ones (``float``, one run a layer);
+#: ``asymmetric``: GPTQ's Hessians from the quantized layers' outputs, its target the float
+#: model's (GPTAQ: the float model's stream runs beside the quantized one, about 1.8x the time)
+CALIB_INPUTS = ("quantized", "float", "asymmetric")
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,9 @@ def make_recipe(
                                 ("--calib-dtype", calib_dtype, ("float32", "bfloat16"))):
         if value not in allowed:
             raise OptionError(f"{opt} {value!r} is not one of {', '.join(allowed)}")
+    if calib_inputs == "asymmetric" and "gptq" not in method:
+        raise OptionError(f"--calib-inputs asymmetric sets GPTQ's target; --method {method} "
+                          "runs no GPTQ (use --method gptq or awq+gptq)")
     dev = parse_device(device)
     if smooth_alpha is not None and not 0 < smooth_alpha < 1:
         raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")

@@ -277,13 +277,18 @@ def test_bad_calibration_text_is_refused(tiny_llama: Path, tmp_path: Path) -> No
         calibration_windows(src, layerwise.DEFAULT_CALIBRATION_TEXT, 1, 4096)
 
 
-def test_encoders_are_refused_by_awq(tmp_path: Path) -> None:
+def test_encoders_are_refused_by_awq_and_asymmetric_gptq(tmp_path: Path) -> None:
     # GPTQ and SmoothQuant on encoders: tests/pipeline/test_calibrated_encoder.py
     from quantport.models import open_source
 
     with pytest.raises(UnsupportedQuantError, match="AWQ's scale groups"):
         convert(open_source("minilm"), make_recipe("safetensors", "w4-g32-sym",
                                                  method="awq", **CALIB), tmp_path / "x")
+    with pytest.raises(UnsupportedQuantError, match="asymmetric runs on pre-norm decoder"):
+        convert(open_source("minilm"), make_recipe("safetensors", "w4-g32-sym", method="gptq",
+                                                 calib_inputs="asymmetric", **CALIB),
+                tmp_path / "y")
+    assert not (tmp_path / "y").exists()
 
 
 def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: Path) -> None:
@@ -303,6 +308,12 @@ def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: 
     assert len(bad.output.strip().splitlines()) == 1
     damp = runner.invoke(cli, [*base, "-o", str(tmp_path / "d"), "--damp", "-1"])
     assert damp.exit_code != 0 and "--damp" in damp.output
+    # the asymmetric target is GPTQ's: refused for a method without GPTQ, before any work
+    awq = runner.invoke(cli, [*base[:-4], "--method", "awq", "--calib-inputs", "asymmetric",
+                              "-o", str(tmp_path / "awq")])
+    assert awq.exit_code != 0 and "asymmetric" in awq.output and "Traceback" not in awq.output
+    # a usage error, as click reports one (exit 2)
+    assert awq.exit_code == 2 and not (tmp_path / "awq").exists()
 
 
 def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: Path) -> None:
@@ -316,7 +327,7 @@ def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: 
     assert model.staged(layer)
     ref, two_pass = model.run(0, layer, h, collect=True)
     seen: list[list[str]] = []
-    staged = model.run_staged(0, layer, h, lambda names, hess: seen.append(names))
+    staged = model.run_staged(0, layer, h, lambda names, hess, cross: seen.append(names))
     torch.testing.assert_close(h, ref, rtol=1e-6, atol=1e-6)
     assert [len(n) for n in seen] == [3, 1, 2, 1]
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -325,8 +336,99 @@ def test_staged_one_pass_reproduces_the_layer_and_its_first_hessian(tiny_llama: 
     # the next layer reuses the scratch space the first one's o_proj and down_proj inputs took
     layer1 = model.load(1)
     ref1, _ = model.run(1, layer1, h)
-    model.run_staged(1, layer1, h, lambda names, hess: None)
+    model.run_staged(1, layer1, h, lambda names, hess, cross: None)
     torch.testing.assert_close(h, ref1, rtol=1e-6, atol=1e-6)
+
+
+def test_staged_asymmetric_reference_stream_and_cross_terms(tiny_llama: Path) -> None:
+    """With a float reference (GPTAQ), run_staged carries the float model's hidden states to
+    the float layer's output beside the rounded ones, and each input's cross term is
+    ``2 (X_f - X)ᵀ X / n`` of the float and the rounded layer's inputs at that place."""
+    import copy
+
+    src = open_path(tiny_llama)
+    windows = calibration_windows(src, samples=3, length=64)
+    model = LayerwiseModel(src)
+    h = model.embed(windows)
+    h0 = h.clone()
+    layer = model.load(0)
+    fl = copy.deepcopy(layer)
+    want_hf, _ = model.run(0, copy.deepcopy(layer), h0)
+    hf = h0.clone()
+    crosses: dict[str, np.ndarray | None] = {}
+
+    def rounding(names: list[str], hess: np.ndarray, cross: np.ndarray | None) -> None:
+        # a coarse rounding, so that the later stages' inputs differ from the float layer's
+        for n in names:
+            crosses[n.split(".")[-2]] = cross
+            w = layer.get_submodule(n[len("model.layers.0."):].removesuffix(".weight")).weight
+            with torch.no_grad():
+                w.copy_(torch.round(w * 64) / 64)  # weights ~0.02: a step of 1/64
+
+    stats = model.run_staged(0, layer, h, rounding, ref=(fl, hf))
+    torch.testing.assert_close(hf, want_hf, rtol=1e-5, atol=1e-5)
+    # layer 0's q/k/v read the embeddings, the same in both models: no asymmetry there
+    assert float(np.abs(crosses["q_proj"]).max()) < 1e-6
+    # o_proj: the float layer's attention against the one with rounded q/k/v, on h0
+    got: dict[str, list[torch.Tensor]] = {"f": [], "q": []}
+    for key, lay in (("f", fl), ("q", layer)):
+        hd = lay.self_attn.o_proj.register_forward_pre_hook(
+            lambda _m, a, _k=key: got[_k].append(a[0].detach().reshape(-1, a[0].shape[-1])))
+        model.run(0, lay, h0.clone())
+        hd.remove()
+    xf, xq = torch.cat(got["f"]).double(), torch.cat(got["q"]).double()
+    want = (2.0 / xq.shape[0] * (xf - xq).T @ xq).numpy()
+    assert np.abs(want).max() > 1e-3  # the rounding did change o_proj's input
+    o = "model.layers.0.self_attn.o_proj.weight"
+    np.testing.assert_allclose(stats.of(o).cross, want, rtol=1e-3, atol=1e-6)
+    assert crosses["o_proj"] is stats.of(o).cross
+
+
+def test_asymmetric_shift_is_the_least_squares_target() -> None:
+    """``W (I + M)`` solves ``min ||Ŵ X - W X_f||``, and that objective is GPTQ's on the
+    shifted weight plus a constant (so GPTQ on it minimises the asymmetric objective)."""
+    from quantport.quant.gptq import asymmetric_shift
+
+    rng = np.random.default_rng(0)
+    n, k, o = 400, 12, 5
+    x = rng.standard_normal((n, k))
+    xf = x + 0.3 * rng.standard_normal((n, k))
+    w = rng.standard_normal((o, k))
+    hess, cross = 2 / n * x.T @ x, 2 / n * (xf - x).T @ x
+    target = w + w @ asymmetric_shift(hess, cross, damp=0.0)
+    lsq = np.linalg.lstsq(x, xf @ w.T, rcond=None)[0].T
+    np.testing.assert_allclose(target, lsq, rtol=1e-9, atol=1e-9)
+
+    def excess(q: np.ndarray) -> float:
+        return float(((x @ q.T - xf @ w.T) ** 2).sum() - ((x @ (q - target).T) ** 2).sum())
+
+    a, b = excess(rng.standard_normal((o, k))), excess(np.round(w))
+    assert abs(a - b) < 1e-8 * abs(a)
+    # no asymmetry, no shift; dampening shrinks the shift
+    assert not asymmetric_shift(hess, np.zeros_like(cross)).any()
+    assert (np.abs(asymmetric_shift(hess, cross, 0.5)).sum()
+            < np.abs(asymmetric_shift(hess, cross, 0.0)).sum())
+
+
+def test_gptq_asymmetric_inputs_end_to_end_and_cached(tiny_llama: Path, tmp_path: Path,
+                                                      calib_cache: Path) -> None:
+    """``--calib-inputs asymmetric``: a GGUF of the preset's types whose layers' records differ
+    from plain GPTQ's; a second run takes the cross terms from the cache (same bytes)."""
+    src = open_path(tiny_llama)
+    kw = dict(method="gptq", **CALIB)
+    plain = convert(src, make_recipe("gguf", "Q4_K_M", **kw), tmp_path / "p.gguf", threads=1)
+    asym = make_recipe("gguf", "Q4_K_M", calib_inputs="asymmetric", **kw)
+    first = convert(src, asym, tmp_path / "a.gguf", threads=1)
+    second = convert(src, asym, tmp_path / "b.gguf", threads=1)
+    assert not first.calibration.cached and second.calibration.cached
+    assert first.plan.type_counts() == plain.plan.type_counts()
+    a, b = (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
+    assert a == b and a != (tmp_path / "p.gguf").read_bytes()
+    stats, _ = layerwise.StatsCache(
+        next(p.name for p in calib_cache.iterdir()
+             if (p / "layer-1.npz").exists() and layerwise.StatsCache(p.name, calib_cache)
+             .load(1)[0].groups[0].cross is not None), calib_cache).load(1)
+    assert all(g.cross is not None and g.cross.shape == g.hessian.shape for g in stats.groups)
 
 
 def test_scratch_is_one_buffer_grown_when_needed(tiny_llama: Path) -> None:

@@ -288,11 +288,15 @@ class InputStats:
         abs_mean: mean ``|x|`` per input channel (AWQ).
         abs_max: max ``|x|`` per input channel (SmoothQuant).
         sq_mean: mean ``x²`` per input channel (llama.cpp's importance matrix).
+        cross: ``2 (X_f - X)ᵀ X / n`` (float64 ``[in, in]``), where ``X_f`` is the float
+            model's input at the same place: the asymmetric term of GPTAQ (see
+            :func:`quantport.quant.gptq.asymmetric_target`); None unless collected.
     """
 
     modules: list[str]
     n: int = 0
     hessian: np.ndarray | None = None
+    cross: np.ndarray | None = None
     abs_mean: np.ndarray | None = None
     abs_max: np.ndarray | None = None
     sq_mean: np.ndarray | None = None
@@ -818,9 +822,10 @@ class LayerwiseModel:
         return out, stats
 
 
-    def head_stats(self, h: Any, weight: str) -> LayerStats:
+    def head_stats(self, h: Any, weight: str, hf: Any = None) -> LayerStats:
         """The statistics of the LM head's input (the final norm of ``h``, the last layer's
-        output), as :meth:`run` collects a layer's, under index :attr:`n_layers`."""
+        output), as :meth:`run` collects a layer's, under index :attr:`n_layers`; with the
+        float model's hidden states ``hf``, the cross term too (:attr:`InputStats.cross`)."""
         torch = self.torch
         norm = self.body.norm.to_empty(device=self.device)
         root = self.prefix.split(".layers.")[0]
@@ -829,14 +834,23 @@ class LayerwiseModel:
                 p.copy_(self._tensor(f"{root}.norm.{name}"))
         acc = _Accumulator(torch.nn.Module(), "", True, False)  # no hooks: fed directly
         acc.members = {weight: [weight]}
+        cross = None
         try:
             with torch.inference_mode(), self.autocast():
                 for b in self._batches(h):
-                    acc._add(weight, norm(self._dev(h[b])))
+                    x = norm(self._dev(h[b]))
+                    acc._add(weight, x)
+                    if hf is not None:
+                        x2 = x.reshape(-1, x.shape[-1])
+                        d = gram2(norm(self._dev(hf[b])).reshape(x2.shape) - x2, x2)
+                        cross = d if cross is None else cross.add_(d)
         finally:
             stats = acc.close(self.n_layers)
             self.body.norm.to("meta")
             self.source.release()
+        if cross is not None:
+            (g,) = stats.groups
+            g.cross = _host(cross).astype(np.float64) * (2.0 / g.n)
         return stats
 
     def caller(self, tokens: int) -> Callable[[Any, Any], Any]:
@@ -882,7 +896,8 @@ class LayerwiseModel:
                                                         "act_fn")))
 
     def run_staged(self, i: int, layer: Any, h: Any,
-                   quantize: Callable[[list[str], np.ndarray], None]) -> LayerStats:
+                   quantize: Callable[[list[str], np.ndarray, np.ndarray | None], None],
+                   ref: tuple[Any, Any] | None = None) -> LayerStats:
         """True-sequential calibration of layer ``i`` in ONE forward pass, ``h`` updated in
         place to the layer's output with its rounded weights.
 
@@ -894,6 +909,11 @@ class LayerwiseModel:
         (statistics of the float layer, then the rounded layer's outputs: the reference and
         llm-compressor) runs each twice, and every Hessian sees the outputs of everything
         rounded before it.
+
+        ``ref``: ``(float_layer, hf)``, an unrounded copy of the layer and the float model's
+        hidden states (updated in place to its output, sub-block by sub-block beside ``h``):
+        each input's :attr:`InputStats.cross` is then summed too, and handed to ``quantize``
+        (asymmetric calibration, GPTAQ); without it ``quantize`` gets None.
         """
         torch = self.torch
         attn, mlp = layer.self_attn, layer.mlp
@@ -904,21 +924,33 @@ class LayerwiseModel:
         pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
         dev = self._dev
 
-        def stage(names: list[str], inputs: Callable[[slice], Any]) -> None:
-            hess, n = None, 0
+        def stage(names: list[str], inputs: Callable[[slice], Any],
+                  ref_inputs: Callable[[slice], Any] | None = None) -> None:
+            hess, n, cross = None, 0, None
             for b in batches:
                 x2 = inputs(b)
                 x2 = x2.reshape(-1, x2.shape[-1])
                 hess = add_gram(hess, x2)
                 n += x2.shape[0]
+                if ref is not None and ref_inputs is not None:
+                    # (X_f - X)ᵀ X: the reference's dXXT (GPTAQ, add_batch), one batch's term
+                    xf = ref_inputs(b).reshape(x2.shape)
+                    d = gram2(xf - x2, x2)
+                    cross = d if cross is None else cross.add_(d)
+                    del xf, d
             del x2  # the last batch's input: freed before GPTQ's matrices are made
             assert hess is not None
             h64, sq = hessian_out(hess, n)
             del hess
+            c64 = None
+            if cross is not None:
+                c64 = _host(cross).astype(np.float64) * (2.0 / n)
+                del cross
             full = [f"{p}{m}.weight" for m in names]
-            stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq))
+            stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq,
+                                           cross=c64))
             with self.evicted(h, 3 * h64.shape[0] ** 2 * 4):
-                quantize(full, h64)
+                quantize(full, h64, c64)
 
         class _Stop(Exception):
             pass
@@ -932,8 +964,32 @@ class LayerwiseModel:
         with torch.inference_mode(), self.autocast():
             cos, sin = self.rotary(dev(h[:1]).float(), position_ids=pos)
             pe = (cos.to(self.dtype), sin.to(self.dtype))
+            fl, hf = ref if ref is not None else (None, None)
+
+            def ref_o(b: slice) -> Any:
+                # the float layer's o_proj input; hf[b] then takes the attention's residual
+                # (each batch is read once a stage, so the update can happen here)
+                handle = fl.self_attn.o_proj.register_forward_pre_hook(catch)
+                try:
+                    fl.self_attn(hidden_states=fl.input_layernorm(dev(hf[b])),
+                                 position_embeddings=pe, attention_mask=None)
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                y = got.pop()
+                self._add_to(hf, b, fl.self_attn.o_proj(y))
+                return y
+
+            def ref_down(b: slice) -> Any:
+                x = fl.post_attention_layernorm(dev(hf[b]))
+                y = fl.mlp.act_fn(fl.mlp.gate_proj(x)) * fl.mlp.up_proj(x)
+                self._add_to(hf, b, fl.mlp.down_proj(y))
+                return y
+
             stage(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                  lambda b: ln1(dev(h[b])))
+                  lambda b: ln1(dev(h[b])),
+                  lambda b: fl.input_layernorm(dev(hf[b])))
             # o_proj's input (the attention's output) and down_proj's (the widest activation)
             # are each kept between their two uses when they fit in _KEEP_BYTES, recomputed
             # otherwise: a second pass over the windows costs less than a buffer the size of
@@ -958,12 +1014,13 @@ class LayerwiseModel:
                     self._put(a, b, y)
                 return y
 
-            stage(["self_attn.o_proj"], o_input)
+            stage(["self_attn.o_proj"], o_input, ref_o)
             for b in batches:
                 x = dev(a[b]) if a is not None else o_input(b)
                 self._add_to(h, b, attn.o_proj(x))
             a = None  # noqa: F841 - its scratch space is down_proj's input's now
-            stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(dev(h[b])))
+            stage(["mlp.gate_proj", "mlp.up_proj"], lambda b: ln2(dev(h[b])),
+                  lambda b: fl.post_attention_layernorm(dev(hf[b])))
             x3 = kept(mlp.down_proj.in_features)
 
             def down_input(b: slice) -> Any:
@@ -977,7 +1034,7 @@ class LayerwiseModel:
                     self._put(x3, b, y)
                 return y
 
-            stage(["mlp.down_proj"], down_input)
+            stage(["mlp.down_proj"], down_input, ref_down)
             for b in batches:
                 self._add_to(h, b, mlp.down_proj(dev(x3[b]) if x3 is not None
                                                  else down_input(b)))
@@ -1051,9 +1108,10 @@ class StatsCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                stats = LayerStats(i, [InputStats(modules=g["modules"], n=g["n"],
-                                                  hessian=z[f"H{k}"].astype(np.float64))
-                                       for k, g in enumerate(meta["groups"])])
+                stats = LayerStats(i, [InputStats(
+                    modules=g["modules"], n=g["n"], hessian=z[f"H{k}"].astype(np.float64),
+                    cross=z[f"C{k}"].astype(np.float64) if f"C{k}" in z.files else None)
+                    for k, g in enumerate(meta["groups"])])
                 scales = {p: z[f"S{k}"] for k, p in enumerate(meta["scales"])}
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable calibration cache %s: %s", path, exc)
@@ -1070,7 +1128,8 @@ class StatsCache:
             arrays[f"S{k}"] = np.asarray(scales[p], dtype=np.float32)
         # sized before the Hessians are copied off a GPU (float32 in the file)
         size = (sum(a.nbytes for a in arrays.values())
-                + sum(4 * int(np.prod(g.hessian.shape)) for g in groups))
+                + sum(4 * int(np.prod(g.hessian.shape)) * (1 + (g.cross is not None))
+                      for g in groups))
         if size * n_layers > self.max_bytes:
             log.info("calibration statistics (~%d MiB) exceed the cache limit; not cached",
                      size * n_layers >> 20)
@@ -1080,6 +1139,8 @@ class StatsCache:
             h = g.hessian
             arrays[f"H{k}"] = np.asarray(h if isinstance(h, np.ndarray) else _host(h),
                                          dtype=np.float32)
+            if g.cross is not None:
+                arrays[f"C{k}"] = np.asarray(g.cross, dtype=np.float32)
         meta = {"groups": [{"modules": g.modules, "n": g.n} for g in groups],
                 "scales": list(scales)}
         if not self.dir.is_dir():

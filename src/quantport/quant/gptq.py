@@ -292,6 +292,37 @@ def gptq_quantize(
     ).record
 
 
+def asymmetric_shift(hessian: np.ndarray, cross: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """``M`` such that ``W (I + M)`` is the target GPTQ should round for the asymmetric
+    objective ``||Ŵ X - W X_f||²`` (GPTAQ, Li et al., ICML 2025): the rounded layer fed the
+    rounded model's inputs ``X`` is matched to the float layer fed the float model's ``X_f``.
+
+    With ``H = 2 X Xᵀ/n`` and ``cross = 2 (X_f - X) Xᵀ/n`` (:class:`InputStats`), the least-
+    squares solution of that objective is ``W* = W + W · cross · H⁻¹``, and
+    ``||Ŵ X - W X_f||² = ||(Ŵ - W*) X||² + const`` (the cross term vanishes by the normal
+    equations), so GPTQ on ``W*`` with ``H`` minimises the asymmetric objective exactly, on any
+    grid. ``H`` is damped as :func:`run_gptq` damps it (``damp · mean(diag H)``), which keeps
+    ``W*`` near ``W`` along directions the calibration data barely excites.
+
+    Args:
+        hessian: ``[in, in]``, as for :func:`run_gptq`.
+        cross: ``[in, in]``, same scaling as ``hessian``.
+        damp: fraction of ``mean(diag(H))`` added to the diagonal.
+
+    Returns:
+        float64 ``[in, in]`` ``M = cross · (H + λI)⁻¹``.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    diag = np.diagonal(h).copy()
+    dead = ~(diag > 0)
+    idx = np.arange(h.shape[0])
+    h[idx[dead], idx[dead]] = 1.0  # as run_gptq's dead columns
+    h[idx, idx] += damp * float(np.mean(np.where(dead, 1.0, diag)))
+    c = np.asarray(cross, dtype=np.float64)
+    # H is symmetric: (cross H⁻¹)ᵀ = H⁻¹ crossᵀ
+    return np.linalg.solve(h, c.T).T
+
+
 def run_gptq(
     w: np.ndarray,
     hessian: np.ndarray,

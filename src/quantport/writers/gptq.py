@@ -92,7 +92,7 @@ def gptq_config(scheme: IntScheme, recipe: Recipe) -> dict[str, Any]:
                             "method": recipe.method}
     if gptq:
         meta.update(damp_percent=recipe.damp, static_groups=recipe.act_order == "static",
-                    true_sequential=recipe.calib_inputs == "quantized", act_group_aware=False,
+                    true_sequential=recipe.calib_inputs != "float", act_group_aware=False,
                     mse=0.0)
     return {
         "bits": scheme.bits,
