@@ -318,6 +318,10 @@ def rows_table() -> list[Row]:
             "qp-gptq-bf16-w4g64",
             qp_convert("safetensors", "w4-g64-sym", "--act-order", "static", "--calib-dtype",
                        "bfloat16", method="gptq"), needs="gptq"),
+        Row("st-gptaq", "GPTQ, act-order static, asymmetric inputs (GPTAQ)", "quantport", st,
+            "qp-gptaq-w4g64",
+            qp_convert("safetensors", "w4-g64-sym", "--act-order", "static", "--calib-inputs",
+                       "asymmetric", method="gptq"), needs="gptq"),
         Row("st-llmc", "GPTQ (GPTQModifier), act-order static", "llm-compressor", st,
             "llmc-gptq-w4g64", _llmc_cmd, prepare=_prepare_llmcompressor),
         Row("st-awq", "AWQ", "quantport", st, "qp-awq-w4g64",
@@ -333,6 +337,10 @@ def rows_table() -> list[Row]:
             "lc-imat-q4km.gguf", _llamacpp_cmd),
         Row("gguf-gptq", "GPTQ onto k-quants", "quantport", gg, "qp-gptq-q4km.gguf",
             qp_convert("gguf", "Q4_K_M", method="gptq"), needs="gptq"),
+        Row("gguf-gptaq", "GPTQ onto k-quants, asymmetric inputs (GPTAQ)", "quantport", gg,
+            "qp-gptaq-q4km.gguf",
+            qp_convert("gguf", "Q4_K_M", "--calib-inputs", "asymmetric", method="gptq"),
+            needs="gptq"),
         Row("gguf-ar", "opt-RTN (iters=0) + imatrix", "auto-round", gg, "ar-q4km",
             _autoround_cmd, prepare=_prepare_autoround),
         Row("w8a8-rtn", "W8A8, no smoothing", "quantport", "ONNX w8a8", "qp-w8a8.onnx.d",
@@ -438,7 +446,7 @@ def fmt_row(r: Row) -> str:
             + q)
 
 
-def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
+def judge(rows: dict[str, Row], layout_notes: dict[str, str]) -> list[str]:
     """issue 9's targets, from this run's rows."""
     out = ["### Against the targets", ""]
 
@@ -456,7 +464,8 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
     def line(text: str, ok: bool | None, detail: str) -> None:
         out.append(f"- {text}: {verdict(ok) if ok is not None else 'not judged'} ({detail}).")
 
-    for key, label in (("st-gptq", "GPTQ"), ("st-gptq-bf16", "GPTQ (bf16 calibration)")):
+    for key, label in (("st-gptq", "GPTQ"), ("st-gptq-bf16", "GPTQ (bf16 calibration)"),
+                       ("st-gptaq", "GPTQ (asymmetric inputs)")):
         why = have(key, "st-llmc")
         if why:
             for t in ("KLD", "wall", "peak RSS"):
@@ -476,23 +485,27 @@ def judge(rows: dict[str, Row], layout_note: str) -> list[str]:
         a, r = rows["st-awq"], rows["st-rtn"]
         line("AWQ w4-g64 KLD at most 0.8x RTN's", a.kld <= 0.8 * r.kld,
              f"{a.kld:.5f} vs {r.kld:.5f}, ratio {a.kld / r.kld:.3f}")
-    why = have("gguf-gptq", "gguf-lc-imat")
-    if why:
-        line("quantport GPTQ Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD", None, why)
-    else:
-        g, c = rows["gguf-gptq"], rows["gguf-lc-imat"]
-        line("quantport GPTQ Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD",
-             g.kld <= 0.7 * c.kld, f"{g.kld:.5f} vs {c.kld:.5f}, ratio {g.kld / c.kld:.3f}")
-    if layout_note:
-        out.append(f"- quantport GPTQ Q4_K_M: same tensor types and file size as llama.cpp's: "
-                   f"{layout_note}.")
-    why = have("gguf-gptq", "gguf-ar")
-    if why:
-        line("quantport GPTQ Q4_K_M KLD at most auto-round's", None, why)
-    else:
-        g, a = rows["gguf-gptq"], rows["gguf-ar"]
-        line("quantport GPTQ Q4_K_M KLD at most auto-round's", g.kld <= a.kld,
-             f"{g.kld:.5f} vs {a.kld:.5f}, ratio {g.kld / a.kld:.3f}")
+    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
+        target = f"quantport {label} Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD"
+        why = have(key, "gguf-lc-imat")
+        if why:
+            line(target, None, why)
+        else:
+            g, c = rows[key], rows["gguf-lc-imat"]
+            line(target, g.kld <= 0.7 * c.kld,
+                 f"{g.kld:.5f} vs {c.kld:.5f}, ratio {g.kld / c.kld:.3f}")
+    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
+        if key in layout_notes:
+            out.append(f"- quantport {label} Q4_K_M: same tensor types and file size as "
+                       f"llama.cpp's: {layout_notes[key]}.")
+    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
+        target = f"quantport {label} Q4_K_M KLD at most auto-round's"
+        why = have(key, "gguf-ar")
+        if why:
+            line(target, None, why)
+        else:
+            g, a = rows[key], rows["gguf-ar"]
+            line(target, g.kld <= a.kld, f"{g.kld:.5f} vs {a.kld:.5f}, ratio {g.kld / a.kld:.3f}")
     why = have("w8a8-sq", "w8a8-rtn")
     if why:
         line("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing", None, why)
@@ -703,20 +716,24 @@ def main() -> None:
                      if r.score.get("ppl_reference")), None)
 
     by_key = {r.key: r for r in rows}
-    layout_note = ""
-    g, c = by_key.get("gguf-gptq"), by_key.get("gguf-lc-imat")
-    if g and c and not g.skip and not c.skip:
+    layout_notes: dict[str, str] = {}
+    c = by_key.get("gguf-lc-imat")
+    for key in ("gguf-gptq", "gguf-gptaq"):
+        g = by_key.get(key)
+        if not (g and c and not g.skip and not c.skip and g.score):
+            continue
         lg, lc = gguf_layout(artifact_file(g, ctx)), gguf_layout(artifact_file(c, ctx))
         diff = [n for n in lc if lg.get(n) != lc[n]] + [n for n in lg if n not in lc]
         sg, sc = g.score["_size"], c.score["_size"]
         # the tensor data is what the preset sizes; the header differs by the recipe text
         # quantport records (`quantport.recipe`, which llama.cpp copies from its F32 input)
         dg, dc = tensor_bytes(artifact_file(g, ctx)), tensor_bytes(artifact_file(c, ctx))
-        layout_note = (f"{'met' if not diff and dg == dc else '**not met**'} "
-                       f"({len(lc) - len(diff)}/{len(lc)} tensors of the same type; tensor "
-                       f"data {dg} vs {dc} bytes; whole file {sg} vs {sc} bytes, the "
-                       f"difference in the metadata header)")
-        print(f"GGUF GPTQ vs llama.cpp layout: {layout_note}", file=sys.stderr, flush=True)
+        layout_notes[key] = (f"{'met' if not diff and dg == dc else '**not met**'} "
+                             f"({len(lc) - len(diff)}/{len(lc)} tensors of the same type; "
+                             f"tensor data {dg} vs {dc} bytes; whole file {sg} vs {sc} bytes, "
+                             "the difference in the metadata header)")
+        print(f"GGUF {key} vs llama.cpp layout: {layout_notes[key]}", file=sys.stderr,
+              flush=True)
     a = by_key.get("gguf-ar")
     if a and c and not a.skip and not c.skip and a.score:
         la, lc = gguf_layout(artifact_file(a, ctx)), gguf_layout(artifact_file(c, ctx))
@@ -774,7 +791,7 @@ def main() -> None:
             body.append(f"- {r.key}: " + ", ".join(
                 f"{m.wall_s:.1f}/{m.user_s + m.sys_s:.0f}/{m.maxrss / MIB:.0f}" for m in r.runs))
     body.append("")
-    body += judge(by_key, layout_note)
+    body += judge(by_key, layout_notes)
     print("\n".join([HEADING, "", *body]))
     (work / "result.json").write_text(json.dumps(
         {r.key: {"skip": r.skip, "walls": [m.wall_s for m in r.runs],
