@@ -92,7 +92,7 @@ ACT_ORDERS = ("static", "group", "none")
 #: calibration statistics of a layer come from the outputs of the already quantized layers
 #: before it (``quantized``, true-sequential) or of the float ones (``float``, one run a layer);
 #: ``asymmetric``: GPTQ's Hessians from the quantized layers' outputs, its target the float
-#: model's (GPTAQ: the float model's stream runs beside the quantized one, about 1.8x the time)
+#: model's (GPTAQ: the float model's stream runs beside the quantized one, about twice the time)
 CALIB_INPUTS = ("quantized", "float", "asymmetric")
 
 

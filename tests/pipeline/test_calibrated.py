@@ -429,6 +429,23 @@ def test_gptq_asymmetric_inputs_end_to_end_and_cached(tiny_llama: Path, tmp_path
              if (p / "layer-1.npz").exists() and layerwise.StatsCache(p.name, calib_cache)
              .load(1)[0].groups[0].cross is not None), calib_cache).load(1)
     assert all(g.cross is not None and g.cross.shape == g.hessian.shape for g in stats.groups)
+    # AWQ + GPTQ: the float reference carries AWQ's scales (the basis the weights are rounded
+    # in); the checkpoint loads in transformers and stays close to the source
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "awq-gptq"
+    convert(src, make_recipe("safetensors", "w4-g32-sym", method="awq+gptq",
+                             calib_inputs="asymmetric", **CALIB), out, threads=1)
+    ids = torch.tensor([[5, 100, 2000, 300, 40, 7, 8, 9]])
+    with torch.inference_mode():
+        q = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+        f = AutoModelForCausalLM.from_pretrained(tiny_llama)(input_ids=ids).logits
+    assert torch.isfinite(q).all() and float((q - f).abs().max()) < 0.5 * float(f.abs().max())
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        recipe = json.loads(f.metadata()["quantport_recipe"])
+    assert recipe["method"] == "awq+gptq" and recipe["calib"]["inputs"] == "asymmetric"
 
 
 def test_scratch_is_one_buffer_grown_when_needed(tiny_llama: Path) -> None:

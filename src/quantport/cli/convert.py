@@ -80,7 +80,7 @@ def _parse_size(text: str) -> int:
               help="Each layer calibrates on the outputs of the quantized layers before it "
                    "(true-sequential) or of the float ones (one forward pass a layer); "
                    "asymmetric: GPTQ on the quantized layers' outputs, aiming at the float "
-                   "model's (GPTAQ, about 1.8x the time).")
+                   "model's (GPTAQ, about twice the time).")
 @click.option("--calib-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True, help="dtype of the calibration forward passes.")
 @click.option("--smooth-alpha", type=float, default=None,

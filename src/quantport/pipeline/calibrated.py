@@ -232,6 +232,7 @@ def run_calibrated(
                 raise QuantportError(f"calibration cache {cache.dir} lost layer {li} during the "
                                      "run; run the conversion again")
             scales: dict[str, np.ndarray] = {}
+            float_layer = None  # the asymmetric target's float layer (see below)
             if hit is not None:
                 scales = hit[1]
                 apply_scales(layer, scales)
@@ -241,6 +242,11 @@ def run_calibrated(
                 inputs = model.capture(li, layer, sample,
                                        list(dict.fromkeys([*firsts, "self_attn.o_proj"])))
                 scales = awq_layer(layer, inputs, grids, model.caller(h.shape[1]))
+                if asym:
+                    # the float reference computes in the scaled basis the rounded weights
+                    # see (the scales keep the float function), but is not clipped: clipping
+                    # is part of the rounding
+                    float_layer = copy.deepcopy(layer)
                 scales.update(awq_clip(layer, inputs, grids))
                 del inputs
             elif recipe.method == "smoothquant":
@@ -267,9 +273,11 @@ def run_calibrated(
                 stats = hit[0] if gptq else None
             elif staged:
                 # one pass: each sub-block's Hessian, rounding, then its rounded output (h in place)
-                ref = (copy.deepcopy(layer), hf) if asym else None
+                if asym and float_layer is None:
+                    float_layer = copy.deepcopy(layer)
+                ref = (float_layer, hf) if asym else None
                 stats = model.run_staged(li, layer, h, rounder.group, ref=ref)
-                del ref
+                del ref, float_layer
             elif gptq:
                 # statistics of the (transformed) layer's inputs, then rounding onto the grids
                 out, stats = model.run(li, layer, h, collect=True)
