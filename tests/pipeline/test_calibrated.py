@@ -384,32 +384,6 @@ def test_staged_asymmetric_reference_stream_and_cross_terms(tiny_llama: Path) ->
     assert crosses["o_proj"] is stats.of(o).cross
 
 
-def test_asymmetric_shift_is_the_least_squares_target() -> None:
-    """``W (I + M)`` solves ``min ||Ŵ X - W X_f||``, and that objective is GPTQ's on the
-    shifted weight plus a constant (so GPTQ on it minimises the asymmetric objective)."""
-    from quantport.quant.gptq import asymmetric_shift
-
-    rng = np.random.default_rng(0)
-    n, k, o = 400, 12, 5
-    x = rng.standard_normal((n, k))
-    xf = x + 0.3 * rng.standard_normal((n, k))
-    w = rng.standard_normal((o, k))
-    hess, cross = 2 / n * x.T @ x, 2 / n * (xf - x).T @ x
-    target = w + w @ asymmetric_shift(hess, cross, damp=0.0)
-    lsq = np.linalg.lstsq(x, xf @ w.T, rcond=None)[0].T
-    np.testing.assert_allclose(target, lsq, rtol=1e-9, atol=1e-9)
-
-    def excess(q: np.ndarray) -> float:
-        return float(((x @ q.T - xf @ w.T) ** 2).sum() - ((x @ (q - target).T) ** 2).sum())
-
-    a, b = excess(rng.standard_normal((o, k))), excess(np.round(w))
-    assert abs(a - b) < 1e-8 * abs(a)
-    # no asymmetry, no shift; dampening shrinks the shift
-    assert not asymmetric_shift(hess, np.zeros_like(cross)).any()
-    assert (np.abs(asymmetric_shift(hess, cross, 0.5)).sum()
-            < np.abs(asymmetric_shift(hess, cross, 0.0)).sum())
-
-
 def test_gptq_asymmetric_inputs_end_to_end_and_cached(tiny_llama: Path, tmp_path: Path,
                                                       calib_cache: Path) -> None:
     """``--calib-inputs asymmetric``: a GGUF of the preset's types whose layers' records differ

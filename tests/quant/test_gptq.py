@@ -464,3 +464,71 @@ def test_a_shared_factor_gives_the_same_result_with_one_factorisation(
         assert a.loss == b.loss and a.damp == b.damp
     run_gptq(_weight(3), h, grid, damp=0.1, factor=factor)  # another damp: factorised anew
     assert len(calls) == 2
+
+
+def _asymmetric_case(seed: int, cols: int = COLS) -> tuple[np.ndarray, np.ndarray]:
+    """``H = 2XXᵀ/n`` of the rounded model's inputs and ``cross = 2(X_f - X)Xᵀ/n`` with the
+    float model's ``X_f`` (``[in, tokens]``), as the calibration engine sums them."""
+    rng = np.random.default_rng(seed + 2000)
+    mix = np.eye(cols) + 0.4 * rng.standard_normal((cols, cols)) / np.sqrt(cols) * 4
+    x = mix @ rng.standard_normal((cols, 2 * cols)) * np.exp(rng.standard_normal((cols, 1)))
+    xf = x + 0.1 * np.abs(x).mean() * rng.standard_normal(x.shape)
+    n = x.shape[1]
+    return 2.0 * x @ x.T / n, 2.0 * (xf - x) @ x.T / n
+
+
+def _asymmetric_target(w: np.ndarray, h: np.ndarray, cross: np.ndarray,
+                       damp: float) -> np.ndarray:
+    """The least-squares weight for the float output, ``W + W·cross·(H + λI)⁻¹``, by a
+    plain solve (run_gptq uses its own Cholesky factor instead)."""
+    hd = h + damp * np.mean(np.diag(h)) * np.eye(h.shape[0])
+    return (w.astype(np.float64) + np.linalg.solve(hd, (w.astype(np.float64) @ cross).T).T
+            ).astype(f32)
+
+
+def test_asymmetric_target_is_the_least_squares_weight() -> None:
+    """Undamped, the target solves ``min ||Ŵ X - W X_f||``, and that objective is GPTQ's on
+    the target plus a constant: so rounding the target by GPTQ minimises it."""
+    rng = np.random.default_rng(0)
+    n, k, o = 400, 12, 5
+    x = rng.standard_normal((k, n))
+    xf = x + 0.3 * rng.standard_normal((k, n))
+    w = rng.standard_normal((o, k))
+    h, cross = 2 / n * x @ x.T, 2 / n * (xf - x) @ x.T
+    hd = h  # damp 0
+    target = w + np.linalg.solve(hd, (w @ cross).T).T
+    np.testing.assert_allclose(target, np.linalg.lstsq(x.T, xf.T @ w.T, rcond=None)[0].T,
+                               rtol=1e-9, atol=1e-9)
+
+    def excess(q: np.ndarray) -> float:
+        return float(((q @ x - w @ xf) ** 2).sum() - (((q - target) @ x) ** 2).sum())
+
+    a, b = excess(rng.standard_normal((o, k))), excess(np.round(w))
+    assert abs(a - b) < 1e-8 * abs(a)
+
+
+@pytest.mark.parametrize(
+    ("grid_name", "act_order", "static"),
+    [("int4-g32-sym", False, False), ("int4-g64-asym", True, False), ("Q4_K", True, True),
+     ("Q5_1", False, False)],
+)
+def test_cross_rounds_the_asymmetric_target(grid_name: str, act_order: bool,
+                                            static: bool) -> None:
+    """With ``cross``, GPTQ rounds the least-squares target (computed here by a plain solve)
+    as the column-by-column reference does, in act-order too (where run_gptq's factor is of
+    the permuted Hessian)."""
+    grid = REF_CASES[grid_name]
+    w = _weight(5)
+    h, cross = _asymmetric_case(5)
+    r = run_gptq(w, h, grid, cross=cross, act_order=act_order, static_groups=static)
+    target = _asymmetric_target(w, h, cross, 0.01)
+    assert np.abs(target - w).max() > 0.01 * np.abs(w).max()  # a real shift
+    codes, values, _ = _reference(target, h, grid, act_order=act_order, static_groups=static)
+    # the target by a solve and by the factor agree to float64 rounding; a float32 value
+    # sitting on a rounding boundary could still round the other way
+    same = np.asarray(r.record.codes, dtype=np.int64) == codes
+    assert same.mean() > 0.999, same.mean()
+    assert r.error == pytest.approx(hessian_error(target, r.values, h), rel=1e-6)
+    # and it lowers the asymmetric objective against plain GPTQ: ||(Q - W*) X||² + const
+    plain = run_gptq(w, h, grid, act_order=act_order, static_groups=static)
+    assert hessian_error(target, r.values, h) < hessian_error(target, plain.values, h)

@@ -292,37 +292,6 @@ def gptq_quantize(
     ).record
 
 
-def asymmetric_shift(hessian: np.ndarray, cross: np.ndarray, damp: float = 0.01) -> np.ndarray:
-    """``M`` such that ``W (I + M)`` is the target GPTQ should round for the asymmetric
-    objective ``||Ŵ X - W X_f||²`` (GPTAQ, Li et al., ICML 2025): the rounded layer fed the
-    rounded model's inputs ``X`` is matched to the float layer fed the float model's ``X_f``.
-
-    With ``H = 2 X Xᵀ/n`` and ``cross = 2 (X_f - X) Xᵀ/n`` (:class:`InputStats`), the least-
-    squares solution of that objective is ``W* = W + W · cross · H⁻¹``, and
-    ``||Ŵ X - W X_f||² = ||(Ŵ - W*) X||² + const`` (the cross term vanishes by the normal
-    equations), so GPTQ on ``W*`` with ``H`` minimises the asymmetric objective exactly, on any
-    grid. ``H`` is damped as :func:`run_gptq` damps it (``damp · mean(diag H)``), which keeps
-    ``W*`` near ``W`` along directions the calibration data barely excites.
-
-    Args:
-        hessian: ``[in, in]``, as for :func:`run_gptq`.
-        cross: ``[in, in]``, same scaling as ``hessian``.
-        damp: fraction of ``mean(diag(H))`` added to the diagonal.
-
-    Returns:
-        float64 ``[in, in]`` ``M = cross · (H + λI)⁻¹``.
-    """
-    h = np.array(hessian, dtype=np.float64)
-    diag = np.diagonal(h).copy()
-    dead = ~(diag > 0)
-    idx = np.arange(h.shape[0])
-    h[idx[dead], idx[dead]] = 1.0  # as run_gptq's dead columns
-    h[idx, idx] += damp * float(np.mean(np.where(dead, 1.0, diag)))
-    c = np.asarray(cross, dtype=np.float64)
-    # H is symmetric: (cross H⁻¹)ᵀ = H⁻¹ crossᵀ
-    return np.linalg.solve(h, c.T).T
-
-
 def run_gptq(
     w: np.ndarray,
     hessian: np.ndarray,
@@ -337,6 +306,7 @@ def run_gptq(
     ops: ArrayOps | None = None,
     host_values: bool = True,
     factor: dict[Any, Any] | None = None,
+    cross: np.ndarray | None = None,
 ) -> GptqResult:
     """Quantize a 2-D weight ``[out, in]`` onto ``grid`` by GPTQ.
 
@@ -369,6 +339,15 @@ def run_gptq(
             ``hessian``: q/k/v, gate/up). The first call keeps the damped inverse's Cholesky
             factor there; a later one with the same ``act_order`` and ``damp`` takes it
             instead of factorising the same matrix again. None: nothing is kept.
+        cross: ``[in, in]``, ``2 (X_f - X) Xᵀ / n`` with ``X_f`` the float model's input
+            where ``H`` has the rounded model's ``X`` (same scaling as ``hessian``). GPTQ then
+            rounds toward the float model's output (GPTAQ, Li et al., ICML 2025): the least-
+            squares solution of ``min ||Ŵ X - W X_f||`` is ``W* = W + W·cross·H⁻¹``, and that
+            objective is ``||(Ŵ - W*) X||²`` plus a constant (the cross term vanishes by the
+            normal equations), so GPTQ rounds ``W*`` instead of ``W``, on any grid, with the
+            damped ``H⁻¹ = Uᵀ U`` of its own factor (no second factorisation). The full
+            correction, not the reference's ``alpha = 0.25``: on held-out text (the last 40%
+            of valid.tokens.txt) SmolLM2 Q4_K_M gave KLD 0.01173 with it, 0.01300 at 0.25.
 
     Returns:
         The record, its dequantized values and the error figures (:class:`GptqResult`).
@@ -483,6 +462,20 @@ def run_gptq(
         err = (ops.hessian_error(w, ops.asarray(values), hessian) if finite
                else float("nan"))
         return GptqResult(record, values, float("nan"), err, None)
+
+    if cross is not None:
+        # W* = W + (W·cross)·H⁻¹, with H⁻¹ = Pᵀ Uᵀ U P in act-order (U factors the permuted H)
+        wc = ops.cast(wd, np.float64) @ ops.borrow_as(cross, np.float64)
+        if act_order:
+            wc = ops.take_cols(wc, perm)
+        shift = (wc @ u.T) @ u
+        del wc
+        if act_order:
+            shift = ops.take_cols(shift, np.argsort(perm))
+        wd = ops.cast(ops.cast(wd, np.float64) + shift, F32)
+        del shift
+        host_w.clear()
+        w = wd  # the error figure below is measured against the target
 
     # Whole-row statistics from the ORIGINAL rows, once. Only llama.cpp's legacy types with an
     # importance matrix use them (sigma2, the row's mean square, a regulariser in the weights
