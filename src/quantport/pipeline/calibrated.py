@@ -214,8 +214,10 @@ def run_calibrated(
         report.cached = cached
         if cached:
             log.info("calibration statistics from the cache %s: no forward passes", cache.dir)
-        h = None if cached else model.embed(windows)
         asym = recipe.calib_inputs == "asymmetric"
+        if asym:
+            model.streams = 3  # hf below
+        h = None if cached else model.embed(windows)
         # the float model's hidden states beside the rounded model's (GPTAQ)
         hf = h.clone() if asym and h is not None else None
         log.debug("outside the layers written; calibration starts")

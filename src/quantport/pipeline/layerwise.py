@@ -555,6 +555,8 @@ class LayerwiseModel:
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.cuda.memory._set_allocator_settings("expandable_segments:True")
         self.act_device = self.device
+        #: activation buffers of the calibration's size held at once (see :meth:`_place`)
+        self.streams = 2
         self._spare: Any = None  # pinned host buffer of :meth:`evicted`
         self._scratch: Any = None  # see :meth:`scratch`
         self.batch_tokens = _BATCH_TOKENS if self.device.type == "cpu" else _GPU_BATCH_TOKENS
@@ -654,11 +656,12 @@ class LayerwiseModel:
             self._put(buf, b, self._dev(buf[b]) + y)
 
     def _place(self, shape: tuple[int, ...]) -> None:
-        """Choose where the activation buffers of ``shape`` live (two of them: a layer's
-        input and its output)."""
+        """Choose where the activation buffers of ``shape`` live (:attr:`streams` of them: a
+        layer's input and its output, and the float model's hidden states when the
+        calibration carries them too)."""
         from quantport.pipeline.device import activations_fit
 
-        n = 2 * int(np.prod(shape)) * self.torch.finfo(self.dtype).bits // 8
+        n = self.streams * int(np.prod(shape)) * self.torch.finfo(self.dtype).bits // 8
         if not activations_fit(n, str(self.device)):
             log.info("calibration activations (%d MiB) kept on the host, not on %s",
                      n >> 20, self.device)
