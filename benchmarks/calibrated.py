@@ -478,49 +478,30 @@ def judge(rows: dict[str, Row], layout_notes: dict[str, str]) -> list[str]:
              q.wall <= 0.5 * c.wall, f"{q.wall:.1f} s vs {c.wall:.1f} s, ratio {q.wall / c.wall:.3f}")
         line(f"quantport {label} w4-g64-sym peak RSS at most llm-compressor's", q.rss <= c.rss,
              f"{q.rss / MIB:.0f} MiB vs {c.rss / MIB:.0f} MiB, ratio {q.rss / c.rss:.3f}")
-    why = have("st-awq", "st-rtn")
-    if why:
-        line("AWQ w4-g64 KLD at most 0.8x RTN's", None, why)
-    else:
-        a, r = rows["st-awq"], rows["st-rtn"]
-        line("AWQ w4-g64 KLD at most 0.8x RTN's", a.kld <= 0.8 * r.kld,
-             f"{a.kld:.5f} vs {r.kld:.5f}, ratio {a.kld / r.kld:.3f}")
-    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
-        target = f"quantport {label} Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix KLD"
-        why = have(key, "gguf-lc-imat")
+    def kld_at_most(text: str, key: str, anchor: str, factor: float) -> None:
+        """``key``'s KLD (1 - cosine for encoders) at most ``factor`` times ``anchor``'s."""
+        why = have(key, anchor)
         if why:
-            line(target, None, why)
-        else:
-            g, c = rows[key], rows["gguf-lc-imat"]
-            line(target, g.kld <= 0.7 * c.kld,
-                 f"{g.kld:.5f} vs {c.kld:.5f}, ratio {g.kld / c.kld:.3f}")
-    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
+            line(text, None, why)
+            return
+        a, b = rows[key], rows[anchor]
+        line(text, a.kld <= factor * b.kld, f"{a.kld:.5f} vs {b.kld:.5f}, ratio {a.kld / b.kld:.3f}")
+
+    kld_at_most("AWQ w4-g64 KLD at most 0.8x RTN's", "st-awq", "st-rtn", 0.8)
+    gptqs = (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)"))
+    for key, label in gptqs:
+        kld_at_most(f"quantport {label} Q4_K_M KLD at most 0.7x llama.cpp's importance-matrix "
+                    "KLD", key, "gguf-lc-imat", 0.7)
+    for key, label in gptqs:
         if key in layout_notes:
             out.append(f"- quantport {label} Q4_K_M: same tensor types and file size as "
                        f"llama.cpp's: {layout_notes[key]}.")
-    for key, label in (("gguf-gptq", "GPTQ"), ("gguf-gptaq", "GPTQ (asymmetric inputs)")):
-        target = f"quantport {label} Q4_K_M KLD at most auto-round's"
-        why = have(key, "gguf-ar")
-        if why:
-            line(target, None, why)
-        else:
-            g, a = rows[key], rows["gguf-ar"]
-            line(target, g.kld <= a.kld, f"{g.kld:.5f} vs {a.kld:.5f}, ratio {g.kld / a.kld:.3f}")
-    why = have("w8a8-sq", "w8a8-rtn")
-    if why:
-        line("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing", None, why)
-    else:
-        s, r = rows["w8a8-sq"], rows["w8a8-rtn"]
-        line("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing",
-             s.kld <= 0.7 * r.kld, f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.3f}")
-    target = "MiniLM SmoothQuant W8A8 (1 - cosine) at least 30% below W8A8 without smoothing"
-    why = have("minilm-w8a8-sq", "minilm-w8a8-rtn")
-    if why:
-        line(target, None, why)
-    else:
-        s, r = rows["minilm-w8a8-sq"], rows["minilm-w8a8-rtn"]
-        line(target, s.kld <= 0.7 * r.kld,
-             f"{s.kld:.5f} vs {r.kld:.5f}, ratio {s.kld / r.kld:.3f}")
+    for key, label in gptqs:
+        kld_at_most(f"quantport {label} Q4_K_M KLD at most auto-round's", key, "gguf-ar", 1.0)
+    kld_at_most("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing", "w8a8-sq",
+                "w8a8-rtn", 0.7)
+    kld_at_most("MiniLM SmoothQuant W8A8 (1 - cosine) at least 30% below W8A8 without "
+                "smoothing", "minilm-w8a8-sq", "minilm-w8a8-rtn", 0.7)
     out.append("")
     return out
 
