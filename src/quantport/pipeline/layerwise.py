@@ -843,9 +843,9 @@ class LayerwiseModel:
                 for b in self._batches(h):
                     x = norm(self._dev(h[b]))
                     acc._add(weight, x)
-                    if hf is not None:
-                        x2 = x.reshape(-1, x.shape[-1])
-                        d = gram2(norm(self._dev(hf[b])).reshape(x2.shape) - x2, x2)
+                    if hf is not None:  # in float32, as run_staged's cross terms
+                        x2 = x.reshape(-1, x.shape[-1]).float()
+                        d = gram2(norm(self._dev(hf[b])).reshape(x2.shape).float() - x2, x2)
                         cross = d if cross is None else cross.add_(d)
         finally:
             stats = acc.close(self.n_layers)
@@ -936,9 +936,13 @@ class LayerwiseModel:
                 hess = add_gram(hess, x2)
                 n += x2.shape[0]
                 if ref is not None and ref_inputs is not None:
-                    # (X_f - X)ᵀ X: the reference's dXXT (GPTAQ, add_batch), one batch's term
+                    # (X_f - X)ᵀ X: the reference's dXXT (GPTAQ, add_batch), one batch's term;
+                    # in float32 (a bfloat16 difference of two close streams is mostly
+                    # rounding)
                     xf = ref_inputs(b).reshape(x2.shape)
-                    d = gram2(xf - x2, x2)
+                    x32 = x2.float()
+                    d = gram2(xf.float() - x32, x32)
+                    del x32
                     cross = d if cross is None else cross.add_(d)
                     del xf, d
             del x2  # the last batch's input: freed before GPTQ's matrices are made

@@ -292,6 +292,10 @@ def gptq_quantize(
     ).record
 
 
+#: rows of a weight whose asymmetric target (:func:`run_gptq`'s ``cross``) is computed at once
+_SHIFT_ROWS = 4096
+
+
 def run_gptq(
     w: np.ndarray,
     hessian: np.ndarray,
@@ -464,16 +468,23 @@ def run_gptq(
         return GptqResult(record, values, float("nan"), err, None)
 
     if cross is not None:
-        # W* = W + (W·cross)·H⁻¹, with H⁻¹ = Pᵀ Uᵀ U P in act-order (U factors the permuted H)
-        wc = ops.cast(wd, np.float64) @ ops.borrow_as(cross, np.float64)
-        if act_order:
-            wc = ops.take_cols(wc, perm)
-        shift = (wc @ u.T) @ u
-        del wc
-        if act_order:
-            shift = ops.take_cols(shift, np.argsort(perm))
-        wd = ops.cast(ops.cast(wd, np.float64) + shift, F32)
-        del shift
+        # W* = W + (W·cross)·H⁻¹, with H⁻¹ = Pᵀ Uᵀ U P in act-order (U factors the permuted
+        # H); in row chunks, so a tall weight (a tied token table: 49152 rows) needs no
+        # float64 copies of its whole size
+        c = ops.borrow_as(cross, np.float64)
+        target = ops.empty_like(wd, tuple(wd.shape))
+        for r0 in range(0, rows, _SHIFT_ROWS):
+            wr = ops.cast(wd[r0:r0 + _SHIFT_ROWS], np.float64)
+            wc = wr @ c
+            if act_order:
+                wc = ops.take_cols(wc, perm)
+            shift = (wc @ u.T) @ u
+            if act_order:
+                shift = ops.take_cols(shift, np.argsort(perm))
+            target[r0:r0 + _SHIFT_ROWS] = ops.cast(wr + shift, F32)
+            del wr, wc, shift
+        del c
+        wd = target
         host_w.clear()
         w = wd  # the error figure below is measured against the target
 
