@@ -290,7 +290,7 @@ class InputStats:
         sq_mean: mean ``x²`` per input channel (llama.cpp's importance matrix).
         cross: ``2 (X_f - X)ᵀ X / n`` (float64 ``[in, in]``), where ``X_f`` is the float
             model's input at the same place: the asymmetric term of GPTAQ (see
-            :func:`quantport.quant.gptq.asymmetric_target`); None unless collected.
+            :func:`quantport.quant.gptq.run_gptq`'s ``cross``); None unless collected.
     """
 
     modules: list[str]
@@ -853,7 +853,8 @@ class LayerwiseModel:
             self.source.release()
         if cross is not None:
             (g,) = stats.groups
-            g.cross = _host(cross).astype(np.float64) * (2.0 / g.n)
+            with torch.inference_mode():  # the sum is an inference tensor
+                g.cross = _host(cross.mul_(2.0 / g.n)).astype(np.float64)
         return stats
 
     def caller(self, tokens: int) -> Callable[[Any, Any], Any]:
@@ -951,7 +952,8 @@ class LayerwiseModel:
             del hess
             c64 = None
             if cross is not None:
-                c64 = _host(cross).astype(np.float64) * (2.0 / n)
+                # scaled in float32, the precision the cache stores (as hessian_out)
+                c64 = _host(cross.mul_(2.0 / n)).astype(np.float64)
                 del cross
             full = [f"{p}{m}.weight" for m in names]
             stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq,
