@@ -419,6 +419,26 @@ def hessian_out(xtx: Any, n: int) -> tuple[Any, np.ndarray]:
     return (h32.numpy().astype(np.float64) if h32.device.type == "cpu" else h32), sq
 
 
+def add_cross(acc: Any, xf: Any, x: Any) -> Any:
+    """``acc += (xf - x)ᵀ x`` (None: a new sum), one batch's term of GPTAQ's asymmetric term
+    (the reference's ``dXXT``, ``add_batch``), ``xf`` the float model's input where ``x`` is
+    the rounded model's (``[tokens, in]`` each). In float32: a bfloat16 difference of two
+    close streams would be mostly rounding."""
+    x32 = x.float()
+    d = gram2(xf.float() - x32, x32)
+    return d if acc is None else acc.add_(d)
+
+
+def cross_out(acc: Any, n: int) -> np.ndarray:
+    """The asymmetric term ``2 (X_f - X)ᵀ X / n`` (float64 numpy) from :func:`add_cross`'s
+    sum of ``n`` rows, scaled in float32 as :func:`hessian_out` scales the Hessian (the
+    precision the cache stores, so a cached run rounds exactly as this one)."""
+    import torch
+
+    with torch.inference_mode():  # the sum is an inference tensor (made in the forward passes)
+        return _host(acc.mul_(2.0 / n)).astype(np.float64)
+
+
 class _Accumulator:
     """Forward pre-hooks on a layer's Linear modules that sum their inputs' statistics."""
 
@@ -843,18 +863,16 @@ class LayerwiseModel:
                 for b in self._batches(h):
                     x = norm(self._dev(h[b]))
                     acc._add(weight, x)
-                    if hf is not None:  # in float32, as run_staged's cross terms
-                        x2 = x.reshape(-1, x.shape[-1]).float()
-                        d = gram2(norm(self._dev(hf[b])).reshape(x2.shape).float() - x2, x2)
-                        cross = d if cross is None else cross.add_(d)
+                    if hf is not None:
+                        x2 = x.reshape(-1, x.shape[-1])
+                        cross = add_cross(cross, norm(self._dev(hf[b])).reshape(x2.shape), x2)
         finally:
             stats = acc.close(self.n_layers)
             self.body.norm.to("meta")
             self.source.release()
         if cross is not None:
             (g,) = stats.groups
-            with torch.inference_mode():  # the sum is an inference tensor
-                g.cross = _host(cross.mul_(2.0 / g.n)).astype(np.float64)
+            g.cross = cross_out(cross, g.n)
         return stats
 
     def caller(self, tokens: int) -> Callable[[Any, Any], Any]:
@@ -929,32 +947,22 @@ class LayerwiseModel:
         dev = self._dev
 
         def stage(names: list[str], inputs: Callable[[slice], Any],
-                  ref_inputs: Callable[[slice], Any] | None = None) -> None:
+                  ref_inputs: Callable[[slice], Any]) -> None:
+            # ref_inputs: the float layer's input at the same place (read only with ref)
             hess, n, cross = None, 0, None
             for b in batches:
                 x2 = inputs(b)
                 x2 = x2.reshape(-1, x2.shape[-1])
                 hess = add_gram(hess, x2)
                 n += x2.shape[0]
-                if ref is not None and ref_inputs is not None:
-                    # (X_f - X)ᵀ X: the reference's dXXT (GPTAQ, add_batch), one batch's term;
-                    # in float32 (a bfloat16 difference of two close streams is mostly
-                    # rounding)
-                    xf = ref_inputs(b).reshape(x2.shape)
-                    x32 = x2.float()
-                    d = gram2(xf.float() - x32, x32)
-                    del x32
-                    cross = d if cross is None else cross.add_(d)
-                    del xf, d
+                if ref is not None:
+                    cross = add_cross(cross, ref_inputs(b).reshape(x2.shape), x2)
             del x2  # the last batch's input: freed before GPTQ's matrices are made
             assert hess is not None
             h64, sq = hessian_out(hess, n)
             del hess
-            c64 = None
-            if cross is not None:
-                # scaled in float32, the precision the cache stores (as hessian_out)
-                c64 = _host(cross.mul_(2.0 / n)).astype(np.float64)
-                del cross
+            c64 = None if cross is None else cross_out(cross, n)
+            del cross
             full = [f"{p}{m}.weight" for m in names]
             stats.groups.append(InputStats(modules=full, n=n, hessian=h64, sq_mean=sq,
                                            cross=c64))

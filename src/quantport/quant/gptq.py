@@ -472,6 +472,7 @@ def run_gptq(
         # H); in row chunks, so a tall weight (a tied token table: 49152 rows) needs no
         # float64 copies of its whole size
         c = ops.borrow_as(cross, np.float64)
+        unperm = np.argsort(perm)
         target = ops.empty_like(wd, tuple(wd.shape))
         for r0 in range(0, rows, _SHIFT_ROWS):
             wr = ops.cast(wd[r0:r0 + _SHIFT_ROWS], np.float64)
@@ -480,10 +481,10 @@ def run_gptq(
                 wc = ops.take_cols(wc, perm)
             shift = (wc @ u.T) @ u
             if act_order:
-                shift = ops.take_cols(shift, np.argsort(perm))
+                shift = ops.take_cols(shift, unperm)
             target[r0:r0 + _SHIFT_ROWS] = ops.cast(wr + shift, F32)
             del wr, wc, shift
-        del c
+        del c, unperm
         wd = target
         host_w.clear()
         w = wd  # the error figure below is measured against the target
