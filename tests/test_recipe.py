@@ -53,7 +53,12 @@ def test_to_dict_is_what_the_artifact_records() -> None:
      ConfigError, "--damp must be in"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "pure": True}, OptionError, "--pure"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "calib": "x.txt"}, OptionError,
-     "calibrated --method"),
+     "--calib with --to safetensors needs a calibrated --method"),
+    # the message names the format asked for (it said safetensors for every format)
+    ({"fmt": "onnx", "quant": "w8a8", "calib": "x.txt"}, OptionError,
+     "--calib with --to onnx needs a calibrated --method"),
+    ({"fmt": "gptq", "quant": "w4-g128-asym", "calib": "x.txt"}, OptionError,
+     "--calib with --to gptq needs a calibrated --method"),
     ({"fmt": "gguf", "quant": "Q4_0", "imatrix": "a", "calib": "b"}, OptionError, "not both"),
     ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v"]}, UnsupportedQuantError,
      "REGEX=TYPE"),

@@ -356,7 +356,7 @@ def make_recipe(
             )
         if calib is not None and method == "rtn":
             raise OptionError(
-                "--calib with --to safetensors needs a calibrated --method; round-to-nearest "
+                f"--calib with --to {fmt} needs a calibrated --method; round-to-nearest "
                 "uses no calibration data"
             )
     if imatrix is not None and calib is not None:
