@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml setup.py src/quantport/quant/_kq_search.c Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "quantport needs Python 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip

@@ -725,10 +725,21 @@ class GgmlKGrid:
             return self._round_cols(x, params, ds, dm, idx)
         shape = x.shape
         xs = x.reshape(*shape[:-1], -1, self.sub)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            num = xs + dm[..., None] if dm is not None else xs
-            q = np.clip(S.nearest_int(num / ds[..., None]), lo, hi)
-        q = q.astype(np.uint8 if self.asym else np.int8)
+        if S.COMPILED is not None and S.use_compiled:
+            # the same float32 operations and nearest_int, in one pass (_kq_search.c)
+            q = np.empty(xs.shape, dtype=np.int8)
+            xc = np.ascontiguousarray(xs)
+            dsc = np.ascontiguousarray(ds, dtype=F32)
+            dmc = None if dm is None else np.ascontiguousarray(dm, dtype=F32)
+            S.COMPILED.qp_round_k(S._ptr(xc), S._ptr(dsc), S._ptr(dmc), dsc.size, self.sub,
+                                  lo, hi, S._ptr(q))
+            if self.asym:
+                q = q.view(np.uint8)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                num = xs + dm[..., None] if dm is not None else xs
+                q = np.clip(S.nearest_int(num / ds[..., None]), lo, hi)
+            q = q.astype(np.uint8 if self.asym else np.int8)
         zero = ds == 0
         if zero.any():
             fb = params.get("fallback")
