@@ -232,7 +232,16 @@ def src_desc() -> str:
         return f"quantport from {SRC}"
     r = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                        capture_output=True, text=True)
-    return f"quantport at {r.stdout.strip() or '?'}"
+    return f"quantport at {r.stdout.strip() or '?'} ({compiled_desc()})"
+
+
+def compiled_desc() -> str:
+    """Whether the measured quantport's k-quant searches are the compiled ones
+    (``quant/_kq_search.c``, built at install) or numpy's."""
+    code = ("from quantport.quant import _ggml_search as S; "
+            "print('compiled k-quant searches' if S.COMPILED else 'numpy k-quant searches')")
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=qp_env())
+    return r.stdout.strip() or "k-quant searches: unknown"
 
 
 def compile_src() -> None:
