@@ -81,3 +81,52 @@ def test_no_third_party_progress_bars(tiny_w4, tiny_llama):
         assert s not in res.stderr, s
         assert s not in res.stdout, s
     assert "validate" in res.stderr
+
+
+def _one_line_error(res, *needles):
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("fmt, quant", [("safetensors", None), ("gguf", "Q8_0")])
+def test_an_artifact_of_another_model_is_refused_in_one_line(fmt, quant, tiny_w4, tiny_llama,
+                                                             tmp_path):
+    """A decoder validated against an encoder (and the reverse) went as far as a forward pass
+    and died there with a shape error's traceback."""
+    art = tiny_w4
+    if fmt == "gguf":
+        art = tmp_path / "tiny.gguf"
+        assert run("convert", tiny_llama, "--to", "gguf", "--quant", quant, "-o", art,
+                   "-q").exit_code == 0
+    res = run("validate", art, "--against", "minilm", "--windows", "1", "--ctx", "64")
+    _one_line_error(res, "is not a conversion of the reference minilm", "hidden_size",
+                    "--against")
+
+
+def test_an_encoder_text_without_sentences_is_refused_in_one_line(tmp_path):
+    """An encoder is scored on the text's lines of 8+ words; with none, numpy's min of an
+    empty list raised."""
+    art = tmp_path / "minilm-f16"
+    assert run("convert", "minilm", "--to", "safetensors", "--quant", "f16", "-o", art,
+               "-q").exit_code == 0
+    text = tmp_path / "short.txt"
+    text.write_text("hello world\n\n")
+    res = run("validate", art, "--against", "minilm", "--text", text)
+    _one_line_error(res, "short.txt", "no line of 8 or more words")
+
+
+def test_a_truncated_shard_is_refused_in_one_line(tiny_w4, tiny_llama, tmp_path):
+    """transformers' safetensors loader raised on it (a traceback); quantport's header check
+    says which tensor runs past the end of which file."""
+    import shutil
+
+    art = tmp_path / "cut"
+    shutil.copytree(tiny_w4, art)
+    shard = sorted(art.glob("*.safetensors"))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    res = run("validate", art, "--against", tiny_llama, "--windows", "1", "--ctx", "64")
+    _one_line_error(res, shard.name, "truncated")

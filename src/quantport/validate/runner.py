@@ -889,6 +889,8 @@ def validate(
 
     if is_onnx_artifact(art_path):  # before anything slow: a missing or short model.onnx.data
         check_external_data(onnx_model_path(art_path))
+    else:
+        _check_safetensors_files(art_path)
     check_runtime(art_path)
     th = thresholds or Thresholds.for_bits(artifact_bits(art_path))
     timer = _Timer()
@@ -897,9 +899,15 @@ def validate(
     with tempfile.TemporaryDirectory(prefix="quantport-val-") as tmpd:
         with timer("load"):
             ref_dir, ref_src = _reference_dir(against, Path(tmpd))
+            _check_same_model(art_path, ref_src, against)
             causal = ref_src.architecture.causal
             tok = _tokenizer(ref_dir)
             text_path = Path(text) if text else default_text()
+            if not causal and not _sentences(text_path, 1):
+                # checked before any model loads (the decoder path checks its windows)
+                raise QuantportError(
+                    f"{text_path}: no line of {_MIN_WORDS} or more words to embed; an encoder "
+                    "is scored on sentences (default text: WikiText-2 test split)")
             runtime, art = _open_runtime(art_path, causal, ctx, threads)
             ref = TransformersLM(ref_dir, causal=causal)
         cl = correctness or CorrectnessLimits.for_runtime(runtime)
@@ -1061,9 +1069,72 @@ def _generate_check(art: Any, ir: TransformersLM | None, ir_reason: str,
                  "windows)")
 
 
+#: an encoder is scored on the text's lines of at least this many words (not headings)
+_MIN_WORDS = 8
+
+
 def _sentences(text_path: Path, n: int) -> list[str]:
     lines = [ln.strip() for ln in _read_text(text_path).splitlines()]
-    return [ln for ln in lines if len(ln.split()) >= 8 and not ln.startswith("=")][:n]
+    return [ln for ln in lines
+            if len(ln.split()) >= _MIN_WORDS and not ln.startswith("=")][:n]
+
+
+def _check_safetensors_files(art_path: Path) -> None:
+    """Read every safetensors header of a checkpoint directory (or file) before a runtime
+    loads it: a truncated or corrupt shard then gets quantport's one-line reason instead of
+    the runtime's traceback.
+
+    Raises:
+        FormatError: a header that does not parse or tensors past the end of their file.
+    """
+    from quantport.formats.safetensors import SafetensorsFile
+
+    files = (sorted(art_path.glob("*.safetensors")) if art_path.is_dir()
+             else [art_path] if art_path.suffix == ".safetensors" else [])
+    for f in files:
+        SafetensorsFile(f)  # the constructor checks the header against the file size
+
+
+def _artifact_config(art_path: Path) -> dict[str, Any] | None:
+    """The Hugging Face config an artifact records (GGUF: imported from its metadata), or None."""
+    if art_path.suffix == ".gguf":
+        # the metadata only (an architecture quantport cannot import as a source, such as
+        # BERT, still validates): llama.cpp's names for the two shapes every model has
+        from quantport.formats.gguf_file import scan_gguf
+
+        meta = scan_gguf(art_path).metadata
+        arch = meta.get("general.architecture")
+        return {"hidden_size": meta.get(f"{arch}.embedding_length"),
+                "num_hidden_layers": meta.get(f"{arch}.block_count")}
+    cfg = (art_path if art_path.is_dir() else art_path.parent) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None  # the runtime's own loader reports it
+    return data if isinstance(data, dict) else None
+
+
+def _check_same_model(art_path: Path, ref_src: Any, against: Any) -> None:
+    """Refuse an artifact that cannot be a conversion of the reference: a different model
+    type or shape (an encoder against a decoder, another hidden size...), which the runtimes
+    would otherwise report as a shape error deep inside a forward pass.
+
+    Raises:
+        QuantportError: the artifact's and the reference's configs disagree.
+    """
+    cfg = _artifact_config(art_path)
+    if cfg is None:
+        return
+    ref = ref_src.config
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    diffs = [f"{k} {cfg[k]!r} against {ref[k]!r}" for k in keys
+             if cfg.get(k) is not None and ref.get(k) is not None and cfg[k] != ref[k]]
+    if diffs:
+        raise QuantportError(
+            f"{art_path} is not a conversion of the reference {against or 'smollm2'} "
+            f"({'; '.join(diffs)}); pass the source it was converted from with --against")
 
 
 def _encoder(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason: str, tok: Any,
