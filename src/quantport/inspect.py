@@ -16,9 +16,39 @@ import numpy as np
 
 from quantport.errors import FormatError, QuantportError
 from quantport.formats.gguf_file import scan_gguf
+from quantport.formats.onnx_read import check_external_data, load_graph
 from quantport.formats.safetensors import SafetensorsFile
+from quantport.formats.safetensors_shards import INDEX
 
 __all__ = ["inspect_path", "onnx_bits", "onnx_weight_schemes"]
+
+
+def _check_index(index: Path, tensors: list[dict[str, Any]]) -> None:
+    """Every shard a sharded checkpoint's index names is there and holds the tensors the
+    index puts in it: otherwise the checkpoint cannot be loaded, though the shards that are
+    there look fine."""
+    if not index.is_file():
+        return
+    fix = "copy the whole checkpoint directory or re-export it"
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise FormatError(f"{index}: not a valid index ({exc.__class__.__name__}); {fix}"
+                          ) from exc
+    if not isinstance(weight_map, dict):
+        raise FormatError(f"{index}: no 'weight_map' object; {fix}")
+    present = {(t["file"], t["name"]) for t in tensors}
+    shards = {t["file"] for t in tensors}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise FormatError(f"{index}: weight_map[{name!r}] must be a shard file name, got "
+                              f"{shard!r:.60}; {fix}")
+        if shard not in shards:
+            n = sum(s == shard for s in weight_map.values())
+            raise FormatError(f"{index}: shard {shard} is missing ({n} tensors are stored in "
+                              f"it); {fix}")
+        if (shard, name) not in present:
+            raise FormatError(f"{index}: tensor {name} is not in shard {shard}; {fix}")
 
 
 def _safetensors(files: list[Path], config: dict[str, Any] | None, root: Path) -> dict[str, Any]:
@@ -30,6 +60,8 @@ def _safetensors(files: list[Path], config: dict[str, Any] | None, root: Path) -
         for info in st.tensors.values():
             tensors.append({"name": info.name, "shape": list(info.shape), "type": info.dtype,
                             "bytes": info.nbytes, "file": f.name})
+    if root.is_dir():
+        _check_index(root / INDEX, tensors)
     qc = (config or {}).get("quantization_config")
     packed = [t["name"].removesuffix(".weight_packed") for t in tensors
               if t["name"].endswith(".weight_packed")]
@@ -255,14 +287,9 @@ def _scheme_bits(scheme: str) -> int:
 def onnx_bits(path: str | os.PathLike[str]) -> int:
     """Nominal weight precision of an ONNX artifact (directory or ``.onnx``): the fewest bits
     among its quantized weights, 16 when none is quantized."""
-    import onnx
-
     p = Path(path)
     mp = p / "model.onnx" if p.is_dir() else p
-    try:
-        model = onnx.load(str(mp), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for corrupt protobufs
-        raise FormatError(f"{mp}: not a readable ONNX model ({exc.__class__.__name__})") from exc
+    model = load_graph(mp)
     bits = [g["bits"] for g in onnx_weight_schemes(model, mp.parent).values()]
     return min(bits, default=16)
 
@@ -289,10 +316,7 @@ def _io_names(names: Any) -> list[str]:
 def _onnx(path: Path, root: Path | None = None) -> dict[str, Any]:
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for corrupt protobufs
-        raise FormatError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from exc
+    model = load_graph(path)
     tensors = []
     for init in model.graph.initializer:
         ext = {e.key: e.value for e in init.external_data}
@@ -311,6 +335,11 @@ def _onnx(path: Path, root: Path | None = None) -> dict[str, Any]:
     for f in sorted({path.name, *(t["file"] for t in tensors)}):
         fp = d / f
         files[f] = fp.stat().st_size if fp.is_file() else None
+    # a missing data file is reported as missing (the graph alone is still readable); one
+    # that is there must hold what the graph points at, as validate requires of it: a
+    # truncated or foreign file would otherwise show as a plausible size
+    if None not in files.values():
+        check_external_data(path, model)
     io = {"inputs": _io_names(i.name for i in model.graph.input),
           "outputs": _io_names(o.name for o in model.graph.output)}
     return {"path": str(root or path), "format": "onnx",
@@ -362,7 +391,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
             except json.JSONDecodeError as exc:
                 raise FormatError(f"{cfg_path}: invalid JSON ({exc})") from exc
         files = sorted(p.glob("*.safetensors"))
-        if not files:
+        if not files and not (p / INDEX).is_file():
             gg = sorted(p.glob("*.gguf")) + sorted(p.glob("*.onnx"))
             if gg:
                 return inspect_path(gg[0])
@@ -370,7 +399,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         return _safetensors(files, config, p)
     with open(p, "rb") as f:
         magic = f.read(8)
-    if magic[:4] == b"GGUF":
+    if magic[:4] == b"GGUF" or p.suffix == ".gguf":  # scan_gguf names what is wrong
         return _gguf(p)
     if p.suffix == ".safetensors":
         return _safetensors([p], None, p)

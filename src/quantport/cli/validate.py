@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,24 @@ EXIT_CORRECTNESS_FAILED = EXIT_VALIDATION_FAILED  # 3
 EXIT_QUALITY_FAILED = 4
 
 
+def _limit(ok: Callable[[float], bool], what: str) -> Callable[..., float | None]:
+    """A callback refusing a quality limit that is not finite or not ``ok``: NaN or infinity
+    would reach the --json report as bare NaN/Infinity (not JSON), and a limit outside the
+    metric's range can only fail."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise click.BadParameter(f"{value} is not {what}")
+        return value
+
+    return check
+
+
+_at_least_0 = _limit(lambda v: v >= 0, "a finite number >= 0")
+_positive = _limit(lambda v: v > 0, "a finite number > 0")
+_fraction = _limit(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
 # --------------------------------------------------------------------------------- validate
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
@@ -34,10 +54,10 @@ EXIT_QUALITY_FAILED = 4
               help="Evaluation text (default: WikiText-2 test split).")
 @click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
 @click.option("--windows", type=int, default=8, show_default=True, help="Number of windows.")
-@click.option("--max-kld", type=float, help="Quality: fail above this mean KL divergence from the source (default: by precision).")
-@click.option("--min-top1", type=float, help="Quality: fail below this top-1 agreement with the source (default: by precision).")
-@click.option("--max-ppl-ratio", type=float, help="Quality: fail above this PPL ratio artifact/source (default: by precision).")
-@click.option("--min-cosine", type=float, help="Quality, encoders: fail below this mean embedding cosine (default: by precision).")
+@click.option("--max-kld", type=float, callback=_at_least_0, help="Quality: fail above this mean KL divergence from the source (default: by precision).")
+@click.option("--min-top1", type=float, callback=_fraction, help="Quality: fail below this top-1 agreement with the source (default: by precision).")
+@click.option("--max-ppl-ratio", type=float, callback=_positive, help="Quality: fail above this PPL ratio artifact/source (default: by precision).")
+@click.option("--min-cosine", type=float, callback=_fraction, help="Quality, encoders: fail below this mean embedding cosine (default: by precision).")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime's intra-op threads (default: the cores available, at most 8).")
 @common_options
 @handle_errors

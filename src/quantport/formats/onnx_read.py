@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from quantport.errors import FormatError
 from quantport.formats.onnx_pack import element_bytes, storage_entry, unpack_bits
 from quantport.ir import QuantizedTensor, ZeroPointDomain, dequantize
 
-__all__ = ["onnx_records", "onnx_weights"]
+__all__ = ["check_external_data", "external_ranges", "load_graph", "onnx_records",
+           "onnx_weights"]
 
 _GRAPH = "model.onnx"
 
@@ -187,3 +189,80 @@ def onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
     """
     return {k: dequantize(v) if isinstance(v, QuantizedTensor) else v
             for k, v in onnx_records(path).items()}
+
+
+def load_graph(model_path: str | os.PathLike[str]) -> Any:
+    """The graph of an ONNX file, without its external data.
+
+    Raises:
+        FormatError: a corrupt protobuf, or one without a graph (an empty file parses as an
+            empty ModelProto without error).
+    """
+    import onnx
+
+    model_path = Path(model_path)
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for corrupt protobufs
+        raise FormatError(
+            f"{model_path}: not a readable ONNX model ({exc.__class__.__name__}); "
+            "re-export it") from exc
+    if not model.HasField("graph"):
+        raise FormatError(f"{model_path}: not a readable ONNX model (no graph in its "
+                          f"{model_path.stat().st_size} bytes); re-export it")
+    return model
+
+
+def external_ranges(model: Any) -> dict[str, list[tuple[str, int, int]]]:
+    """Byte ranges of the external data a graph points at: ``{file: [(tensor, offset,
+    length), ...]}``, for initializers of the main graph (where onnx and onnx-ir put them)."""
+    import onnx
+
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        offset = int(info.get("offset", 0) or 0)
+        if "length" in info:
+            length = int(info["length"])
+        else:  # optional in the spec: the tensor's own size
+            count = int(np.prod(t.dims, dtype=np.int64))
+            bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type)
+            length = (count + 1) // 2 if bits else count * onnx.helper.tensor_dtype_to_np_dtype(
+                t.data_type).itemsize
+        out.setdefault(info.get("location", ""), []).append((t.name, offset, length))
+    return out
+
+
+def check_external_data(model_path: str | os.PathLike[str], model: Any = None) -> None:
+    """Check that every external-data file the graph names is there and fits it.
+
+    Each file must exist, hold every byte range the graph's tensors point at, and end where the
+    last range ends (onnx's ``save_model`` and onnx-ir's ``save`` write nothing after it): a
+    file of another export of the model has another size.
+
+    Raises:
+        FormatError: a file is missing, truncated or does not match the graph (one line,
+            naming the file, what the graph expects and how to fix it).
+    """
+    mp = Path(model_path)
+    model = model if model is not None else load_graph(mp)
+    fix = "re-export the artifact or copy the matching file beside it"
+    for location, ranges in external_ranges(model).items():
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise FormatError(f"{mp}: external data location {location!r} is not a file name "
+                              f"beside the graph; {fix}")
+        f = mp.parent / location
+        if not f.is_file():
+            raise FormatError(f"{f}: external data file missing ({len(ranges)} tensors of "
+                              f"{mp.name} are stored in it); {fix}")
+        size = f.stat().st_size
+        name, offset, length = max(ranges, key=lambda r: r[1] + r[2])
+        end = offset + length
+        if size < end:
+            raise FormatError(f"{f}: truncated (or not this graph's): {size:,} bytes, the "
+                              f"graph's tensors need {end:,} (tensor {name}); {fix}")
+        if size > end:
+            raise FormatError(f"{f}: does not match {mp.name}: {size:,} bytes, the graph's "
+                              f"tensors end at byte {end:,}; {fix}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from quantport.errors import FormatError, QuantportError
 from quantport.formats.onnx_pack import behind_conversion, storage_entry
+from quantport.formats.onnx_read import check_external_data, load_graph
 
 __all__ = ["OrtLM", "check_external_data", "genai_tokenize", "is_onnx_artifact", "onnx_model_path"]
 
@@ -60,72 +61,6 @@ def onnx_model_path(path: str | os.PathLike[str]) -> Path:
             raise FormatError(f"{p}: no {MODEL_FILE} inside; is it an ONNX artifact directory?")
         return m
     return p
-
-
-def _load_graph(model_path: Path) -> Any:
-    import onnx
-
-    try:
-        return onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for corrupt protobufs
-        raise FormatError(
-            f"{model_path}: not a readable ONNX model ({exc.__class__.__name__}); "
-            "re-export it") from exc
-
-
-def external_ranges(model: Any) -> dict[str, list[tuple[str, int, int]]]:
-    """Byte ranges of the external data a graph points at: ``{file: [(tensor, offset,
-    length), ...]}``, for initializers of the main graph (where onnx and onnx-ir put them)."""
-    import onnx
-
-    out: dict[str, list[tuple[str, int, int]]] = {}
-    for t in model.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        offset = int(info.get("offset", 0) or 0)
-        if "length" in info:
-            length = int(info["length"])
-        else:  # optional in the spec: the tensor's own size
-            count = int(np.prod(t.dims, dtype=np.int64))
-            bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(t.data_type)
-            length = (count + 1) // 2 if bits else count * onnx.helper.tensor_dtype_to_np_dtype(
-                t.data_type).itemsize
-        out.setdefault(info.get("location", ""), []).append((t.name, offset, length))
-    return out
-
-
-def check_external_data(model_path: str | os.PathLike[str], model: Any = None) -> None:
-    """Check that every external-data file the graph names is there and fits it.
-
-    Each file must exist, hold every byte range the graph's tensors point at, and end where the
-    last range ends (onnx's ``save_model`` and onnx-ir's ``save`` write nothing after it): a
-    file of another export of the model has another size.
-
-    Raises:
-        FormatError: a file is missing, truncated or does not match the graph (one line,
-            naming the file, what the graph expects and how to fix it).
-    """
-    mp = Path(model_path)
-    model = model if model is not None else _load_graph(mp)
-    fix = "re-export the artifact or copy the matching file beside it"
-    for location, ranges in external_ranges(model).items():
-        if not location or os.path.isabs(location) or ".." in Path(location).parts:
-            raise FormatError(f"{mp}: external data location {location!r} is not a file name "
-                              f"beside the graph; {fix}")
-        f = mp.parent / location
-        if not f.is_file():
-            raise FormatError(f"{f}: external data file missing ({len(ranges)} tensors of "
-                              f"{mp.name} are stored in it); {fix}")
-        size = f.stat().st_size
-        name, offset, length = max(ranges, key=lambda r: r[1] + r[2])
-        end = offset + length
-        if size < end:
-            raise FormatError(f"{f}: truncated (or not this graph's): {size:,} bytes, the "
-                              f"graph's tensors need {end:,} (tensor {name}); {fix}")
-        if size > end:
-            raise FormatError(f"{f}: does not match {mp.name}: {size:,} bytes, the graph's "
-                              f"tensors end at byte {end:,}; {fix}")
 
 
 def dynamic_quant_weights(model: Any) -> list[str]:
@@ -209,7 +144,7 @@ class OrtLM:
 
         self.path = Path(path)
         self.model_path = onnx_model_path(path)
-        graph = _load_graph(self.model_path)
+        graph = load_graph(self.model_path)
         check_external_data(self.model_path, graph)
         self.threads = threads or max(1, min(_cores(), 8))
         so = ort.SessionOptions()
