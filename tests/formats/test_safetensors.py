@@ -58,6 +58,16 @@ def _write_raw(path, header: dict, data: bytes = b"", n: int | None = None):
         ({"a": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unsupported dtype"),
         ({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"", None, "do not match"),
         ({"a": {"dtype": "F32"}}, b"", None, "malformed"),
+        # the same bytes under two names, overlapping tensors, a gap: the reference reader
+        # refuses them (InvalidOffset); they were accepted
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+         "overlap or leave a gap"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, None,
+         "overlap or leave a gap"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None,
+         "expected 0"),
     ],
 )
 def test_hostile_headers_refused(tmp_path, header, data, n, msg):

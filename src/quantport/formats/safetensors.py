@@ -173,6 +173,17 @@ class SafetensorsFile:
                     f"the file ({size} bytes); the file is truncated"
                 )
             self.tensors[name] = TensorInfo(name, dtype, shape, data_start + b, data_start + e)
+        # the reference reader's Metadata::validate (safetensors/src/tensor.rs,
+        # InvalidOffset): in offset order the tensors tile the data, no overlap and no gap;
+        # otherwise one set of bytes could pass as two tensors
+        end = 0
+        for info in sorted(self.tensors.values(), key=lambda t: (t.begin, t.end)):
+            if info.begin - data_start != end:
+                raise FormatError(
+                    f"{where}: tensor {info.name!r} starts at data offset "
+                    f"{info.begin - data_start}, expected {end}: tensors overlap or leave a gap "
+                    "(invalid offsets); the header is corrupt")
+            end = info.end - data_start
 
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
