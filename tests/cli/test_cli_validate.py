@@ -130,3 +130,22 @@ def test_a_truncated_shard_is_refused_in_one_line(tiny_w4, tiny_llama, tmp_path)
         f.truncate(shard.stat().st_size // 2)
     res = run("validate", art, "--against", tiny_llama, "--windows", "1", "--ctx", "64")
     _one_line_error(res, shard.name, "truncated")
+
+
+def test_a_window_beyond_the_context_length_is_refused_in_one_line(tiny_w4, tiny_llama):
+    """llama.cpp failed to create its context and the artifact was blamed ("cannot load it")."""
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--windows", "1", "--ctx", "100000")
+    _one_line_error(res, "--ctx 100000 is beyond the model's context length 256")
+
+
+def test_an_importance_matrix_is_not_validated_as_a_model(tmp_path):
+    """llama.cpp's "Failed to load model" blamed the file as a broken model."""
+    import numpy as np
+
+    from quantport.formats.imatrix import ImatrixData, write_imatrix
+
+    imat = tmp_path / "m.imatrix.gguf"
+    write_imatrix(imat, ImatrixData({"blk.0.attn_q.weight": np.ones(4, np.float32)},
+                                    datasets=["x"], chunk_count=1, chunk_size=8))
+    res = run("validate", imat, "--windows", "1", "--ctx", "64")
+    _one_line_error(res, "an importance matrix", "not a model")

@@ -37,7 +37,7 @@ import numpy as np
 
 from quantport._fixtures import wikitext_dir
 from quantport._quiet import quiet_loading
-from quantport.errors import DependencyError, QuantportError, ValidationFailed
+from quantport.errors import ConfigError, DependencyError, QuantportError, ValidationFailed
 from quantport.validate.metrics import LogitStats, log_softmax
 
 __all__ = [
@@ -891,6 +891,7 @@ def validate(
         check_external_data(onnx_model_path(art_path))
     else:
         _check_safetensors_files(art_path)
+    art_cfg = _artifact_config(art_path)
     check_runtime(art_path)
     th = thresholds or Thresholds.for_bits(artifact_bits(art_path))
     timer = _Timer()
@@ -899,8 +900,13 @@ def validate(
     with tempfile.TemporaryDirectory(prefix="quantport-val-") as tmpd:
         with timer("load"):
             ref_dir, ref_src = _reference_dir(against, Path(tmpd))
-            _check_same_model(art_path, ref_src, against)
+            _check_same_model(art_path, art_cfg, ref_src, against)
             causal = ref_src.architecture.causal
+            n_ctx = ref_src.config.get("max_position_embeddings")
+            if causal and isinstance(n_ctx, int) and ctx > n_ctx:
+                # llama.cpp then fails to create its context, which read as a broken artifact
+                raise ConfigError(f"--ctx {ctx} is beyond the model's context length {n_ctx} "
+                                  f"(max_position_embeddings); use --ctx {n_ctx} or less")
             tok = _tokenizer(ref_dir)
             text_path = Path(text) if text else default_text()
             if not causal and not _sentences(text_path, 1):
@@ -1096,13 +1102,23 @@ def _check_safetensors_files(art_path: Path) -> None:
 
 
 def _artifact_config(art_path: Path) -> dict[str, Any] | None:
-    """The Hugging Face config an artifact records (GGUF: imported from its metadata), or None."""
+    """The sizes an artifact records (GGUF: from its metadata, whose header is checked on the
+    way), or None.
+
+    Raises:
+        QuantportError: a GGUF that is an importance matrix, not a model.
+        FormatError: a GGUF whose header does not parse.
+    """
     if art_path.suffix == ".gguf":
         # the metadata only (an architecture quantport cannot import as a source, such as
         # BERT, still validates): llama.cpp's names for the two shapes every model has
         from quantport.formats.gguf_file import scan_gguf
 
         meta = scan_gguf(art_path).metadata
+        if meta.get("general.type") == "imatrix":
+            raise QuantportError(
+                f"{art_path}: an importance matrix (general.type imatrix), not a model; "
+                "validate the GGUF quantized with it")
         arch = meta.get("general.architecture")
         return {"hidden_size": meta.get(f"{arch}.embedding_length"),
                 "num_hidden_layers": meta.get(f"{arch}.block_count")}
@@ -1116,15 +1132,17 @@ def _artifact_config(art_path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _check_same_model(art_path: Path, ref_src: Any, against: Any) -> None:
+def _check_same_model(art_path: Path, cfg: dict[str, Any] | None, ref_src: Any,
+                      against: Any) -> None:
     """Refuse an artifact that cannot be a conversion of the reference: a different model
     type or shape (an encoder against a decoder, another hidden size...), which the runtimes
     would otherwise report as a shape error deep inside a forward pass.
 
+    ``cfg``: :func:`_artifact_config` of the artifact.
+
     Raises:
         QuantportError: the artifact's and the reference's configs disagree.
     """
-    cfg = _artifact_config(art_path)
     if cfg is None:
         return
     ref = ref_src.config
