@@ -60,6 +60,11 @@ def test_to_dict_is_what_the_artifact_records() -> None:
     ({"fmt": "gptq", "quant": "w4-g128-asym", "calib": "x.txt"}, OptionError,
      "--calib with --to gptq needs a calibrated --method"),
     ({"fmt": "gguf", "quant": "Q4_0", "imatrix": "a", "calib": "b"}, OptionError, "not both"),
+    # smoothing without int8 activations was accepted, and only changed the weights' rounding
+    ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "smoothquant"}, OptionError,
+     "--method smoothquant is for int8 activations: use --quant w8a8"),
+    ({"fmt": "gguf", "quant": "Q4_0", "method": "smoothquant"}, OptionError,
+     "--method smoothquant is for int8 activations"),
     ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v"]}, UnsupportedQuantError,
      "REGEX=TYPE"),
     ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v=Q9"]}, UnsupportedQuantError,

@@ -317,7 +317,10 @@ def make_recipe(
     q: Quant
     act_quant = None
     if fmt != "onnx" and (onnx_matmul != "qdq" or accuracy_level is not None):
-        raise OptionError("--onnx-matmul and --accuracy-level apply to --to onnx only")
+        used = [o for o, on in (("--onnx-matmul", onnx_matmul != "qdq"),
+                                ("--accuracy-level", accuracy_level is not None)) if on]
+        raise OptionError(f"{' and '.join(used)} {'apply' if len(used) > 1 else 'applies'} "
+                          "to --to onnx only")
     if fmt == "onnx":
         if onnx_matmul not in ("qdq", "nbits"):
             raise OptionError(f"--onnx-matmul must be qdq or nbits, got {onnx_matmul!r}")
@@ -346,13 +349,19 @@ def make_recipe(
         q = DENSE_TYPES[str(quant).strip().lower()]
     else:
         q = parse_scheme(quant)
+    if method == "smoothquant" and act_quant != "w8a8":
+        # smoothing only moves range from the activations into the weights: with float
+        # activations it changes nothing but the weights' rounding error
+        raise OptionError(f"--method smoothquant is for int8 activations: use --quant w8a8 "
+                          f"(--to safetensors or onnx), not {quant!r} to {fmt}")
     gguf_only = {"--pure": pure, "--output-tensor-type": output_type,
                  "--token-embedding-type": token_embedding_type, "--imatrix": imatrix}
     if fmt != "gguf":
         used = [k for k, v in gguf_only.items() if v]
         if used:
             raise OptionError(
-                f"{', '.join(used)} apply to --to gguf only (llama-quantize options)"
+                f"{', '.join(used)} {'apply' if len(used) > 1 else 'applies'} to --to gguf "
+                "only (llama-quantize options)"
             )
         if calib is not None and method == "rtn":
             raise OptionError(

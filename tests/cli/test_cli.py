@@ -155,7 +155,7 @@ def test_group_size_refused_then_kept(runner, tiny_llama, tmp_path):
     [
         (["--quant", "w9-g32-sym"], 1, "bits must be 2..8"),
         (["--quant", "int4"], 1, "unknown quantization scheme"),
-        (["--quant", "w4-g32-sym", "--pure"], 2, "apply to --to gguf only"),
+        (["--quant", "w4-g32-sym", "--pure"], 2, "--pure applies to --to gguf only"),
     ],
 )
 def test_convert_bad_options(runner, tiny_llama, tmp_path, args, code, msg):
@@ -175,7 +175,7 @@ def test_convert_onnx(runner, tiny_llama, tmp_path):
     assert res.exit_code == 1 and "schemes that export" in res.output
     res = run(runner, "convert", tiny_llama, "--to", "gguf", "--quant", "Q8_0",
               "--onnx-matmul", "nbits", "-o", tmp_path / "z.gguf")
-    assert res.exit_code == 2 and "apply to --to onnx only" in res.output
+    assert res.exit_code == 2 and "--onnx-matmul applies to --to onnx only" in res.output
 
 
 def test_bad_sources(runner, tiny_llama, tmp_path):
@@ -276,3 +276,136 @@ def test_progress_bars(capsys):
     quiet = Bars(quiet=True)
     quiet("write", 1, 2)
     assert capsys.readouterr().err == ""
+
+
+def _copy_with_config(src, dst, **changes):
+    """A copy of checkpoint ``src`` whose config.json has ``changes`` (None deletes a key)."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("fmt, quant", [("safetensors", "w4-g32-sym"), ("onnx", "w4-g32-sym"),
+                                        ("gptq", "w4-g32-sym")])
+def test_an_already_quantized_checkpoint_is_refused_as_source(runner, tiny_llama, tmp_path, fmt,
+                                                              quant):
+    """Its packed codes were copied out as float tensors (exit 0, a model that computes
+    nothing sensible), or the ONNX writer died with a KeyError traceback."""
+    q = tmp_path / "q"
+    assert run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
+               "-o", q, "-q").exit_code == 0
+    for dry in ([], ["--dry-run"]):
+        res = run(runner, "convert", q, "--to", fmt, "--quant", quant, "-o", tmp_path / fmt,
+                  *dry)
+        assert res.exit_code == 1, res.output
+        assert "already quantized" in res.output and "float checkpoint" in res.output
+        assert not (tmp_path / fmt).exists()
+
+
+def test_the_output_may_not_be_the_source(runner, tiny_llama, tmp_path):
+    """With --force, -o naming the (quantport-written) source replaced the source."""
+    src = tmp_path / "src"
+    assert run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "f32", "-o", src,
+               "-q").exit_code == 0
+    before = sorted((p.name, p.stat().st_size) for p in src.iterdir())
+    for out in (src, tmp_path):
+        res = run(runner, "convert", src, "--to", "safetensors", "--quant", "w4-g32-sym", "-o",
+                  out, "--force")
+        assert res.exit_code != 0, res.output
+        assert sorted((p.name, p.stat().st_size) for p in src.iterdir()) == before
+    res = run(runner, "convert", src, "--to", "safetensors", "--quant", "w4-g32-sym", "-o", src,
+              "--force")
+    assert "would replace the source" in res.output
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"hidden_size": None}, "hidden_size is missing"),
+    ({"vocab_size": None}, "vocab_size is missing"),
+    ({"tie_word_embeddings": False}, "no lm_head.weight"),
+])
+def test_a_config_that_transformers_would_misread_is_refused(runner, tiny_llama, tmp_path,
+                                                             changes, needle):
+    """transformers fills an absent hidden_size with 4096 and an untied model without lm_head
+    with random rows: the safetensors and GPTQ writers wrote such artifacts (exit 0)."""
+    bad = _copy_with_config(tiny_llama, tmp_path / "bad", **changes)
+    for fmt in ("safetensors", "gptq"):
+        res = run(runner, "convert", bad, "--to", fmt, "--quant", "w4-g32-sym", "-o",
+                  tmp_path / fmt)
+        assert res.exit_code == 1, res.output
+        assert needle in res.output and "config.json" in res.output
+
+
+def test_a_dry_run_refuses_what_the_real_run_refuses(runner, tiny_llama, tmp_path):
+    """--dry-run printed a plan (exit 0) for an output the real run then refused."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    for extra in ([], ["--force"]):
+        res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
+                  "-o", out, "--dry-run", *extra)
+        assert res.exit_code == 1, res.output
+        assert str(out) in res.output
+    assert (out / "mine.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--damp", "0.05"], "--damp applies to --method gptq or awq+gptq"),
+    (["--act-order", "none"], "--act-order applies to --method gptq"),
+    (["--smooth-alpha", "0.6"], "--smooth-alpha applies to --method smoothquant"),
+    (["--calib-samples", "4"], "--calib-samples applies to a calibrated --method or --calib"),
+    (["--device", "cpu"], "--device applies to a calibrated --method"),
+    (["--to", "gguf", "--quant", "Q4_0", "--max-shard-size", "1GB"],
+     "--max-shard-size applies to --to safetensors or gptq"),
+])
+def test_options_the_conversion_would_ignore_are_refused(runner, tiny_llama, tmp_path, args,
+                                                         needle):
+    """They were accepted and silently did nothing (round-to-nearest has no damping)."""
+    base = ["convert", tiny_llama, "-o", tmp_path / "o"]
+    if "--to" not in args:
+        base += ["--to", "safetensors", "--quant", "w4-g32-sym"]
+    res = run(runner, *base, *args)
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_gptq_checkpoints_of_an_encoder_are_refused(runner, tmp_path):
+    """`quantport list` says bert: gptq no; convert wrote one anyway (GPTQModel loads
+    decoders)."""
+    res = run(runner, "convert", "minilm", "--to", "gptq", "--quant", "w4-g32-sym", "-o",
+              tmp_path / "g")
+    assert res.exit_code == 1, res.output
+    assert "encoder" in res.output and "--to safetensors or --to onnx" in res.output
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_an_unwritable_output_is_refused_before_any_work(runner, tiny_llama, tmp_path, where):
+    """The run quantized everything, then failed naming its internal temporary
+    (.x.gguf.XXXXXXXX.partial)."""
+    if where == "proc":
+        out = "/proc/quantport-test.gguf"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "x.gguf"
+    res = run(runner, "convert", tiny_llama, "--to", "gguf", "--quant", "Q8_0", "-o", out)
+    assert res.exit_code == 1, res.output
+    assert f"cannot write {out}" in res.output and "partial" not in res.output
+
+
+def test_a_corrupt_tokenizer_file_is_refused_not_copied(runner, tiny_llama, tmp_path):
+    """The safetensors, ONNX and GPTQ writers copied a garbage tokenizer.json into the artifact
+    (exit 0); the GGUF writer, which parses it, refused."""
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama, bad)
+    (bad / "tokenizer.json").write_text("{not json")
+    res = run(runner, "convert", bad, "--to", "safetensors", "--quant", "w4-g32-sym", "-o",
+              tmp_path / "o")
+    assert res.exit_code == 1, res.output
+    assert "tokenizer.json: invalid JSON" in res.output
+    assert not (tmp_path / "o").exists()

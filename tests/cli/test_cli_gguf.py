@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -47,7 +48,12 @@ def test_dry_run_size_is_exact(tiny_llama, tmp_path):
     res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "-q")
     assert res.exit_code == 0
     assert out.stat().st_size == plan["size"] == plan["bytes"]
-    text = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "--dry-run")
+    # a dry run checks the output as the real run would: this one needs --force
+    refused = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out,
+                  "--dry-run")
+    assert refused.exit_code == 1 and "--force" in refused.output
+    text = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "--dry-run",
+               "--force")
     assert "output size:" in text.stdout and "blk.0.attn_q.weight" in text.stdout
 
 
@@ -162,3 +168,48 @@ def test_bad_override_refused_before_calibration(tiny_llama, tmp_path, monkeypat
     res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", tmp_path / "o.gguf",
               "--calib", text, "--tensor-type", "nomatch=Q8_0")
     assert res.exit_code == 1 and "nomatch" in res.output
+
+
+def _calib_text(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog . " * 200)
+    return text
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_save_imatrix_never_replaces_a_file_quantport_did_not_write(force, tiny_llama, tmp_path):
+    """--save-imatrix overwrote whatever its path held, --force or not, after the whole run."""
+    mine = tmp_path / "notes.imat"
+    mine.write_text("precious\n")
+    args = ["convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", tmp_path / "o.gguf",
+            "--calib", _calib_text(tmp_path), "--calib-chunks", "2", "--save-imatrix", mine]
+    res = run(*args, *(["--force"] if force else []))
+    assert res.exit_code == 1, res.output
+    assert str(mine) in res.output and "--force" in res.output
+    assert mine.read_text() == "precious\n"
+    assert not (tmp_path / "o.gguf").exists()  # refused before any work
+
+
+def test_save_imatrix_replaces_its_own_file_with_force_and_keeps_plain_permissions(tiny_llama,
+                                                                                  tmp_path):
+    imat = tmp_path / "m.imatrix.gguf"
+    args = ["convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "--calib",
+            _calib_text(tmp_path), "--calib-chunks", "2", "--save-imatrix", imat, "-q"]
+    assert run(*args, "-o", tmp_path / "a.gguf").exit_code == 0
+    # a plain open()'s permissions (it was mkstemp's 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert imat.stat().st_mode & 0o777 == 0o666 & ~umask
+    res = run(*args, "-o", tmp_path / "b.gguf", "--force")
+    assert res.exit_code == 0, res.output
+    assert "blk.1.ffn_down.weight" in read_imatrix(imat).entries
+
+
+def test_save_imatrix_at_the_output_path_is_refused(tiny_llama, tmp_path):
+    """The same path for both replaced the model with the importance matrix, exit 0."""
+    out = tmp_path / "o.gguf"
+    res = run("convert", tiny_llama, "--to", "gguf", "--quant", "Q4_0", "-o", out, "--calib",
+              _calib_text(tmp_path), "--calib-chunks", "2", "--save-imatrix", out)
+    assert res.exit_code == 2
+    assert "same path" in res.output
+    assert not out.exists()

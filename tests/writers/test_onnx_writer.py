@@ -341,7 +341,7 @@ def test_schemes_onnx_cannot_express_are_refused(tiny_llama: Path, tmp_path: Pat
 
 
 def test_options_that_do_not_apply_are_usage_errors() -> None:
-    with pytest.raises(OptionError, match="apply to --to onnx only"):
+    with pytest.raises(OptionError, match="--onnx-matmul applies to --to onnx only"):
         make_recipe("safetensors", "w4-g32-sym", onnx_matmul="nbits")
     with pytest.raises(OptionError, match="0..4"):
         make_recipe("onnx", "w4-g32-sym", accuracy_level=5)

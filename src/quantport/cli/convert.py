@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def _parse_size(text: str) -> int:
 @click.option("--quant", required=True,
               help="Scheme (w4-g64-sym, w8-channel-sym, f16...) or GGUF preset (Q4_K_M, Q8_0...).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Output directory (safetensors) or file (gguf).")
+              help="Output directory (safetensors, onnx, gptq) or file (gguf).")
 @click.option("--force", is_flag=True,
               help="Replace an existing quantport artifact (never files quantport did not write).")
 @click.option("--method", type=click.Choice(list(METHODS)), default="rtn", show_default=True,
@@ -128,15 +129,16 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         quantport convert --to gguf --quant Q4_K_M --calib valid.txt -o smollm2-imat.gguf
         quantport convert --to safetensors --quant w4-g64-sym --method gptq -o smollm2-gptq
         quantport convert --to gguf --quant Q4_K_M --method gptq -o smollm2-gptq.gguf
-        quantport convert --to safetensors --quant w4-g128-sym \\
+        quantport convert --to safetensors --quant w4-g64-sym \\
             --tensor-type 'down_proj=w8-channel-sym' -o smollm2-mixed
         quantport convert some.gguf --to safetensors --quant f32 -o some-hf
         quantport convert --to onnx --quant w4-g32-sym -o smollm2-onnx-int4
-        quantport convert --to onnx --quant w4-g32-sym --onnx-matmul nbits \
+        quantport convert --to onnx --quant w4-g32-sym --onnx-matmul nbits \\
             --tensor-type 'model.embed_tokens.weight=w8-channel-sym' -o smollm2-onnx-mixed
         quantport convert minilm --to onnx --quant w8a8 -o minilm-onnx-w8a8
     """
     setup_logging(verbose)
+    _refuse_inapplicable(fmt, method, calib is not None)
     from quantport.pipeline import convert as run
     from quantport.pipeline import make_recipe
 
@@ -152,10 +154,17 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
     )  # fmt: skip
     if save_imatrix and not calib:
         raise click.UsageError("--save-imatrix needs --calib")
-    if not dry_run:
-        from quantport.formats._atomic import check_output
+    if save_imatrix and os.path.abspath(save_imatrix) == os.path.abspath(output):
+        raise click.UsageError(f"--save-imatrix and -o are the same path ({output}); the "
+                               "importance matrix would replace the model")
+    from quantport.formats._atomic import check_output
 
-        check_output(output, force)
+    # a dry run says whether the real run would refuse its output, and changes nothing
+    check_output(output, force, clean=not dry_run)
+    if save_imatrix:
+        # the same rule as the artifact's, before any work: an existing file is replaced
+        # only with --force, and only when quantport wrote it
+        check_output(save_imatrix, force, clean=not dry_run)
     from quantport.models import open_source
 
     bars = Bars(quiet or as_json)
@@ -174,6 +183,37 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         _print_plan(d)
     else:
         _print_done(d)
+
+
+def _refuse_inapplicable(fmt: str, method: str, calib: bool) -> None:
+    """A usage error for options given on the command line that this conversion would ignore
+    (their defaults are not "given"): a user who sets --damp for round-to-nearest expects it
+    to do something."""
+    calibrated = method != "rtn"
+    gptq = "gptq" in method
+    applies = {  # parameter -> (option, whether it applies, to what)
+        "damp": ("--damp", gptq, "--method gptq or awq+gptq"),
+        "act_order": ("--act-order", gptq, "--method gptq or awq+gptq"),
+        "calib_inputs": ("--calib-inputs", calibrated, "a calibrated --method"),
+        "calib_dtype": ("--calib-dtype", calibrated, "a calibrated --method"),
+        "device": ("--device", calibrated, "a calibrated --method"),
+        "smooth_alpha": ("--smooth-alpha", method == "smoothquant", "--method smoothquant"),
+        "calib_samples": ("--calib-samples", calibrated or calib,
+                          "a calibrated --method or --calib"),
+        "calib_len": ("--calib-len", calibrated or calib, "a calibrated --method or --calib"),
+        "max_shard_size": ("--max-shard-size", fmt in ("safetensors", "gptq"),
+                           "--to safetensors or gptq"),
+        "keep_unquantized": ("--keep-unquantized", fmt != "gguf",
+                             "--to safetensors, onnx or gptq"),
+    }
+    ctx = click.get_current_context()
+    given = [(opt, to) for name, (opt, ok, to) in applies.items()
+             if not ok and ctx.get_parameter_source(name) not in (
+                 None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)]
+    if given:
+        opt, to = given[0]
+        raise click.UsageError(f"{opt} applies to {to}; this conversion (--to {fmt} --method "
+                               f"{method}) would ignore it")
 
 
 def _print_plan(p: dict[str, Any]) -> None:

@@ -145,11 +145,12 @@ def _check_dir(path: Path) -> list[str]:
     return listed
 
 
-def check_output(path: Path | str, force: bool) -> None:
+def check_output(path: Path | str, force: bool, *, clean: bool = True) -> None:
     """Refuse an existing output unless ``force`` and it is quantport's own artifact.
 
-    Also removes stale temporaries of ``path`` left by killed runs (see
-    :func:`remove_stale_partials`), freeing their space before the conversion starts.
+    With ``clean`` (a real run; a dry run only checks) also removes stale temporaries of
+    ``path`` left by killed runs (see :func:`remove_stale_partials`), freeing their space
+    before the conversion starts.
 
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is false; or ``force`` is true but
@@ -157,7 +158,9 @@ def check_output(path: Path | str, force: bool) -> None:
             GGUF written by quantport. The message names what is in the way.
     """
     path = Path(path)
-    remove_stale_partials(path)
+    if clean:
+        remove_stale_partials(path)
+        _check_writable(path)
     if not os.path.lexists(path):
         return
     if not force:
@@ -166,6 +169,25 @@ def check_output(path: Path | str, force: bool) -> None:
         _check_dir(path)
     elif not _is_quantport_gguf(path):
         raise _refuse_file(path)
+
+
+def _check_writable(path: Path) -> None:
+    """Create and remove a file where ``path``'s temporary will go (its nearest existing
+    ancestor directory), so that a read-only or missing location is reported before the work,
+    not after it, and under the user's path rather than the temporary's."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise QuantportError(f"cannot write {path}: {parent} is not a directory; choose "
+                             "another -o")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise QuantportError(f"cannot write {path}: {exc.strerror or exc} in {parent}; choose "
+                             "another -o") from exc
 
 
 def _disk_error(exc: OSError, path: Path) -> QuantportError:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,17 +391,13 @@ def _validated(data: ImatrixData) -> list[tuple[str, np.ndarray]]:
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # the artifacts' own temporary-then-rename (a plain open()'s permissions, not mkstemp's 0600)
+    from quantport.formats._atomic import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _default_count(data: ImatrixData) -> int:
@@ -431,6 +426,12 @@ def _gguf_str(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _quantport_version() -> str:
+    import quantport
+
+    return str(quantport.__version__)
+
+
 def _gguf_bytes(data: ImatrixData) -> bytes:
     # save_imatrix(): general.type + imatrix.* KV, then for every entry (sorted by name)
     # <name>.in_sum2 with ne = [n_per_row, n_mat] and <name>.counts with ne = [1, n_mat], both F32,
@@ -444,6 +445,10 @@ def _gguf_bytes(data: ImatrixData) -> bytes:
         + b"".join(_gguf_str(str(d)) for d in data.datasets),
         _gguf_str(_KV_CHUNK_COUNT) + struct.pack("<II", 4, int(data.chunk_count)),
         _gguf_str(_KV_CHUNK_SIZE) + struct.pack("<II", 4, int(data.chunk_size)),
+        # quantport's mark, as on its model GGUFs: --force may replace a file that has it
+        # (formats/_atomic.check_output); llama.cpp's loader reads only the keys above
+        _gguf_str("quantport.version") + struct.pack("<I", _GGUF_STRING)
+        + _gguf_str(_quantport_version()),
     ]
     tensors: list[tuple[str, tuple[int, int], np.ndarray]] = []
     for name, v in _validated(data):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantport.errors import ConfigError
+from quantport.errors import ConfigError, UnsupportedQuantError
 from quantport.formats._atomic import check_output
 from quantport.formats.imatrix import ImatrixData
 from quantport.pipeline.execute import execute
@@ -110,6 +110,30 @@ def make_plan(source: ModelSource, recipe: Recipe,
     return get_writer(recipe.format).plan(source, recipe, imatrix)
 
 
+def _check_source(source: ModelSource, out: Path) -> None:
+    """Refuse, before any work, a source quantport cannot convert faithfully (an already
+    quantized checkpoint: its packed codes would be copied as float tensors) and an output
+    whose replacement would destroy the source.
+
+    Raises:
+        UnsupportedQuantError: a compressed-tensors or GPTQ checkpoint.
+        ConfigError: ``out`` is the source or holds it.
+    """
+    qc = (getattr(source, "config", None) or {}).get("quantization_config")
+    if qc is not None:
+        method = qc.get("quant_method", "?") if isinstance(qc, dict) else "?"
+        raise UnsupportedQuantError(
+            f"{source.path}: already quantized (quantization_config, quant_method {method}); "
+            "quantport converts float checkpoints: convert the float checkpoint it was made "
+            "from")
+    if getattr(source, "path", None) is None:  # an in-memory source: nothing to destroy
+        return
+    src, dst = Path(source.path).resolve(), out.resolve()
+    if src == dst or dst in src.parents:
+        raise ConfigError(f"-o {out} would replace the source {source.path}; write the "
+                          "artifact somewhere else")
+
+
 def convert(
     source: ModelSource,
     recipe: Recipe,
@@ -144,6 +168,7 @@ def convert(
         raise ConfigError(f"threads must be at least 1, got {threads}")
     writer = get_writer(recipe.format)
     out_path = Path(out)
+    _check_source(source, out_path)
     if recipe.calibrated:
         # GPTQ & co. collect their own statistics layer by layer (pipeline/calibrated.py);
         # the recipe's calibration text is theirs, not an importance matrix's

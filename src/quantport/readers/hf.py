@@ -63,6 +63,10 @@ class HFCheckpoint:
                 except UnicodeDecodeError:
                     raise FormatError(f"{self.path / n}: not UTF-8 text; fix or regenerate "
                                       "the file") from None
+                if n.endswith(".json"):
+                    # copied into every artifact: a garbage file would be copied through
+                    # silently, and the artifact's runtime would refuse its tokenizer
+                    read_json(self.path / n, n)
         self._where: dict[str, Any] = {}
         self._pickle: dict[str, Any] | None = None
         index = self.path / "model.safetensors.index.json"
@@ -122,6 +126,22 @@ class HFCheckpoint:
         # a quantized checkpoint (compressed-tensors, GPTQ) names its weights weight_packed,
         # qweight...: only float checkpoints are checked for completeness
         quantized = self.config.get("quantization_config") is not None
+        if arch.required and not quantized:
+            # transformers fills an absent size from its config class's defaults (hidden_size
+            # 4096 for Llama), which then contradict the weights when the artifact loads;
+            # llama.cpp's converter needs them too
+            absent = [k for k in ("hidden_size", "num_hidden_layers", "vocab_size")
+                      if self.config.get(k) is None]
+            if absent:
+                raise ConfigError(
+                    f"{cfg_path}: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} "
+                    f"missing or null; {arch.name} checkpoints record them (set them from the "
+                    "weights' shapes)")
+            if self.config.get("tie_word_embeddings") is False and "output.weight" not in gguf_of:
+                raise ConfigError(
+                    f"{cfg_path}: tie_word_embeddings is false but the checkpoint has no "
+                    "lm_head.weight; add the LM head, or set tie_word_embeddings true if it "
+                    "shares the token embeddings")
         if arch.required and isinstance(n_layer, int) and not quantized:
             missing = arch.missing_error(list(gguf_of), n_layer)
             if missing is not None:

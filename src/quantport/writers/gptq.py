@@ -160,10 +160,16 @@ class GPTQWriter(DirectoryWriter):
                 ``--tensor-type`` overrides (a GPTQ checkpoint holds one scheme).
             ShapeError: a width the scheme's groups or the v1 packing cannot take.
         """
+        if not source.architecture.causal:
+            # GPTQModel, vLLM and transformers' GPTQ integration load decoders; the catalog
+            # (`quantport list`) says the same
+            raise UnsupportedQuantError(
+                f"{source.path}: --to gptq writes decoder checkpoints for GPTQModel / vLLM, and "
+                f"{source.architecture.name} is an encoder; use --to safetensors or --to onnx")
         scheme = recipe.quant
         if not isinstance(scheme, IntScheme) or scheme.granularity == "tensor":
             raise UnsupportedQuantError(
-                f"--to gptq needs a group or per-channel integer scheme (e.g. w4-g128-sym), "
+                f"--to gptq needs a group or per-channel integer scheme (e.g. w4-g64-sym), "
                 f"got {recipe.quant_name}"
             )
         if recipe.overrides:
