@@ -195,3 +195,16 @@ def test_signed_symmetric_rule_equals_onnx_runtimes_own_quantizer(bits: int, blo
     # and it is a better fit than compressed-tensors' absmax/((qmax-qmin)/2) on the same grid
     minmax = quantize_rtn(w, IntGrid(bits, True, block))
     assert np.mean((dequantize(rec) - w) ** 2) < np.mean((dequantize(minmax) - w) ** 2)
+
+
+def test_non_finite_weights_are_named_in_one_line() -> None:
+    """The record's own check said "quantized tensor (4, 64) (int): scale contains NaN or
+    inf", naming neither the tensor nor the cause."""
+    from quantport.errors import FormatError
+    from quantport.quant.scheme import parse_scheme
+
+    w = np.ones((4, 64), np.float32)
+    w[2, 5] = np.nan
+    with pytest.raises(FormatError, match=r"model\.x\.weight: the weights hold NaN or inf "
+                                          r"\(1 values, the first at row 2, column 5\)"):
+        parse_scheme("w4-g32-sym").quantize(w, name="model.x.weight")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantport.errors import ShapeError
+from quantport.errors import FormatError, IRError, ShapeError
 from quantport.ir import QuantizedTensor
 from quantport.quant.grid import Grid
 
@@ -47,6 +47,19 @@ def quantize_rtn(
     imp = None
     if importance is not None:
         imp = np.asarray(importance, dtype=np.float32).reshape(1, cols // grid.block, grid.block)
-    params = grid.fit(x, imp)
-    codes = grid.round(x, params)
-    return grid.assemble((rows, cols), codes, params)
+    # non-finite weights make numpy warn on the way (printed by the CLI as a stray line);
+    # the record check below turns them into one error naming the tensor
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        params = grid.fit(x, imp)
+        codes = grid.round(x, params)
+    try:
+        return grid.assemble((rows, cols), codes, params)
+    except IRError as exc:
+        # the record's own check ("scale contains NaN or inf") does not know the tensor
+        bad = np.argwhere(~np.isfinite(w))
+        if bad.size:
+            r, c = (int(v) for v in bad[0])
+            raise FormatError(
+                f"{name}: the weights hold NaN or inf ({len(bad)} values, the first at row "
+                f"{r}, column {c}); the checkpoint is damaged: re-export it") from exc
+        raise IRError(f"{name}: {exc}") from exc
