@@ -149,3 +149,18 @@ def test_an_importance_matrix_is_not_validated_as_a_model(tmp_path):
                                     datasets=["x"], chunk_count=1, chunk_size=8))
     res = run("validate", imat, "--windows", "1", "--ctx", "64")
     _one_line_error(res, "an importance matrix", "not a model")
+
+
+def test_a_text_too_short_is_refused_before_the_artifact_loads(tiny_w4, tiny_llama, tmp_path,
+                                                               monkeypatch):
+    """The whole artifact was loaded and dequantized before "text too short" came."""
+    from quantport.validate import runner
+
+    def loaded(*a, **k):
+        raise AssertionError("the runtime was opened before the text was checked")
+
+    monkeypatch.setattr(runner, "_open_runtime", loaded)
+    text = tmp_path / "short.txt"
+    text.write_text("hello world\n")
+    res = run("validate", tiny_w4, "--against", tiny_llama, "--text", text, "--ctx", "64")
+    _one_line_error(res, "short.txt: text too short for one window of 64 tokens")

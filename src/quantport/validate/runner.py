@@ -909,8 +909,12 @@ def validate(
                                   f"(max_position_embeddings); use --ctx {n_ctx} or less")
             tok = _tokenizer(ref_dir)
             text_path = Path(text) if text else default_text()
-            if not causal and not _sentences(text_path, 1):
-                # checked before any model loads (the decoder path checks its windows)
+            if causal:
+                # one window's worth, before the runtime and the weights load (the windows
+                # themselves are cut by _causal)
+                with quiet_loading():
+                    load_windows(tok, text_path, ctx, 1)
+            elif not _sentences(text_path, 1):
                 raise QuantportError(
                     f"{text_path}: no line of {_MIN_WORDS} or more words to embed; an encoder "
                     "is scored on sentences (default text: WikiText-2 test split)")
