@@ -164,3 +164,14 @@ def test_a_text_too_short_is_refused_before_the_artifact_loads(tiny_w4, tiny_lla
     text.write_text("hello world\n")
     res = run("validate", tiny_w4, "--against", tiny_llama, "--text", text, "--ctx", "64")
     _one_line_error(res, "short.txt: text too short for one window of 64 tokens")
+
+
+def test_an_encoder_report_counts_sentences(tmp_path):
+    """It said "256 windows x 128 tokens, 0 scored" for an encoder scored on sentences."""
+    art = tmp_path / "minilm-f16"
+    assert run("convert", "minilm", "--to", "safetensors", "--quant", "f16", "-o", art,
+               "-q").exit_code == 0
+    res = run("validate", art, "--against", "minilm", "-q")
+    assert res.exit_code == 0, res.output
+    assert "64 sentences of at most 128 tokens" in res.output
+    assert "0 scored" not in res.output

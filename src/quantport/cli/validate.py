@@ -52,8 +52,10 @@ _fraction = _limit(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 @click.option("--against", "against", help="Source model (directory, .gguf, or alias); default: the default model.")
 @click.option("--text", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Evaluation text (default: WikiText-2 test split).")
-@click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per window.")
-@click.option("--windows", type=int, default=8, show_default=True, help="Number of windows.")
+@click.option("--ctx", type=int, default=512, show_default=True,
+              help="Tokens per window (decoders; an encoder is scored on sentences).")
+@click.option("--windows", type=int, default=8, show_default=True,
+              help="Number of windows (decoders).")
 @click.option("--max-kld", type=float, callback=_at_least_0, help="Quality: fail above this mean KL divergence from the source (default: by precision).")
 @click.option("--min-top1", type=float, callback=_fraction, help="Quality: fail below this top-1 agreement with the source (default: by precision).")
 @click.option("--max-ppl-ratio", type=float, callback=_positive, help="Quality: fail above this PPL ratio artifact/source (default: by precision).")
@@ -137,8 +139,13 @@ _GROUPS = {
 def _print_report(d: dict[str, Any]) -> None:
     click.echo(f"artifact:   {d['artifact']} ({d['runtime']})")
     click.echo(f"reference:  {d['reference']} (transformers, float32)")
-    click.echo(f"text:       {d['n_windows']} windows x {d['window']} tokens, "
-               f"{d['n_tokens_scored']} scored")
+    if d.get("cosine_mean") is not None:
+        # an encoder is scored on whole sentences; "0 scored" read as if nothing was
+        click.echo(f"text:       {d['n_windows']} sentences of at most {d['window']} tokens "
+                   "(--windows and --ctx apply to decoders)")
+    else:
+        click.echo(f"text:       {d['n_windows']} windows x {d['window']} tokens, "
+                   f"{d['n_tokens_scored']} scored")
     for group, title in _GROUPS.items():
         checks = [c for c in d["checks"] if c["group"] == group]
         if not checks:
