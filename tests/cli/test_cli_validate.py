@@ -175,3 +175,19 @@ def test_an_encoder_report_counts_sentences(tmp_path):
     assert res.exit_code == 0, res.output
     assert "64 sentences of at most 128 tokens" in res.output
     assert "0 scored" not in res.output
+
+
+def test_a_directory_without_weights_or_config_is_refused_in_one_line(tiny_w4, tmp_path):
+    """transformers said "Should have a 'model_type' key in its config.json" for both, though
+    there was no config.json."""
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(run("validate", empty, "--windows", "1", "--ctx", "64"),
+                    "no .safetensors files")
+    noconf = tmp_path / "noconf"
+    shutil.copytree(tiny_w4, noconf)
+    (noconf / "config.json").unlink()
+    _one_line_error(run("validate", noconf, "--windows", "1", "--ctx", "64"),
+                    "no config.json beside the weights")

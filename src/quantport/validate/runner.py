@@ -1101,6 +1101,14 @@ def _check_safetensors_files(art_path: Path) -> None:
 
     files = (sorted(art_path.glob("*.safetensors")) if art_path.is_dir()
              else [art_path] if art_path.suffix == ".safetensors" else [])
+    if art_path.is_dir():
+        # transformers' own message for these is about a model_type key
+        if not files:
+            raise QuantportError(f"{art_path}: no .safetensors files (nor model.onnx); give a "
+                                 "checkpoint directory, an ONNX directory or a .gguf file")
+        if not (art_path / "config.json").is_file():
+            raise QuantportError(f"{art_path}: no config.json beside the weights; copy the "
+                                 "whole checkpoint directory")
     for f in files:
         SafetensorsFile(f)  # the constructor checks the header against the file size
 
