@@ -409,3 +409,23 @@ def test_a_corrupt_tokenizer_file_is_refused_not_copied(runner, tiny_llama, tmp_
     assert res.exit_code == 1, res.output
     assert "tokenizer.json: invalid JSON" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_an_ignored_option_at_its_default_value_is_accepted(runner, tiny_llama, tmp_path):
+    """A wrapper that always passes the full option set, defaults included, is not refused."""
+    res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
+              "--damp", "0.01", "--calib-len", "512", "-o", tmp_path / "o", "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_a_dry_run_checks_the_output_location_without_touching_it(runner, tiny_llama, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    res = run(runner, "convert", tiny_llama, "--to", "gguf", "--quant", "Q8_0", "--dry-run",
+              "-o", tmp_path / "a-file" / "x.gguf")
+    assert res.exit_code == 1 and "is not a directory" in res.output
+    d = tmp_path / "dir.gguf"
+    d.mkdir()
+    res = run(runner, "convert", tiny_llama, "--to", "gguf", "--quant", "Q8_0", "--dry-run",
+              "--force", "-o", d)
+    assert res.exit_code == 1 and "is a directory" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "dir.gguf"]

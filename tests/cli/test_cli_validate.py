@@ -185,7 +185,7 @@ def test_a_directory_without_weights_or_config_is_refused_in_one_line(tiny_w4, t
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(run("validate", empty, "--windows", "1", "--ctx", "64"),
-                    "no .safetensors files")
+                    "no weights (.safetensors, pytorch_model.bin or model.onnx)")
     noconf = tmp_path / "noconf"
     shutil.copytree(tiny_w4, noconf)
     (noconf / "config.json").unlink()

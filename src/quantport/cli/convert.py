@@ -186,9 +186,9 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
 
 
 def _refuse_inapplicable(fmt: str, method: str, calib: bool) -> None:
-    """A usage error for options given on the command line that this conversion would ignore
-    (their defaults are not "given"): a user who sets --damp for round-to-nearest expects it
-    to do something."""
+    """A usage error for an option set to a value (other than its default) that this
+    conversion would ignore: a user who sets --damp for round-to-nearest expects it to do
+    something."""
     calibrated = method != "rtn"
     gptq = "gptq" in method
     applies = {  # parameter -> (option, whether it applies, to what)
@@ -207,9 +207,11 @@ def _refuse_inapplicable(fmt: str, method: str, calib: bool) -> None:
                              "--to safetensors, onnx or gptq"),
     }
     ctx = click.get_current_context()
+    defaults = {p.name: p.get_default(ctx) for p in ctx.command.params}
+    # a value other than the default: a wrapper that always passes the full option set with
+    # its defaults changes nothing and is not refused
     given = [(opt, to) for name, (opt, ok, to) in applies.items()
-             if not ok and ctx.get_parameter_source(name) not in (
-                 None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)]
+             if not ok and ctx.params.get(name) != defaults.get(name)]
     if given:
         opt, to = given[0]
         raise click.UsageError(f"{opt} applies to {to}; this conversion (--to {fmt} --method "

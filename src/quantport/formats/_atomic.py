@@ -160,7 +160,7 @@ def check_output(path: Path | str, force: bool, *, clean: bool = True) -> None:
     path = Path(path)
     if clean:
         remove_stale_partials(path)
-        _check_writable(path)
+    _check_writable(path, probe=clean)
     if not os.path.lexists(path):
         return
     if not force:
@@ -171,23 +171,29 @@ def check_output(path: Path | str, force: bool, *, clean: bool = True) -> None:
         raise _refuse_file(path)
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, probe: bool = True) -> None:
     """Create and remove a file where ``path``'s temporary will go (its nearest existing
     ancestor directory), so that a read-only or missing location is reported before the work,
-    not after it, and under the user's path rather than the temporary's."""
+    not after it, and under the user's path rather than the temporary's. Without ``probe``
+    (a dry run, which changes nothing) only the permission bits are asked (``os.access``)."""
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise QuantportError(f"cannot write {path}: {parent} is not a directory; choose "
-                             "another -o")
+                             "another path")
+    if not probe:
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise QuantportError(f"cannot write {path}: {parent} is not writable; choose "
+                                 "another path")
+        return
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise QuantportError(f"cannot write {path}: {exc.strerror or exc} in {parent}; choose "
-                             "another -o") from exc
+                             "another path") from exc
 
 
 def _disk_error(exc: OSError, path: Path) -> QuantportError:

@@ -169,6 +169,7 @@ def convert(
     writer = get_writer(recipe.format)
     out_path = Path(out)
     _check_source(source, out_path)
+    writer.check_output(out_path)  # read-only: a dry run refuses what the real run refuses
     if recipe.calibrated:
         # GPTQ & co. collect their own statistics layer by layer (pipeline/calibrated.py);
         # the recipe's calibration text is theirs, not an importance matrix's
@@ -176,7 +177,6 @@ def convert(
         source.verify()  # what the reader postponed: the layer-by-layer stage has no idle core
         if dry_run:
             return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
-        writer.check_output(out_path)
         check_output(out_path, force)
         from quantport.pipeline.calibrated import run_calibrated
         from quantport.pipeline.device import resolve_device
@@ -198,7 +198,6 @@ def convert(
         plan = writer.plan(source, recipe, imatrix)
         source.verify()  # a dry run refuses what the conversion would refuse
         return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
-    writer.check_output(out_path)
     check_output(out_path, force)
     if imatrix is None and recipe.calib is not None:
         # the plan refuses a bad recipe (an override matching nothing...) in a fraction of a

@@ -904,7 +904,8 @@ def validate(
             causal = ref_src.architecture.causal
             n_ctx = ref_src.config.get("max_position_embeddings")
             if causal and isinstance(n_ctx, int) and ctx > n_ctx:
-                # llama.cpp then fails to create its context, which read as a broken artifact
+                # positions the model was not trained for (llama.cpp even fails to create its
+                # context, which read as a broken artifact)
                 raise ConfigError(f"--ctx {ctx} is beyond the model's context length {n_ctx} "
                                   f"(max_position_embeddings); use --ctx {n_ctx} or less")
             tok = _tokenizer(ref_dir)
@@ -1103,8 +1104,9 @@ def _check_safetensors_files(art_path: Path) -> None:
              else [art_path] if art_path.suffix == ".safetensors" else [])
     if art_path.is_dir():
         # transformers' own message for these is about a model_type key
-        if not files:
-            raise QuantportError(f"{art_path}: no .safetensors files (nor model.onnx); give a "
+        if not files and not any(art_path.glob("pytorch_model*.bin")):
+            raise QuantportError(f"{art_path}: no weights (.safetensors, pytorch_model.bin or "
+                                 "model.onnx); give a "
                                  "checkpoint directory, an ONNX directory or a .gguf file")
         if not (art_path / "config.json").is_file():
             raise QuantportError(f"{art_path}: no config.json beside the weights; copy the "
@@ -1158,7 +1160,9 @@ def _check_same_model(art_path: Path, cfg: dict[str, Any] | None, ref_src: Any,
     if cfg is None:
         return
     ref = ref_src.config
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    # shapes only: model_type differs between equivalent checkpoints (a Mistral GGUF imports
+    # as llama)
+    keys = ("hidden_size", "num_hidden_layers", "vocab_size")
     diffs = [f"{k} {cfg[k]!r} against {ref[k]!r}" for k in keys
              if cfg.get(k) is not None and ref.get(k) is not None and cfg[k] != ref[k]]
     if diffs:
