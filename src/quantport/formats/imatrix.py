@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from quantport.errors import FormatError
+from quantport.formats._atomic import _version, atomic_file
 
 __all__ = ["ImatrixData", "check_imatrix", "read_imatrix", "write_imatrix"]
 
@@ -392,8 +393,6 @@ def _validated(data: ImatrixData) -> list[tuple[str, np.ndarray]]:
 
 def _atomic_write(path: Path, payload: bytes) -> None:
     # the artifacts' own temporary-then-rename (a plain open()'s permissions, not mkstemp's 0600)
-    from quantport.formats._atomic import atomic_file
-
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(payload)
         f.flush()
@@ -426,12 +425,6 @@ def _gguf_str(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _quantport_version() -> str:
-    import quantport
-
-    return str(quantport.__version__)
-
-
 def _gguf_bytes(data: ImatrixData) -> bytes:
     # save_imatrix(): general.type + imatrix.* KV, then for every entry (sorted by name)
     # <name>.in_sum2 with ne = [n_per_row, n_mat] and <name>.counts with ne = [1, n_mat], both F32,
@@ -448,7 +441,7 @@ def _gguf_bytes(data: ImatrixData) -> bytes:
         # quantport's mark, as on its model GGUFs: --force may replace a file that has it
         # (formats/_atomic.check_output); llama.cpp's loader reads only the keys above
         _gguf_str("quantport.version") + struct.pack("<I", _GGUF_STRING)
-        + _gguf_str(_quantport_version()),
+        + _gguf_str(_version()),
     ]
     tensors: list[tuple[str, tuple[int, int], np.ndarray]] = []
     for name, v in _validated(data):

@@ -21,16 +21,25 @@ __all__ = ["HFCheckpoint", "read_json"]
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path.parent}: no {what} found; is this a Hugging Face checkpoint?") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or a 5000-digit number
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc}); fix or regenerate the file") from exc
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what} file") from None
+    return _json_object(text, path)
+
+
+def _json_object(text: str, path: Path) -> dict[str, Any]:
+    """``text`` (the contents of ``path``) parsed as a JSON object, or one line saying why not."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a 5000-digit number
         raise ConfigError(f"{path}: invalid JSON ({exc}); fix or regenerate the file") from exc
     except RecursionError:
         raise ConfigError(f"{path}: invalid JSON (nested too deeply); fix or regenerate the "
                           "file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what} file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
@@ -59,14 +68,15 @@ class HFCheckpoint:
         for n in TOKENIZER_FILES:
             if (self.path / n).is_file():
                 try:
-                    self.tokenizer_files[n] = (self.path / n).read_text(encoding="utf-8")
+                    text = (self.path / n).read_text(encoding="utf-8")
                 except UnicodeDecodeError:
                     raise FormatError(f"{self.path / n}: not UTF-8 text; fix or regenerate "
                                       "the file") from None
                 if n.endswith(".json"):
                     # copied into every artifact: a garbage file would be copied through
                     # silently, and the artifact's runtime would refuse its tokenizer
-                    read_json(self.path / n, n)
+                    _json_object(text, self.path / n)
+                self.tokenizer_files[n] = text
         self._where: dict[str, Any] = {}
         self._pickle: dict[str, Any] | None = None
         index = self.path / "model.safetensors.index.json"
@@ -142,7 +152,7 @@ class HFCheckpoint:
                     f"{cfg_path}: tie_word_embeddings is false but the checkpoint has no "
                     "lm_head.weight; add the LM head, or set tie_word_embeddings true if it "
                     "shares the token embeddings")
-        if arch.required and isinstance(n_layer, int) and not quantized:
+            # n_layer: present (above) and a positive int (check_config)
             missing = arch.missing_error(list(gguf_of), n_layer)
             if missing is not None:
                 hf = arch.hf_name(missing, "model.layers.{}.") or missing
