@@ -725,8 +725,9 @@ class GgmlKGrid:
             return self._round_cols(x, params, ds, dm, idx)
         shape = x.shape
         xs = x.reshape(*shape[:-1], -1, self.sub)
-        if S.COMPILED is not None and S.use_compiled:
-            # the same float32 operations and nearest_int, in one pass (_kq_search.c)
+        if S.COMPILED is not None and S.use_compiled and ds.shape == xs.shape[:-1]:
+            # the same float32 operations and nearest_int, in one pass (_kq_search.c); it
+            # reads one scale per sub-block, so parameters numpy would broadcast go below
             q = np.empty(xs.shape, dtype=np.int8)
             xc = np.ascontiguousarray(xs)
             dsc = np.ascontiguousarray(ds, dtype=F32)

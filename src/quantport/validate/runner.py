@@ -1106,8 +1106,8 @@ def _check_safetensors_files(art_path: Path) -> None:
         # transformers' own message for these is about a model_type key
         if not files and not any(art_path.glob("pytorch_model*.bin")):
             raise QuantportError(f"{art_path}: no weights (.safetensors, pytorch_model.bin or "
-                                 "model.onnx); give a "
-                                 "checkpoint directory, an ONNX directory or a .gguf file")
+                                 "model.onnx); give a checkpoint directory, an ONNX directory "
+                                 "or a .gguf file")
         if not (art_path / "config.json").is_file():
             raise QuantportError(f"{art_path}: no config.json beside the weights; copy the "
                                  "whole checkpoint directory")
@@ -1148,9 +1148,9 @@ def _artifact_config(art_path: Path) -> dict[str, Any] | None:
 
 def _check_same_model(art_path: Path, cfg: dict[str, Any] | None, ref_src: Any,
                       against: Any) -> None:
-    """Refuse an artifact that cannot be a conversion of the reference: a different model
-    type or shape (an encoder against a decoder, another hidden size...), which the runtimes
-    would otherwise report as a shape error deep inside a forward pass.
+    """Refuse an artifact that cannot be a conversion of the reference: other shapes (an
+    encoder against a decoder, another hidden size, layer count or vocabulary), which the
+    runtimes would otherwise report as a shape error deep inside a forward pass.
 
     ``cfg``: :func:`_artifact_config` of the artifact.
 
