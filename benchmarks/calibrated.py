@@ -306,6 +306,10 @@ def _llamacpp_cmd(ctx: Ctx, out: Path) -> list[str]:
             str(ctx.threads), str(ROOT / "tests")]
 
 
+#: ``--act-scheme token``: W8A8 activations with one int8 scale per token
+_TOKEN = ("--act-scheme", "token")
+
+
 def rows_table() -> list[Row]:
     st, gg = "compressed-tensors w4-g64-sym", "GGUF Q4_K_M"
     return [
@@ -355,7 +359,23 @@ def rows_table() -> list[Row]:
             "ONNX w8a8", "qp-minilm-sq-w8a8.onnx.d",
             qp_convert("onnx", "w8a8", method="smoothquant", src="minilm"),
             needs="smoothquant", src="minilm"),
+        # the same four with one int8 scale per token (--act-scheme token) instead of per
+        # tensor: the scheme SmoothQuant's paper and compressed-tensors' W8A8 use
+        Row("w8a8-tok-rtn", "W8A8 per-token, no smoothing", "quantport", "ONNX w8a8",
+            "qp-w8a8-tok.onnx.d", qp_convert("onnx", "w8a8", *_TOKEN), needs="smoothquant"),
+        Row("w8a8-tok-sq", "SmoothQuant W8A8 per-token (default alpha)", "quantport",
+            "ONNX w8a8", "qp-sq-w8a8-tok.onnx.d",
+            qp_convert("onnx", "w8a8", *_TOKEN, method="smoothquant"), needs="smoothquant"),
+        Row("minilm-w8a8-tok-rtn", "MiniLM W8A8 per-token, no smoothing", "quantport",
+            "ONNX w8a8", "qp-minilm-w8a8-tok.onnx.d",
+            qp_convert("onnx", "w8a8", *_TOKEN, src="minilm"), needs="smoothquant",
+            src="minilm"),
+        Row("minilm-w8a8-tok-sq", "MiniLM SmoothQuant W8A8 per-token (default alpha)",
+            "quantport", "ONNX w8a8", "qp-minilm-sq-w8a8-tok.onnx.d",
+            qp_convert("onnx", "w8a8", *_TOKEN, method="smoothquant", src="minilm"),
+            needs="smoothquant", src="minilm"),
     ]
+
 
 
 # ------------------------------------------------------------------------------------------
@@ -498,10 +518,12 @@ def judge(rows: dict[str, Row], layout_notes: dict[str, str]) -> list[str]:
                        f"llama.cpp's: {layout_notes[key]}.")
     for key, label in gptqs:
         kld_at_most(f"quantport {label} Q4_K_M KLD at most auto-round's", key, "gguf-ar", 1.0)
-    kld_at_most("SmoothQuant W8A8 KLD at least 30% below W8A8 without smoothing", "w8a8-sq",
-                "w8a8-rtn", 0.7)
-    kld_at_most("MiniLM SmoothQuant W8A8 (1 - cosine) at least 30% below W8A8 without "
-                "smoothing", "minilm-w8a8-sq", "minilm-w8a8-rtn", 0.7)
+    for scheme, tag in (("per-tensor", ""), ("per-token", "-tok")):
+        kld_at_most(f"SmoothQuant W8A8 ({scheme} activations) KLD at least 30% below W8A8 "
+                    "without smoothing", f"w8a8{tag}-sq", f"w8a8{tag}-rtn", 0.7)
+        kld_at_most(f"MiniLM SmoothQuant W8A8 ({scheme} activations, 1 - cosine) at least "
+                    "30% below W8A8 without smoothing", f"minilm-w8a8{tag}-sq",
+                    f"minilm-w8a8{tag}-rtn", 0.7)
     out.append("")
     return out
 

@@ -65,6 +65,13 @@ def test_to_dict_is_what_the_artifact_records() -> None:
      "--method smoothquant is for int8 activations: use --quant w8a8"),
     ({"fmt": "gguf", "quant": "Q4_0", "method": "smoothquant"}, OptionError,
      "--method smoothquant is for int8 activations"),
+    # W8A8's activation scheme: per tensor is ONNX's alone; no other quant has one
+    ({"fmt": "safetensors", "quant": "w8a8", "act_scheme": "tensor"}, OptionError,
+     "compressed-tensors W8A8 quantizes activations per token"),
+    ({"fmt": "onnx", "quant": "w8a8", "act_scheme": "channel"}, OptionError,
+     "--act-scheme 'channel' is not one of token, tensor"),
+    ({"fmt": "onnx", "quant": "w4-g32-sym", "act_scheme": "token"}, OptionError,
+     "--act-scheme applies to --quant w8a8"),
     ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v"]}, UnsupportedQuantError,
      "REGEX=TYPE"),
     ({"fmt": "gguf", "quant": "Q4_0", "tensor_types": ["attn_v=Q9"]}, UnsupportedQuantError,
@@ -84,6 +91,16 @@ def test_bad_choices_are_refused_in_one_line(kwargs, error, match) -> None:
     assert "\n" not in str(exc.value)
 
 
+def test_unknown_ggml_type_lists_the_types_quantport_writes() -> None:
+    """The list offered for an unknown --tensor-type named ggml types the GGUF writer then
+    refuses (NVFP4, TQ1_0, IQ2_XXS...)."""
+    with pytest.raises(UnsupportedQuantError) as exc:
+        make_recipe("gguf", "Q4_K_M", tensor_types=["attn_v=Q9"])
+    listed = str(exc.value).split("quantport writes: ")[1].split(", ")
+    assert {"Q4_K", "Q6_K", "IQ4_NL", "F16", "BF16"} <= set(listed)
+    assert not {"NVFP4", "TQ1_0", "IQ2_XXS", "MXFP4"} & set(listed)
+
+
 def test_calibrated_method_defaults_to_the_validation_text_and_128_windows() -> None:
     from quantport._fixtures import calibration_text
 
@@ -95,3 +112,16 @@ def test_calibrated_method_defaults_to_the_validation_text_and_128_windows() -> 
     # round-to-nearest keeps the importance-matrix default of 16 windows
     assert make_recipe("gguf", "Q4_K_M", calib="x.txt").calib_samples == 16
     assert not make_recipe("gguf", "Q4_K_M").calibrated
+
+
+def test_w8a8_activation_scheme_defaults_per_format_and_is_recorded() -> None:
+    """ONNX W8A8 defaults to ORT's per-tensor DynamicQuantizeLinear, compressed-tensors to
+    per-token activations; the artifact's recipe says which."""
+    onnx = make_recipe("onnx", "w8a8")
+    assert onnx.act_scheme == "tensor" and onnx.to_dict()["act_scheme"] == "tensor"
+    token = make_recipe("onnx", "w8a8", act_scheme="token")
+    assert token.act_scheme == "token" and token.to_dict()["act_scheme"] == "token"
+    st = make_recipe("safetensors", "w8a8")
+    assert st.act_scheme == "token" and st.to_dict()["act_scheme"] == "token"
+    assert make_recipe("onnx", "w4-g32-sym").act_scheme is None
+    assert "act_scheme" not in make_recipe("onnx", "w4-g32-sym").to_dict()

@@ -28,6 +28,7 @@ from quantport.quant.scheme import IntScheme, parse_scheme
 
 __all__ = [
     "ACT_ORDERS",
+    "ACT_SCHEMES",
     "CALIB_INPUTS",
     "DENSE_TYPES",
     "DEVICES",
@@ -94,6 +95,10 @@ ACT_ORDERS = ("static", "group", "none")
 #: ``asymmetric``: GPTQ's Hessians from the quantized layers' outputs, its target the float
 #: model's (GPTAQ: the float model's stream runs beside the quantized one, about twice the time)
 CALIB_INPUTS = ("quantized", "float", "asymmetric")
+#: ``--act-scheme``: W8A8's int8 activations get one dynamic scale per ``token`` (symmetric;
+#: SmoothQuant's O1, compressed-tensors' W8A8) or per ``tensor`` (uint8 with a zero point;
+#: ORT's ``DynamicQuantizeLinear``, ONNX only)
+ACT_SCHEMES = ("token", "tensor")
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class Recipe:
             ``session.qdq_matmulnbits_accuracy_level``, default 4).
         act_quant: ``"w8a8"``, int8 weights with dynamically quantized int8 activations
             (``--quant w8a8``; ONNX and compressed-tensors).
+        act_scheme: with ``act_quant``, one of :data:`ACT_SCHEMES`: the activations get one
+            int8 scale per ``"token"`` or per ``"tensor"`` (ONNX only).
     """
 
     format: str
@@ -170,6 +177,7 @@ class Recipe:
     onnx_matmul: str = "qdq"
     accuracy_level: int | None = None
     act_quant: str | None = None
+    act_scheme: str | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -209,6 +217,8 @@ class Recipe:
                 d["gptq"] = {"damp": self.damp, "act_order": self.act_order}
             if self.method == "smoothquant":
                 d["smoothquant"] = {"alpha": self.smooth_alpha}
+        if self.act_scheme is not None:
+            d["act_scheme"] = self.act_scheme
         if self.format == "onnx":
             d["onnx_matmul"] = self.onnx_matmul
             if self.accuracy_level is not None:
@@ -293,6 +303,7 @@ def make_recipe(
     smooth_alpha: float | None = None,
     onnx_matmul: str = "qdq",
     accuracy_level: int | None = None,
+    act_scheme: str | None = None,
 ) -> Recipe:
     """Parse the user's choices into a :class:`Recipe` (the one place text is parsed).
 
@@ -336,9 +347,22 @@ def make_recipe(
         # (the ONNX writer uses it for an 8-bit override)
         q = parse_scheme("w7-channel-sym" if fmt == "onnx" else "w8-channel-sym")
         act_quant = "w8a8"
+        # activations: per tensor by default in ONNX (ORT's quantize_dynamic graph and its
+        # fused DynamicQuantizeMatMul kernel, the fastest), per token in compressed-tensors
+        # (what transformers runs for W8A8)
+        act_scheme = act_scheme or ("tensor" if fmt == "onnx" else "token")
+        if act_scheme not in ACT_SCHEMES:
+            raise OptionError(f"--act-scheme {act_scheme!r} is not one of "
+                              f"{', '.join(ACT_SCHEMES)}")
+        if fmt == "safetensors" and act_scheme != "token":
+            raise OptionError("compressed-tensors W8A8 quantizes activations per token (what "
+                              "transformers runs); --act-scheme tensor is for --to onnx")
         if onnx_matmul != "qdq":
             raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "
                               "--onnx-matmul nbits")
+    elif act_scheme is not None:
+        raise OptionError(f"--act-scheme applies to --quant w8a8 (int8 activations), not "
+                          f"{quant!r}")
     elif fmt == "onnx" and str(quant).strip().lower() == "keep":
         q = "KEEP"  # a GGUF source's own codes, copied (the ONNX writer checks the source)
     elif fmt == "onnx" and str(quant).strip().upper() in ONNX_GGML_TYPES:
@@ -413,6 +437,6 @@ def make_recipe(
         calib_samples=calib_samples, calib_len=calib_len, max_shard_size=max_shard_size,
         damp=float(damp), act_order=act_order, calib_inputs=calib_inputs,
         calib_dtype=calib_dtype, device=dev, onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
-        act_quant=act_quant,
+        act_quant=act_quant, act_scheme=act_scheme,
         smooth_alpha=None if smooth_alpha is None else float(smooth_alpha),
     )

@@ -263,6 +263,28 @@ def test_cli_gptq_and_smoothquant_on_an_encoder(tiny_bert: Path, tmp_path: Path,
     (emb,) = sess.run(["sentence_embedding"], feed)
     cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1)
     assert cos.min() > 0.99
+    # per-token activations (--act-scheme token): one QuantizeLinear per distinct input (q,
+    # k and v read one), recorded in the recipe, and the embeddings follow the float model's
+    tok_dir = tmp_path / "sq-onnx-token"
+    res = runner.invoke(cli, ["convert", str(tiny_bert), "--to", "onnx", "--quant", "w8a8",
+                              "--act-scheme", "token", "--method", "smoothquant", *calib,
+                              "-o", str(tok_dir)])
+    assert res.exit_code == 0, res.output
+    model = onnx.load(str(tok_dir / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    # per layer 6 Linear layers on 4 distinct inputs (the smoothed q, k and v each multiply
+    # their input by their own input_smooth, so 3 of them there)
+    assert ops.count("MatMulIntegerToFloat") == 6 * 2 and "DynamicQuantizeLinear" not in ops
+    recipe = json.loads({p.key: p.value for p in model.metadata_props}["quantport_recipe"])
+    assert recipe["act_scheme"] == "token" and recipe["method"] == "smoothquant"
+    sess = ort.InferenceSession(str(tok_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (emb_tok,) = sess.run(["sentence_embedding"], feed)
+    cos_tok = (emb_tok * ref).sum(1) / np.linalg.norm(emb_tok, axis=1)
+    assert cos_tok.min() > 0.99
+    res = runner.invoke(cli, ["convert", str(tiny_bert), "--to", "safetensors", "--quant",
+                              "w8a8", "--act-scheme", "tensor", "-o", str(tmp_path / "st-t")])
+    assert res.exit_code == 2 and "quantizes activations per token" in res.output
+    assert not (tmp_path / "st-t").exists()
     res = runner.invoke(cli, ["convert", str(tiny_bert), "--to", "safetensors", "--quant",
                               "w8a8", "--method", "smoothquant", *calib, "-o",
                               str(tmp_path / "sq-st")])

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from quantport.cli._common import Bars, common_options, handle_errors, setup_logging
-from quantport.recipe import ACT_ORDERS, CALIB_INPUTS, METHODS
+from quantport.recipe import ACT_ORDERS, ACT_SCHEMES, CALIB_INPUTS, METHODS
 
 __all__ = ["convert"]
 
@@ -87,8 +87,13 @@ def _parse_size(text: str) -> int:
 @click.option("--smooth-alpha", type=float, default=None,
               help="SmoothQuant: migration strength α in (0, 1), per input channel "
                    "s = max|x|^α / max|W|^(1-α); higher moves more of the activations' range "
-                   "into the weights [default: 0.8 for a decoder to ONNX w8a8 (one activation "
-                   "scale per tensor), else 0.5].")
+                   "into the weights [default: 0.8 for a decoder whose activations get one scale "
+                   "per tensor (--act-scheme tensor), else 0.5].")
+@click.option("--act-scheme", type=click.Choice(list(ACT_SCHEMES)), default=None,
+              help="--quant w8a8: the int8 activations get one dynamic scale per token "
+                   "(symmetric; more accurate) or per tensor (ORT's DynamicQuantizeLinear, "
+                   "the faster kernel; ONNX only) [default: tensor for ONNX, token for "
+                   "safetensors].")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where the calibrated methods (--method gptq, awq, awq+gptq, "
                    "smoothquant) run: auto takes a CUDA GPU when torch sees one (cuda:N picks "
@@ -113,8 +118,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
             allow_pickle: bool, pure: bool, output_type: str | None,
             token_embedding_type: str | None, imatrix_path: Path | None, calib: Path | None,
             calib_samples: int | None, calib_len: int, damp: float, act_order: str,
-            calib_inputs: str, calib_dtype: str, smooth_alpha: float | None, device: str,
-            save_imatrix: Path | None, dry_run: bool,
+            calib_inputs: str, calib_dtype: str, smooth_alpha: float | None,
+            act_scheme: str | None, device: str, save_imatrix: Path | None, dry_run: bool,
             threads: int | None, onnx_matmul: str, accuracy_level: int | None, as_json: bool,
             quiet: bool, verbose: bool) -> None:
     """Convert SRC (a checkpoint directory, a .gguf file, or an alias: smollm2, minilm) into a
@@ -136,6 +141,8 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         quantport convert --to onnx --quant w4-g32-sym --onnx-matmul nbits \\
             --tensor-type 'model.embed_tokens.weight=w8-channel-sym' -o smollm2-onnx-mixed
         quantport convert minilm --to onnx --quant w8a8 -o minilm-onnx-w8a8
+        quantport convert --to onnx --quant w8a8 --act-scheme token \\
+            --method smoothquant -o smollm2-onnx-sq
     """
     setup_logging(verbose)
     _refuse_inapplicable(fmt, method, calib is not None)
@@ -150,7 +157,7 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
         max_shard_size=_parse_size(max_shard_size), damp=damp, act_order=act_order,
         calib_inputs=calib_inputs, calib_dtype=calib_dtype, smooth_alpha=smooth_alpha,
         device=device,
-        onnx_matmul=onnx_matmul, accuracy_level=accuracy_level,
+        onnx_matmul=onnx_matmul, accuracy_level=accuracy_level, act_scheme=act_scheme,
     )  # fmt: skip
     if save_imatrix and not calib:
         raise click.UsageError("--save-imatrix needs --calib")

@@ -50,6 +50,8 @@ else:
     ir = ir_tape = None
 
 OPSET = 21  # DequantizeLinear with block_size (ONNX opset 21)
+#: the smallest per-token absolute maximum W8A8 divides by (``_Builder._quantize_tokens``)
+TOKEN_FLOOR = 1e-30
 _DTYPES: dict[str, Any] = {}  # storage dtype name -> ir.DataType (filled by _import_ir)
 _MS = "com.microsoft"
 
@@ -77,12 +79,17 @@ class GraphOptions:
             4 int8 activations; ORT's CPU kernel is fastest at 4).
         data_file: the external data file's name, next to ``model.onnx``.
         act_quant: ``"w8a8"``: quantized Linear weights run as int8 GEMMs on dynamically
-            quantized activations (``DynamicQuantizeLinear`` -> ``MatMulInteger``).
+            quantized activations.
+        act_scheme: how W8A8 quantizes an activation: ``"tensor"``, one uint8 scale and zero
+            point for the whole tensor (``DynamicQuantizeLinear`` -> ``MatMulInteger``,
+            what ORT's ``quantize_dynamic`` writes); ``"token"``, one symmetric scale per
+            token (row), as compressed-tensors' W8A8 and SmoothQuant's O1 scheme.
     """
 
     accuracy_level: int = 4
     data_file: str = "model.onnx.data"
     act_quant: str | None = None
+    act_scheme: str = "tensor"
 
 
 class _Builder:
@@ -97,6 +104,9 @@ class _Builder:
         self.opts = opts
         self._inits: dict[str, ir.Value] = {}
         self._consts: dict[str, ir.Value] = {}
+        # per-token quantized activations, by the float value they quantize (q, k and v read
+        # one input: it is quantized once)
+        self._token_quant: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
         self.n = 0
 
     # -------------------------------------------------------------------- values and nodes
@@ -188,12 +198,7 @@ class _Builder:
         return y
 
     def _w8a8(self, x: ir.Value, st: Storage) -> ir.Value:
-        # quantize_dynamic's MatMul pattern (onnxruntime/quantization/operators/matmul.py):
-        # DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale), which ORT's
-        # MatMulIntegerToFloatFusion + DynamicQuantizeMatMulFusion turn into one
-        # com.microsoft DynamicQuantizeMatMul at the extended level
         q, s, z = (self.init(i.name) for i in st.inits)
-        xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
         # MLAS multiplies uint8 by int8 with VPMADDUBSW on x86 CPUs without VNNI, whose int16
         # pair sums saturate (ORT's quantization docs, "saturation"; here, AVX2 only: a
         # 576 x 960 product off by 16% of its range) unless the weights fit 7 bits
@@ -203,10 +208,46 @@ class _Builder:
         # initializers when it loads the graph.
         if st.bits > 7:
             q, z = self._to_u8(q), self._to_u8(z)
+        if self.opts.act_scheme == "token":
+            # the integer product scaled by the weights' per-channel scales in one
+            # com.microsoft MatMulIntegerToFloat (its a_scale is per tensor, so 1 here), then
+            # by each token's scale
+            if x not in self._token_quant:
+                self._token_quant[x] = self._quantize_tokens(x)
+            xq, xs = self._token_quant[x]
+            y = self.op("MatMulIntegerToFloat",
+                        [xq, q, self.const(np.array(1.0, np.float32)), s,
+                         self.const(np.array(128, np.uint8)), z], domain=_MS)
+            return self.op("Mul", [y, xs], name=st.name)
+        # quantize_dynamic's MatMul pattern (onnxruntime/quantization/operators/matmul.py):
+        # DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale), which ORT's
+        # MatMulIntegerToFloatFusion + DynamicQuantizeMatMulFusion turn into one
+        # com.microsoft DynamicQuantizeMatMul at the extended level
+        xq, xs, xz = self.op("DynamicQuantizeLinear", [x], outputs=3)
         acc = self.op("MatMulInteger", [xq, q, xz, z])
         f = self.op("Cast", [acc], {"to": ir.DataType.FLOAT})
         scale = self.op("Mul", [xs, s])
         return self.op("Mul", [f, scale], name=st.name)
+
+    def _quantize_tokens(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """``x`` quantized per token (its last axis), symmetric: ``q = round(x * 127 / m)``
+        with ``m = max |x|`` of the token, stored + 128 as uint8 (x86's fast uint8 x int8
+        kernel: 2 * 255 * 64 < 2**15 with the 7-bit weight codes, so no saturation).
+
+        Returns:
+            (the uint8 codes, each token's scale ``m / 127`` with a trailing axis of 1).
+            ``validate.runner.token_quantize`` is the reference of this arithmetic.
+        """
+        axis = self.const(np.array([-1], np.int64))
+        m = self.op("ReduceMax", [self.op("Abs", [x]), axis], {"keepdims": 1})
+        # an all-zero token: any scale gives codes 0; the floor keeps 127 / m finite
+        m = self.op("Max", [m, self.const(np.array(TOKEN_FLOOR, np.float32))])
+        inv = self.op("Div", [self.const(np.array(127.0, np.float32)), m])
+        # QuantizeLinear rounds half to even and saturates to 0..255 (ONNX spec)
+        xq = self.op("QuantizeLinear", [self.op("Mul", [x, inv]),
+                                        self.const(np.array(1.0, np.float32)),
+                                        self.const(np.array(128, np.uint8))])
+        return xq, self.op("Mul", [m, self.const(np.array(1 / 127, np.float32))])
 
     def _to_u8(self, v: ir.Value) -> ir.Value:
         """int8 ``v`` + 128 as uint8 (exact: -128..127 -> 0..255)."""

@@ -194,10 +194,11 @@ def run_calibrated(
     # rounded (packing is host work; on a GPU it would otherwise leave the GPU idle)
     with BackgroundSink(sink) as sink:
         # 2. the layers, in order (from the cache when this very calibration ran before)
-        # the α used, given or the default: ONNX w8a8 quantizes activations per tensor
-        # (DynamicQuantizeLinear), compressed-tensors W8A8 per token
+        # the α used, given or the default for the activations' scheme (one int8 scale per
+        # tensor or per token)
         alpha = (recipe.smooth_alpha if recipe.smooth_alpha is not None
-                 else smooth_alpha_for(model.layers[0], per_tensor=recipe.format == "onnx"))
+                 else smooth_alpha_for(model.layers[0],
+                                       per_tensor=recipe.act_scheme == "tensor"))
         if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
             report.notes.append(f"SmoothQuant alpha {alpha} (the default for "
                                 f"{type(model.layers[0]).__name__} to {recipe.format}; "

@@ -164,8 +164,13 @@ def _check_type(type_name: str, where: str) -> str:
     """Normalise a GGML type name case-insensitively (``parse_ggml_type`` uses ``striequals``)."""
     up = str(type_name).strip().upper()
     if up not in _TARGET_TYPES:
+        # the types quantport writes, not every ggml type the selection rules know (llama.cpp's
+        # fallbacks need those; the GGUF writer refuses a tensor that would get one)
+        from quantport.quant.ggml import GGML_GRIDS
+
+        writes = ["F32", "F16", "BF16", *sorted(GGML_GRIDS)]
         raise UnsupportedQuantError(
-            f"unknown tensor type {type_name!r} in {where}; supported: {', '.join(_TARGET_TYPES)}"
+            f"unknown tensor type {type_name!r} in {where}; quantport writes: {', '.join(writes)}"
         )
     return up
 

@@ -63,11 +63,13 @@ def onnx_model_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def dynamic_quant_weights(model: Any) -> list[str]:
-    """Hugging Face names of the weights whose MatMul input the graph quantizes at run time
-    (``DynamicQuantizeLinear -> MatMulInteger``, or ORT's fused ``DynamicQuantizeMatMul``),
-    found through the ``quantport_tensors`` metadata quantport's writer records (which
-    initializers hold which tensor); empty for graphs without it."""
+def dynamic_quant_weights(model: Any) -> dict[str, str]:
+    """Hugging Face names of the weights whose MatMul input the graph quantizes at run time,
+    each with how: ``"tensor"`` (``DynamicQuantizeLinear -> MatMulInteger``, or ORT's fused
+    ``DynamicQuantizeMatMul``) or ``"token"`` (a ``QuantizeLinear`` by per-token scales
+    into ``MatMulIntegerToFloat``, quantport's ``--act-scheme token``). Found through the
+    ``quantport_tensors`` metadata quantport's writer records (which initializers hold which
+    tensor); empty for graphs without it."""
     meta = {p.key: p.value for p in model.metadata_props}
     try:
         tensors = json.loads(meta.get("quantport_tensors", "{}"))
@@ -89,15 +91,17 @@ def dynamic_quant_weights(model: Any) -> list[str]:
     def weight(name: str) -> set[str]:
         return owner.get(behind_conversion(name, producers, owner), set())
 
-    out = set()
+    schemes = {"DynamicQuantizeLinear": "tensor", "QuantizeLinear": "token"}
+    out: dict[str, str] = {}
     for n in model.graph.node:
-        if n.op_type == "MatMulInteger" and len(n.input) > 1:
+        if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat") and len(n.input) > 1:
             src = producers.get(n.input[0])
-            if src is not None and src.op_type == "DynamicQuantizeLinear":
-                out |= weight(n.input[1])
+            scheme = schemes.get(src.op_type) if src is not None else None
+            if scheme is not None:
+                out.update(dict.fromkeys(weight(n.input[1]), scheme))
         elif n.op_type == "DynamicQuantizeMatMul" and len(n.input) > 1:
-            out |= weight(n.input[1])
-    return sorted(out)
+            out.update(dict.fromkeys(weight(n.input[1]), "tensor"))
+    return dict(sorted(out.items()))
 
 
 def _cores() -> int:
