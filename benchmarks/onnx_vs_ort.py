@@ -22,8 +22,9 @@ after a 16-token prompt, greedy, one ``session.run`` per token with ``present.*`
 ``past_key_values.*`` (:class:`quantport.validate.ort.OrtLM`), the same loop for every tool
 (median of 3).
 
-Encoder: all-MiniLM-L6-v2 by quantport (f32, w8, w8a8) and ORT's ``quantize_dynamic`` (int8)
-of quantport's f32 graph: size, cosine of the sentence embeddings with the fp32 source
+Encoder: all-MiniLM-L6-v2 by quantport (f32, w8, w8a8 with per-tensor and with per-token
+activations, SmoothQuant w8a8 per-token) and ORT's ``quantize_dynamic`` (int8) of quantport's
+f32 graph: size, cosine of the sentence embeddings with the fp32 source
 (mean-pooled, sentence-transformers) on 256 WikiText sentences (mean and min), latency at batch
 1 x 128 and 32 x 128 tokens (median of 10 and 5).
 
@@ -610,6 +611,14 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
                    [qp_cmd("minilm", "w8-channel-sym", d / "minilm-w8")], d / "minilm-w8"),
             Export("quantport w8a8", "quantport", [qp_cmd("minilm", "w8a8", d / "minilm-w8a8")],
                    d / "minilm-w8a8"),
+            # one int8 scale per token instead of per tensor (--act-scheme token), plain and
+            # with SmoothQuant (its calibration is part of the export time)
+            Export("quantport w8a8, per-token activations", "quantport",
+                   [qp_cmd("minilm", "w8a8", d / "minilm-w8a8-tok",
+                           extra=("--act-scheme", "token"))], d / "minilm-w8a8-tok"),
+            Export("quantport SmoothQuant w8a8, per-token activations", "quantport",
+                   [qp_cmd("minilm", "w8a8", d / "minilm-sq-w8a8-tok", method="smoothquant",
+                           extra=("--act-scheme", "token"))], d / "minilm-sq-w8a8-tok"),
             Export("ORT quantize_dynamic int8 of quantport f32", "ort-quantizer",
                    [[PY, "-c", _QDYN_PY, str(d / "minilm-f32"), str(d / "minilm-qdyn")]],
                    d / "minilm-qdyn", needs="quantport f32"),

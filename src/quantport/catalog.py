@@ -56,8 +56,8 @@ def catalog() -> dict[str, list[Any]]:
         ],
         "methods": [{"name": m.name, "description": m.description} for m in METHODS.values()],
         "schemes": [*EXAMPLE_SCHEMES, "f32", "f16", "bf16",
-                    "w8a8 (int8 weights per channel + int8 activations at run time; "
-                    "safetensors, onnx)",
+                    "w8a8 (int8 weights per channel + int8 activations at run time, one "
+                    "scale per token or, in onnx, per tensor: --act-scheme; safetensors, onnx)",
                     "grammar: w<2..8>-<gN|channel|tensor>-<sym|asym>"],
     }
     try:
