@@ -26,7 +26,8 @@ Encoder: all-MiniLM-L6-v2 by quantport (f32, w8, w8a8 with per-tensor and with p
 activations, SmoothQuant w8a8 per-token) and ORT's ``quantize_dynamic`` (int8) of quantport's
 f32 graph: size, cosine of the sentence embeddings with the fp32 source
 (mean-pooled, sentence-transformers) on 256 WikiText sentences (mean and min), latency at batch
-1 x 128 and 32 x 128 tokens (median of 10 and 5).
+1 x 128 and 32 x 128 tokens (median of 10 and 5 runs in each of 6 rounds that alternate the
+graphs' order, then the median over the rounds).
 
 Usage: python benchmarks/onnx_vs_ort.py [--runs 3] [--windows 16] [--quick] [--out BENCHMARKS.md]
 """
@@ -322,35 +323,52 @@ def speed(lm: Any, windows: list[np.ndarray], n_decode: int,
     return pre, dec
 
 
-def minilm_eval(d: Path, sents: list[str], tok: Any, ref: np.ndarray, reps: int
-                ) -> dict[str, Any]:
+def minilm_eval(d: Path, sents: list[str], tok: Any, ref: np.ndarray) -> dict[str, Any]:
+    """Cosine of the graph's sentence embeddings with the source's (mean and min)."""
     from quantport.validate.ort import OrtLM
 
     lm = OrtLM(d, threads=THREADS)
     emb = np.concatenate([lm.embed_texts(sents[i:i + 32], tok) for i in range(0, len(sents), 32)])
+    lm.close()
     cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+
+
+def minilm_latency(dirs: list[Path], sents: list[str], tok: Any, rounds: int
+                   ) -> list[dict[str, float]]:
+    """Latency at batch 1 and 32 (x 128 tokens) of every graph in ``dirs``, measured in
+    ``rounds`` rounds that alternate the graphs' order (forward, then backward), so that the
+    machine's drifts hit every graph alike: per round the median of 10 (batch 1) and 5 (batch
+    32) runs, then the median over the rounds."""
+    from quantport.validate.ort import OrtLM
+
     ids = tok(" ".join(sents), add_special_tokens=False)["input_ids"]
     ids = np.resize(np.asarray(ids, dtype=np.int64), 32 * 128)  # repeated if short
+    lms = [OrtLM(d, threads=THREADS) for d in dirs]
 
-    def batch(b: int) -> dict[str, np.ndarray]:
+    def batch(lm: Any, b: int) -> dict[str, np.ndarray]:
         x = ids[: b * 128].reshape(b, 128)
         feed = {"input_ids": x, "attention_mask": np.ones_like(x),
                 "token_type_ids": np.zeros_like(x)}
         return {k: v for k, v in feed.items() if k in lm.inputs}
 
-    lat = {}
-    for b, n in ((1, max(reps * 3, 10)), (32, max(reps, 5))):
-        feed = batch(b)
-        lm.session.run(None, feed)
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            lm.session.run(None, feed)
-            ts.append(time.perf_counter() - t)
-        lat[b] = 1000 * statistics.median(ts)
-    lm.close()
-    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-            "lat1_ms": lat[1], "lat32_ms": lat[32]}
+    lat: list[dict[int, list[float]]] = [{1: [], 32: []} for _ in lms]
+    for r in range(rounds):
+        order = list(range(len(lms))) if r % 2 == 0 else list(range(len(lms)))[::-1]
+        for i in order:
+            for b, n in ((1, 10), (32, 5)):
+                feed = batch(lms[i], b)
+                lms[i].session.run(None, feed)
+                ts = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    lms[i].session.run(None, feed)
+                    ts.append(time.perf_counter() - t)
+                lat[i][b].append(1000 * statistics.median(ts))
+    for lm in lms:
+        lm.close()
+    return [{"lat1_ms": statistics.median(x[1]), "lat32_ms": statistics.median(x[32]),
+             "lat_rounds": rounds} for x in lat]
 
 
 # --------------------------------------------------------------------------------- report
@@ -641,8 +659,14 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915 - one linear script
             if not e.error:
                 row["mib"] = dir_mib(e.out)
                 log(f"evaluating MiniLM {e.name} ...")
-                row.update(minilm_eval(e.out, sents, mtok, ref_emb, reps))
+                row.update(minilm_eval(e.out, sents, mtok, ref_emb))
             mrows.append(row)
+        ok = [(row, e.out) for row, e in zip(mrows, mx, strict=True) if not e.error]
+        log(f"MiniLM latency, {max(reps * 2, 2)} rounds alternating over {len(ok)} graphs ...")
+        lats = minilm_latency([d for _, d in ok], sents, mtok, max(reps * 2, 2))
+        for (row, _), lat in zip(ok, lats, strict=True):
+            row.update(lat)
+        for row in mrows:
             log(f"  {json.dumps(row)}")
 
     (work / "results.json").write_text(json.dumps({"decoder": rows, "minilm": mrows,
@@ -777,7 +801,10 @@ def report(rows: list[dict], mrows: list[dict], args: Any, optimum_err: str | No
             "",
             "Cosine: sentence embeddings (`sentence_embedding` output) against the fp32 source's "
             f"mean-pooled embeddings in transformers, {256 if not args.quick else 32} WikiText "
-            f"sentences. Latency: one `session.run`, {THREADS} threads, 128 tokens per row.",
+            f"sentences. Latency: one `session.run`, {THREADS} threads, 128 tokens per row; "
+            "per round the median of 10 (batch 1) and 5 (batch 32) runs, in "
+            f"{mrows[0].get('lat_rounds', '?') if mrows else '?'} rounds alternating the graphs' "
+            "order, then the median over the rounds.",
             "",
             "| tool / recipe | size MiB | export s | cosine mean | cosine min | batch 1 ms | "
             "batch 32 ms | speed vs f32 (1 / 32) |",
