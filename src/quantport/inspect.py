@@ -101,6 +101,14 @@ _ONNX_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"
                    "MatMulIntegerToFloat", "QLinearMatMul")
 
 
+#: integer GEMMs with a constant weight (input 1): the input index of the weight's scale and
+#: of its zero point (ONNX MatMulInteger: A, B, a_zero_point, b_zero_point; com.microsoft
+#: DynamicQuantizeMatMul: A, B, b_scale, b_zero_point, bias; com.microsoft
+#: MatMulIntegerToFloat: A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias)
+_INT_GEMMS: dict[str, tuple[int | None, int]] = {
+    "MatMulInteger": (None, 3), "DynamicQuantizeMatMul": (2, 3), "MatMulIntegerToFloat": (3, 5)}
+
+
 def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
@@ -210,22 +218,24 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
         users = sorted({c.op_type for c in consumers.get(node.output[0], [])}) or ["(output)"]
         owned = [x for x in (present(0), present(1), present(2)) if x]
         return f"DQ {t} {gran} {zp_kind(2)} → {'/'.join(users)}", owned
-    if op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+    if op in _INT_GEMMS:
         # quantport's W8A8 graphs convert the stored int8 codes and zero points to uint8
         # in front of the product: the weight is the initializer behind
         from quantport.formats.onnx_pack import behind_conversion
 
-        for i in (1, 3, 4):
+        scale_i, zp_i = _INT_GEMMS[op]
+        for i in (1, zp_i):
             if len(ins) > i and ins[i]:
                 ins[i] = behind_conversion(ins[i], producers, inits)
-    if op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat") and present(1):
-        t = onnx.TensorProto.DataType.Name(inits[ins[1]].data_type).lower()
-        scale = present(3) if op == "MatMulInteger" else present(2)
-        per = ("per-channel" if scale and int(np.prod(inits[scale].dims)) > 1 else
-               "per-tensor")
-        zpi = 3 if op == "MatMulInteger" else 4
-        owned = [x for x in (present(1), scale, present(zpi)) if x]
-        return f"{op} {t} weights {per}, 8-bit activations quantized at run time", owned
+        if present(1):
+            t = onnx.TensorProto.DataType.Name(inits[ins[1]].data_type).lower()
+            # MatMulInteger has no scale input (a Mul follows): its zero point's shape tells
+            scale = present(scale_i) if scale_i is not None else present(zp_i)
+            per = ("per-channel" if scale and int(np.prod(inits[scale].dims)) > 1 else
+                   "per-tensor")
+            owned = [x for x in (present(1), present(scale_i) if scale_i else None,
+                                 present(zp_i)) if x]
+            return f"{op} {t} weights {per}, 8-bit activations quantized at run time", owned
     if op == "QLinearMatMul" and present(3):
         t = onnx.TensorProto.DataType.Name(inits[ins[3]].data_type).lower()
         return f"QLinearMatMul {t}", [x for x in (present(3), present(4), present(5)) if x]

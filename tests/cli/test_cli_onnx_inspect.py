@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -27,6 +28,7 @@ def onnx_dirs(tiny_llama, tmp_path_factory) -> dict[str, Path]:
         "qdq": make_recipe("onnx", "w4-g32-sym"),
         "nbits": make_recipe("onnx", "w4-g32-asym", onnx_matmul="nbits", accuracy_level=0),
         "w8a8": make_recipe("onnx", "w8a8"),
+        "w8a8-token": make_recipe("onnx", "w8a8", act_scheme="token"),
     }
     out = {}
     for name, recipe in recipes.items():
@@ -87,6 +89,29 @@ def test_inspect_onnx_nbits_float_and_w8a8(onnx_dirs):
     assert w8["ops"]["DynamicQuantizeLinear"] >= 1
     ints = {k: v for k, v in w8["quantization"]["weights"].items() if "int8" in k}
     assert sum(v["count"] for v in ints.values()) >= 10
+
+
+def test_inspect_onnx_w8a8_weights_read_from_each_gemm_s_own_inputs(onnx_dirs):
+    """Each integer GEMM names its weight's scale and zero point at its own input indices:
+    MatMulIntegerToFloat's b_scale is input 3 (input 2 is the activations' scale, one value),
+    so per-channel int8 weights showed as per-tensor and the scales were not counted."""
+    per_tensor = _json(onnx_dirs["w8a8"])["quantization"]["weights"]
+    token = _json(onnx_dirs["w8a8-token"])
+    assert token["ops"]["com.microsoft.MatMulIntegerToFloat"] == 10
+    weights = token["quantization"]["weights"]
+    key = "MatMulIntegerToFloat int8 weights per-channel, 8-bit activations quantized at run time"
+    assert weights[key]["count"] == 10, sorted(weights)
+    # the per-tensor graph's MatMulInteger owns its codes and zero points (its weight scale
+    # sits in a Mul after it); the per-token graph's MatMulIntegerToFloat also its scales
+    import onnx
+
+    graph = onnx.load(str(onnx_dirs["w8a8-token"] / "model.onnx"),
+                      load_external_data=False).graph
+    b_scales = {n.input[3] for n in graph.node if n.op_type == "MatMulIntegerToFloat"}
+    scale_bytes = sum(4 * int(np.prod(i.dims)) for i in graph.initializer if i.name in b_scales)
+    assert scale_bytes > 0
+    same = "MatMulInteger int8 weights per-channel, 8-bit activations quantized at run time"
+    assert weights[key]["bytes"] == per_tensor[same]["bytes"] + scale_bytes
 
 
 def test_inspect_onnx_with_missing_data_reports_it(onnx_dirs, tmp_path):
