@@ -361,8 +361,9 @@ def make_recipe(
             raise OptionError("--quant w8a8 runs int8 GEMMs (MatMulInteger); it takes no "
                               "--onnx-matmul nbits")
     elif act_scheme is not None:
-        raise OptionError(f"--act-scheme applies to --quant w8a8 (int8 activations), not "
-                          f"{quant!r}")
+        raise OptionError(
+            "--act-scheme applies to --quant w8a8 with --to onnx or safetensors (int8 "
+            f"activations), not --quant {quant} --to {fmt}")
     elif fmt == "onnx" and str(quant).strip().lower() == "keep":
         q = "KEEP"  # a GGUF source's own codes, copied (the ONNX writer checks the source)
     elif fmt == "onnx" and str(quant).strip().upper() in ONNX_GGML_TYPES:

@@ -263,8 +263,8 @@ def test_cli_gptq_and_smoothquant_on_an_encoder(tiny_bert: Path, tmp_path: Path,
     (emb,) = sess.run(["sentence_embedding"], feed)
     cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1)
     assert cos.min() > 0.99
-    # per-token activations (--act-scheme token): one QuantizeLinear per distinct input (q,
-    # k and v read one), recorded in the recipe, and the embeddings follow the float model's
+    # per-token activations (--act-scheme token): one QuantizeLinear per distinct input,
+    # recorded in the recipe, and the embeddings follow the float model's
     tok_dir = tmp_path / "sq-onnx-token"
     res = runner.invoke(cli, ["convert", str(tiny_bert), "--to", "onnx", "--quant", "w8a8",
                               "--act-scheme", "token", "--method", "smoothquant", *calib,
@@ -272,9 +272,10 @@ def test_cli_gptq_and_smoothquant_on_an_encoder(tiny_bert: Path, tmp_path: Path,
     assert res.exit_code == 0, res.output
     model = onnx.load(str(tok_dir / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
-    # per layer 6 Linear layers on 4 distinct inputs (the smoothed q, k and v each multiply
-    # their input by their own input_smooth, so 3 of them there)
+    # per layer 6 Linear layers on 6 distinct inputs: the smoothed q, k and v each multiply
+    # the shared input by their own input_smooth first
     assert ops.count("MatMulIntegerToFloat") == 6 * 2 and "DynamicQuantizeLinear" not in ops
+    assert ops.count("QuantizeLinear") == 6 * 2
     recipe = json.loads({p.key: p.value for p in model.metadata_props}["quantport_recipe"])
     assert recipe["act_scheme"] == "token" and recipe["method"] == "smoothquant"
     sess = ort.InferenceSession(str(tok_dir / "model.onnx"), providers=["CPUExecutionProvider"])

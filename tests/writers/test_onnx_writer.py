@@ -274,6 +274,54 @@ def test_int8_gemm_patterns_are_exact_where_8bit_int8_saturates(code: int, as_ui
     assert np.array_equal(y, ref)
 
 
+@pytest.mark.parametrize("code, as_uint8", [(127, True), (64, False)])
+def test_per_token_gemm_patterns_are_exact_where_8bit_int8_saturates(code: int,
+                                                                     as_uint8: bool) -> None:
+    """The per-token W8A8 pattern (``--act-scheme token``: each row scaled to 127 / max|x|,
+    QuantizeLinear + 128 as uint8, MatMulIntegerToFloat) on the same saturating inputs: the
+    activations' codes sit at 255 (and 1), the weights' at +-code; 8-bit codes go as uint8, 7-bit
+    codes as int8, and the product is exact either way."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n, m = 64, 8, 4
+    w = np.full((k, n), code, np.int8)
+    w[:, 1::2] = -code
+    x = np.ones((1, m, k), np.float32)
+    x[0, 0, 0] = -1.0
+    c = {"one": np.array(1.0, np.float32), "c127": np.array(127.0, np.float32),
+         "zp": np.array(128, np.uint8), "axes": np.array([-1], np.int64),
+         "ws": np.ones(n, np.float32)}
+    nodes = [helper.make_node("Abs", ["x"], ["ax"]),
+             helper.make_node("ReduceMax", ["ax", "axes"], ["m"], keepdims=1),
+             helper.make_node("Div", ["c127", "m"], ["inv"]),
+             helper.make_node("Mul", ["x", "inv"], ["xi"]),
+             helper.make_node("QuantizeLinear", ["xi", "one", "zp"], ["xq"])]
+    if as_uint8:
+        nodes += [helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.INT16),
+                  helper.make_node("Add", ["w16", "c128"], ["wu16"]),
+                  helper.make_node("Cast", ["wu16"], ["wq"], to=TensorProto.UINT8)]
+        c |= {"c128": np.array(128, np.int16), "wz": np.full(n, 128, np.uint8)}
+    else:
+        nodes += [helper.make_node("Identity", ["w"], ["wq"])]
+        c |= {"wz": np.zeros(n, np.int8)}
+    nodes += [helper.make_node("MatMulIntegerToFloat", ["xq", "wq", "one", "ws", "zp", "wz"],
+                               ["y"], domain="com.microsoft")]
+    inits = [numpy_helper.from_array(w, "w")] + [numpy_helper.from_array(v, k_)
+                                                 for k_, v in c.items()]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21),
+                                                helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    y = ort.InferenceSession(model.SerializeToString(),
+                             providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    q = np.round(x * (127 / np.abs(x).max(-1, keepdims=True)))  # codes -127..127 around 128
+    assert q.max() == 127 and q.min() == -127
+    ref = q.astype(np.int64) @ w.astype(np.int64)
+    assert np.array_equal(y, ref.astype(np.float32))
+
+
 def test_genai_greedy_generation_equals_transformers(exports, tiny_llama: Path) -> None:
     og = pytest.importorskip("onnxruntime_genai")
     import torch

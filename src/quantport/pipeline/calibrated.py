@@ -201,8 +201,8 @@ def run_calibrated(
                                        per_tensor=recipe.act_scheme == "tensor"))
         if recipe.method == "smoothquant" and recipe.smooth_alpha is None:
             report.notes.append(f"SmoothQuant alpha {alpha} (the default for "
-                                f"{type(model.layers[0]).__name__} to {recipe.format}; "
-                                "--smooth-alpha sets another)")
+                                f"{type(model.layers[0]).__name__} with activations per "
+                                f"{recipe.act_scheme}; --smooth-alpha sets another)")
         settings = {"method": recipe.method, "dtype": recipe.calib_dtype, "device": device,
                     "inputs": recipe.calib_inputs, "damp": recipe.damp,
                     "act_order": recipe.act_order, "alpha": alpha,

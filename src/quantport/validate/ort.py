@@ -67,7 +67,8 @@ def dynamic_quant_weights(model: Any) -> dict[str, str]:
     """Hugging Face names of the weights whose MatMul input the graph quantizes at run time,
     each with how: ``"tensor"`` (``DynamicQuantizeLinear -> MatMulInteger``, or ORT's fused
     ``DynamicQuantizeMatMul``) or ``"token"`` (a ``QuantizeLinear`` by per-token scales
-    into ``MatMulIntegerToFloat``, quantport's ``--act-scheme token``). Found through the
+    into ``MatMulIntegerToFloat``, in a graph whose recorded recipe says
+    ``--act-scheme token``). Found through the
     ``quantport_tensors`` metadata quantport's writer records (which initializers hold which
     tensor); empty for graphs without it."""
     meta = {p.key: p.value for p in model.metadata_props}
@@ -91,7 +92,14 @@ def dynamic_quant_weights(model: Any) -> dict[str, str]:
     def weight(name: str) -> set[str]:
         return owner.get(behind_conversion(name, producers, owner), set())
 
-    schemes = {"DynamicQuantizeLinear": "tensor", "QuantizeLinear": "token"}
+    schemes = {"DynamicQuantizeLinear": "tensor"}
+    try:
+        recipe = json.loads(meta.get("quantport_recipe", "{}"))
+    except json.JSONDecodeError:
+        recipe = {}
+    if isinstance(recipe, dict) and recipe.get("act_scheme") == "token":
+        # a QuantizeLinear is also a static scheme's: per token only where the recipe says so
+        schemes["QuantizeLinear"] = "token"
     out: dict[str, str] = {}
     for n in model.graph.node:
         if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat") and len(n.input) > 1:

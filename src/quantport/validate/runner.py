@@ -120,7 +120,7 @@ class CorrectnessLimits:
         ONNX Runtime gets llama.cpp's: its CPU MatMulNBits at ``accuracy_level`` 4 (the level
         onnxruntime-genai's builder writes for CPU) quantizes activations to int8 per block
         (``SQNBIT_CompInt8`` in ``contrib_ops/cpu/quantization/matmul_nbits.cc``), and W8A8
-        graphs quantize them on purpose (DynamicQuantizeLinear).
+        graphs quantize them on purpose (per tensor or per token).
         """
         if runtime == "transformers":
             return cls(1e-3, 0.98, 0.9999)
@@ -1010,7 +1010,7 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
     max_kld, min_top1, why = cl.max_kld, cl.min_top1, ""
     fm = floor.summary() if floor.n else None
     if fm is not None:
-        # A graph that quantizes its activations per tensor at run time (W8A8) turns float
+        # A graph that quantizes its activations at run time (W8A8) turns float
         # rounding into whole quantization steps: a sum that lands on the other side of a
         # rounding boundary moves a value by one step (over 20 for SmolLM2's down_proj
         # inputs), and the steps compound over the layers. The runtime's float32 kernels and
@@ -1021,9 +1021,10 @@ def _causal(art: Any, ref: TransformersLM, ir: TransformersLM | None, ir_reason:
         if 2 * fm["kld_mean"] > max_kld:
             max_kld = 2 * fm["kld_mean"]
             min_top1 = min(min_top1, 1 - 2 * (1 - fm["top1_agreement"]))
+            per = "/".join(sorted(set(getattr(art, "dynamic_quant_inputs", {}).values())))
             why = (f"; limits widened to twice the float32-vs-float64 difference of that "
                    f"forward itself (KLD {fm['kld_mean']:.3g}, top-1 "
-                   f"{fm['top1_agreement']:.3g}): the graph quantizes activations per tensor "
+                   f"{fm['top1_agreement']:.3g}): the graph quantizes activations per {per} "
                    "at run time, which amplifies float rounding")
     if ir is not None:
         wm = weights.summary()
@@ -1066,6 +1067,9 @@ def _generate_check(art: Any, ir: TransformersLM | None, ir_reason: str,
     of the two tokens differ by at most twice the largest logit difference the runtime showed
     against the same forward on the evaluation windows (its kernel noise, e.g. MatMulNBits'
     int8 activations at accuracy_level 4), either token is what the weights mean.
+
+    The check's value is the share of equal tokens (limit 1) when all are equal; after a
+    divergence it is that logit gap, against the allowance as its limit (``<=``).
     """
     name = "generate_greedy_match"
     if ir is None:

@@ -435,7 +435,7 @@ class ONNXWriter(DirectoryWriter):
         opts = GraphOptions(accuracy_level=4 if recipe.accuracy_level is None
                             else recipe.accuracy_level, data_file=DATA_FILE,
                             act_quant=recipe.act_quant,
-                            act_scheme=recipe.act_scheme or "tensor")
+                            act_scheme=recipe.act_scheme or GraphOptions.act_scheme)
         model = build_model(arch, source.config, {s.name: s for s in [*storages, *fused]},
                             offsets, opts, metadata)
         import onnx_ir as ir
