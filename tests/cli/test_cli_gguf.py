@@ -213,3 +213,25 @@ def test_save_imatrix_at_the_output_path_is_refused(tiny_llama, tmp_path):
     assert res.exit_code == 2
     assert "same path" in res.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["gptq", "safetensors", "directory"])
+def test_save_imatrix_that_would_not_be_written_is_refused_before_work(where, tiny_llama,
+                                                                      tmp_path):
+    """--save-imatrix with --method gptq (or to safetensors) exited 0 without writing the
+    file; a directory failed only after the model was written."""
+    out = tmp_path / ("o" if where == "safetensors" else "o.gguf")
+    imat = tmp_path / "imat-dir" if where == "directory" else tmp_path / "imat.gguf"
+    if where == "directory":
+        imat.mkdir()
+    args = ["convert", tiny_llama, "--to", "safetensors" if where == "safetensors" else "gguf",
+            "--quant", "w4-g32-sym" if where == "safetensors" else "Q4_0", "-o", out,
+            "--calib", _calib_text(tmp_path), "--calib-chunks", "2", "--save-imatrix", imat,
+            "--force"]
+    if where != "directory":
+        args += ["--method", "gptq"]
+    res = run(*args)
+    assert res.exit_code == 2, res.output
+    assert ("is a directory" if where == "directory" else "computes no importance matrix") \
+        in res.output
+    assert not out.exists()

@@ -187,6 +187,28 @@ def test_cache_key_changes_with_settings_and_sentences(tiny_bert: Path) -> None:
                      {"alpha": 0.5}) != base
 
 
+def test_cache_key_changes_when_the_checkpoint_is_saved_again(tiny_bert: Path,
+                                                              tmp_path: Path) -> None:
+    """A checkpoint saved again at the same path with other weights (same config) got the
+    old key, and a conversion quietly rounded with the other model's Hessians."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    d = tmp_path / "bert"
+    shutil.copytree(tiny_bert, d)
+    src = open_path(d)
+    s = calibration_sentences(src, samples=4, length=32)
+    base = cache_key(src, s.array(), {"alpha": 0.5})
+    assert cache_key(open_path(d), s.array(), {"alpha": 0.5}) == base
+    f = next(d.glob("*.safetensors"))
+    weights = load_file(f)
+    name = next(k for k in weights if k.endswith("query.weight"))
+    weights[name] = weights[name] * 2
+    save_file(weights, f, metadata={"format": "pt"})
+    assert cache_key(open_path(d), s.array(), {"alpha": 0.5}) != base
+
+
 def test_bad_calibration_text_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
     src = open_path(tiny_bert)
     with pytest.raises(ConfigError, match="is the evaluation text"):

@@ -161,6 +161,15 @@ def convert(src: str | None, fmt: str, quant: str, output: Path, force: bool, me
     )  # fmt: skip
     if save_imatrix and not calib:
         raise click.UsageError("--save-imatrix needs --calib")
+    if save_imatrix and (fmt != "gguf" or method != "rtn"):
+        # only round-to-nearest to GGUF computes llama.cpp's importance matrix; the
+        # calibrated methods keep Hessians, not an imatrix (the file would never appear)
+        raise click.UsageError(f"--save-imatrix applies to --to gguf --method rtn with "
+                               f"--calib; --to {fmt} --method {method} computes no importance "
+                               "matrix")
+    if save_imatrix and save_imatrix.is_dir():
+        raise click.UsageError(f"--save-imatrix {save_imatrix} is a directory; give a file "
+                               "path (imatrix.gguf)")
     if save_imatrix and os.path.abspath(save_imatrix) == os.path.abspath(output):
         raise click.UsageError(f"--save-imatrix and -o are the same path ({output}); the "
                                "importance matrix would replace the model")

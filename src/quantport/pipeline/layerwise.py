@@ -1067,14 +1067,34 @@ _STAGED_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer
 
 
 def cache_key(source: ModelSource, windows: np.ndarray, settings: dict[str, Any]) -> str:
-    """A key naming calibration statistics: the model (its provenance and config), the token
-    windows, and the settings that change the statistics."""
+    """A key naming calibration statistics: the model (its provenance, config and files), the
+    token windows, and the settings that change the statistics."""
     h = hashlib.sha256()
     h.update(json.dumps(source.describe(), sort_keys=True, default=str).encode())
     h.update(json.dumps(source.config, sort_keys=True, default=str).encode())
+    h.update(json.dumps(_files_fingerprint(source)).encode())
     h.update(np.ascontiguousarray(windows).tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
+
+
+def _files_fingerprint(source: ModelSource) -> list[list[Any]]:
+    """Name, size and modification time of the source's files (a checkpoint directory's, or
+    the GGUF file): a checkpoint saved again at the same path with other weights (same config)
+    gets another key, without hashing gigabytes of weights."""
+    path = getattr(source, "path", None)
+    if path is None:
+        return []
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append([f.name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 class StatsCache:
