@@ -50,7 +50,12 @@ def test_to_dict_is_what_the_artifact_records() -> None:
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq", "act_order": "desc"},
      OptionError, "--act-order 'desc' is not one of static, group, none"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "method": "gptq", "damp": 0.0},
-     ConfigError, "--damp must be in"),
+     OptionError, "--damp must be in"),
+    # a calibrated method with every weight left in float ran calibration for nothing
+    ({"fmt": "safetensors", "quant": "f16", "method": "gptq"}, OptionError,
+     "keeps every weight in float"),
+    ({"fmt": "gguf", "quant": "F16", "method": "gptq"}, OptionError,
+     "keeps every weight in float"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "pure": True}, OptionError, "--pure"),
     ({"fmt": "safetensors", "quant": "w4-g64-sym", "calib": "x.txt"}, OptionError,
      "--calib with --to safetensors needs a calibrated --method"),
@@ -125,3 +130,9 @@ def test_w8a8_activation_scheme_defaults_per_format_and_is_recorded() -> None:
     assert st.act_scheme == "token" and st.to_dict()["act_scheme"] == "token"
     assert make_recipe("onnx", "w4-g32-sym").act_scheme is None
     assert "act_scheme" not in make_recipe("onnx", "w4-g32-sym").to_dict()
+
+
+def test_calibrated_method_on_float_quant_with_a_quantizing_override_is_accepted() -> None:
+    r = make_recipe("safetensors", "f16", method="gptq",
+                    tensor_types=["down_proj=w4-g32-sym"])
+    assert r.method == "gptq"

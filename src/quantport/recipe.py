@@ -413,10 +413,11 @@ def make_recipe(
         raise OptionError(f"--calib-inputs asymmetric sets GPTQ's target; --method {method} "
                           "runs no GPTQ (use --method gptq or awq+gptq)")
     dev = parse_device(device)
+    # option values out of range: usage errors (exit 2), as click's own range checks
     if smooth_alpha is not None and not 0 < smooth_alpha < 1:
-        raise ConfigError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
+        raise OptionError(f"--smooth-alpha must be in (0, 1), got {smooth_alpha}")
     if not 0 < damp < 10:
-        raise ConfigError(f"--damp must be in (0, 10), got {damp}")
+        raise OptionError(f"--damp must be in (0, 10), got {damp}")
     if calib_samples < 1 or calib_len < 16:
         raise ConfigError(
             f"calibration needs at least 1 sample of at least 16 tokens, got {calib_samples} x "
@@ -425,6 +426,13 @@ def make_recipe(
     if max_shard_size < 1:
         raise ConfigError(f"--max-shard-size must be positive, got {max_shard_size}")
     overrides = tuple(_parse_override(s, fmt) for s in tensor_types)
+    dense = ("F32", "F16", "BF16")
+    if calibrated and (q in dense or (isinstance(q, Preset) and q.default_type in dense)) \
+            and all(str(o.target).upper() in dense for o in overrides):
+        # every weight stays float: the calibration would run for nothing
+        raise OptionError(f"--method {method} rounds weights onto a quantized grid; --quant "
+                          f"{quant} keeps every weight in float (pick a scheme or preset, or "
+                          "a --tensor-type that quantizes)")
     if fmt == "gguf":
         output_type = parse_target(output_type, fmt) if output_type else None  # type: ignore[assignment]
         token_embedding_type = (parse_target(token_embedding_type, fmt)  # type: ignore[assignment]

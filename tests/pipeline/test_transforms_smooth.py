@@ -103,7 +103,7 @@ def test_default_alpha_by_architecture_and_activation_scheme(tiny_llama: Path) -
     """``alpha=None`` smooths with :data:`SMOOTH_ALPHA`, the same scales as that α given; a
     decoder with per-tensor activations defaults to :data:`SMOOTH_ALPHA_PER_TENSOR`, BERT
     never does; a given α outside (0, 1) is refused."""
-    from quantport.errors import ConfigError
+    from quantport.errors import OptionError
     from quantport.pipeline import make_recipe
     from quantport.pipeline.transforms import (SMOOTH_ALPHA, SMOOTH_ALPHA_PER_TENSOR,
                                                smooth_alpha_for)
@@ -132,5 +132,5 @@ def test_default_alpha_by_architecture_and_activation_scheme(tiny_llama: Path) -
     assert smooth_alpha_for(bert_layer, per_tensor=True) == SMOOTH_ALPHA
     assert make_recipe("onnx", "w8a8", method="smoothquant").smooth_alpha is None
     assert make_recipe("onnx", "w8a8", method="smoothquant", smooth_alpha=0.6).smooth_alpha == 0.6
-    with pytest.raises(ConfigError, match="--smooth-alpha"):
+    with pytest.raises(OptionError, match="--smooth-alpha"):
         make_recipe("onnx", "w8a8", method="smoothquant", smooth_alpha=1.5)
