@@ -273,6 +273,19 @@ def test_bad_calibration_text_is_refused(tiny_llama: Path, tmp_path: Path) -> No
     copy.write_bytes(layerwise.EVALUATION_TEXT.read_bytes())
     with pytest.raises(ConfigError, match="is the evaluation text"):
         calibration_windows(src, copy, 4, 64)
+    # a piece of it (head -c 200000 wiki.test.raw) was accepted
+    piece = tmp_path / "piece.txt"
+    piece.write_bytes(layerwise.EVALUATION_TEXT.read_bytes()[:200_000])
+    with pytest.raises(ConfigError, match="is the evaluation text"):
+        calibration_windows(src, piece, 4, 64)
+    # ... where the calibration text itself, and a text quoting a few of its lines, are not
+    assert calibration_windows(src, layerwise.DEFAULT_CALIBRATION_TEXT, 2, 64).shape == (2, 64)
+    quoted = [ln for ln in layerwise.EVALUATION_TEXT.read_text().splitlines()
+              if len(ln.split()) >= 8][:3]
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("\n".join([*quoted, *layerwise.DEFAULT_CALIBRATION_TEXT.read_text()
+                                .splitlines()[:400]]))
+    assert calibration_windows(src, mixed, 2, 64).shape == (2, 64)
     with pytest.raises(ConfigError, match="exceeds the model's context"):
         calibration_windows(src, layerwise.DEFAULT_CALIBRATION_TEXT, 1, 4096)
 

@@ -85,15 +85,29 @@ def _read_text(path: Path) -> str:
     return text
 
 
+#: a calibration text whose sentence lines are mostly the evaluation text's is (part of) it
+_OVERLAP_LINES, _OVERLAP_SHARE, _LINE_WORDS = 5, 0.5, 8
+
+
 def _is_evaluation_text(path: Path, text: str) -> bool:
+    """Whether ``text`` is the evaluation text, or a piece of it: the file itself, or a text
+    of which at least half the lines of 8 or more words (and at least 5) are lines of the
+    evaluation text (``head -c 200000 wiki.test.raw`` was accepted)."""
     try:
         if path.resolve() == EVALUATION_TEXT.resolve():
             return True
-        if EVALUATION_TEXT.is_file() and path.stat().st_size == EVALUATION_TEXT.stat().st_size:
+        if not EVALUATION_TEXT.is_file():
+            return False
+        lines = [ln.strip() for ln in text.splitlines()]
+        lines = [ln for ln in lines if len(ln.split()) >= _LINE_WORDS]
+        if len(lines) < _OVERLAP_LINES:
             return text == EVALUATION_TEXT.read_text(encoding="utf-8")
-    except OSError:
+        eval_lines = {ln.strip() for ln in
+                      EVALUATION_TEXT.read_text(encoding="utf-8").splitlines()}
+    except (OSError, UnicodeDecodeError):
         return False
-    return False
+    shared = sum(ln in eval_lines for ln in lines)
+    return shared >= _OVERLAP_LINES and shared >= _OVERLAP_SHARE * len(lines)
 
 
 def _tokens(tokenizer_json: str, text: str, need: int) -> list[int]:
@@ -189,8 +203,8 @@ def _check_text(source: ModelSource, path: Path, text: str, what: str, length: i
                           f"{what} (e.g. {DEFAULT_CALIBRATION_TEXT.name})")
     if _is_evaluation_text(path, text):
         raise ConfigError(
-            f"{path} is the evaluation text validate scores on; calibrate on other text "
-            f"(default: {DEFAULT_CALIBRATION_TEXT})"
+            f"{path} is the evaluation text validate scores on (or a piece of it); calibrate "
+            f"on other text (default: {DEFAULT_CALIBRATION_TEXT})"
         )
     if "tokenizer.json" not in source.tokenizer_files:
         raise ConfigError(f"{source.path}: no tokenizer.json; the calibration text cannot be "
