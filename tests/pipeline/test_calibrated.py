@@ -319,6 +319,16 @@ def test_cli_gptq_and_its_errors(tiny_llama: Path, tmp_path: Path, calib_cache: 
     assert bad.exit_code != 0 and "evaluation text" in bad.output
     assert "Traceback" not in bad.output and not (tmp_path / "bad").exists()
     assert len(bad.output.strip().splitlines()) == 1
+    # a dry run reads and checks the calibration text as the real run does (it printed a
+    # plan and exited 0 for the evaluation text, and for a --calib-len beyond the context)
+    for extra, says in ((["--calib", str(layerwise.EVALUATION_TEXT)], "evaluation text"),
+                        (["--calib-len", "100000"], "exceeds the model's context")):
+        dry = runner.invoke(cli, [*base, "-o", str(tmp_path / "dry"), "--dry-run", *extra])
+        assert dry.exit_code == 1 and says in dry.output, dry.output
+    rtn_dry = runner.invoke(cli, ["convert", str(tiny_llama), "--to", "gguf", "--quant", "Q4_0",
+                                  "--calib", str(layerwise.EVALUATION_TEXT), "--dry-run",
+                                  "-o", str(tmp_path / "dry.gguf")])
+    assert rtn_dry.exit_code == 1 and "evaluation text" in rtn_dry.output, rtn_dry.output
     damp = runner.invoke(cli, [*base, "-o", str(tmp_path / "d"), "--damp", "-1"])
     # an option value out of range is a usage error (exit 2), as click's own range checks
     assert damp.exit_code == 2 and "--damp" in damp.output

@@ -56,6 +56,26 @@ def _load_model(source: ModelSource, model_dir: Path) -> tuple[Any, Any]:
     return full, full
 
 
+def imatrix_windows(source: ModelSource, text_path: str | os.PathLike[str], n_chunks: int,
+                    ctx: int) -> np.ndarray:
+    """The token windows :func:`collect_imatrix` runs (``ctx`` capped at the model's
+    ``max_position_embeddings``); a dry run reads and checks the text through it too.
+
+    Raises:
+        ConfigError: as :func:`collect_imatrix`.
+    """
+    if n_chunks < 1 or ctx < 2:
+        raise ConfigError(
+            f"collect_imatrix: n_chunks ({n_chunks}) must be >= 1 and ctx ({ctx}) >= 2"
+        )
+    max_pos = int(source.config.get("max_position_embeddings") or ctx)
+    if ctx > max_pos:
+        log.info("ctx %d exceeds max_position_embeddings %d; using %d", ctx, max_pos, max_pos)
+        ctx = max_pos
+    # compute_imatrix()'s chunks: consecutive ctx-token windows, BOS first where the vocab adds it
+    return calibration_windows(source, Path(text_path), n_chunks, ctx)
+
+
 def collect_imatrix(
     source: ModelSource | str | os.PathLike[str],
     text_path: str | os.PathLike[str] = DEFAULT_CALIBRATION_TEXT,
@@ -86,19 +106,10 @@ def collect_imatrix(
     """
     import torch
 
-    if n_chunks < 1 or ctx < 2:
-        raise ConfigError(
-            f"collect_imatrix: n_chunks ({n_chunks}) must be >= 1 and ctx ({ctx}) >= 2"
-        )
     src = source if not isinstance(source, (str, os.PathLike)) else open_path(source)
     text_file = Path(text_path)
-    max_pos = int(src.config.get("max_position_embeddings") or ctx)
-    if ctx > max_pos:
-        log.info("ctx %d exceeds max_position_embeddings %d; using %d", ctx, max_pos, max_pos)
-        ctx = max_pos
-    # compute_imatrix()'s chunks: consecutive ctx-token windows, BOS first where the vocab adds it
-    windows = calibration_windows(src, text_file, n_chunks, ctx)
-    n = windows.shape[0]
+    windows = imatrix_windows(src, text_file, n_chunks, ctx)
+    n, ctx = windows.shape
 
     with tempfile.TemporaryDirectory(prefix="quantport-calib-") as tmp:
         if isinstance(src, HFCheckpoint):

@@ -176,6 +176,12 @@ def convert(
         plan = writer.plan(source, recipe, imatrix)
         source.verify()  # what the reader postponed: the layer-by-layer stage has no idle core
         if dry_run:
+            # the calibration text is read and checked as the real run reads it (tokenizing
+            # only): the evaluation text, a binary file or a --calib-len beyond the context
+            # are refused here too
+            from quantport.pipeline.layerwise import calibration_inputs
+
+            calibration_inputs(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
             return ConvertReport(out_path, plan, time.perf_counter() - t0, True, imatrix)
         check_output(out_path, force)
         from quantport.pipeline.calibrated import run_calibrated
@@ -192,6 +198,9 @@ def convert(
         return report
     if dry_run:
         if imatrix is None and recipe.calib is not None:
+            from quantport.pipeline.calibration import imatrix_windows
+
+            imatrix_windows(source, recipe.calib, recipe.calib_samples, recipe.calib_len)
             imatrix = _placeholder_imatrix(source, recipe)
         elif imatrix is None:
             imatrix = _imatrix(source, recipe, on_progress)
