@@ -63,15 +63,26 @@ def _safetensors(files: list[Path], config: dict[str, Any] | None, root: Path) -
     if root.is_dir():
         _check_index(root / INDEX, tensors)
     qc = (config or {}).get("quantization_config")
-    packed = [t["name"].removesuffix(".weight_packed") for t in tensors
-              if t["name"].endswith(".weight_packed")]
-    quant: dict[str, Any] = {"quantized_modules": len(packed),
+    # a quantized Linear: compressed-tensors' packed codes or int8 weight with its scale
+    # (W8A8), or a GPTQ checkpoint's qweight
+    suffixes = (".weight_packed", ".weight_scale", ".qweight")
+    modules = {t["name"].rsplit(".", 1)[0] for t in tensors if t["name"].endswith(suffixes)}
+    quant: dict[str, Any] = {"quantized_modules": len(modules),
                              "dtypes": dict(Counter(t["type"] for t in tensors))}
-    if qc:
+    if isinstance(qc, dict):
         quant["method"] = qc.get("quant_method")
         quant["format"] = qc.get("format")
         groups = qc.get("config_groups") or {}
-        quant["weights"] = {k: v.get("weights") for k, v in groups.items()}
+        if groups and isinstance(groups, dict):
+            quant["weights"] = {k: v.get("weights") for k, v in groups.items()
+                                if isinstance(v, dict)}
+            acts = {k: v.get("input_activations") for k, v in groups.items()
+                    if isinstance(v, dict) and v.get("input_activations")}
+            if acts:  # W8A8: the activations are quantized at run time too
+                quant["input_activations"] = acts
+        elif qc.get("quant_method") == "gptq":  # GPTQModel's config: one scheme for all
+            quant["weights"] = {k: qc.get(k) for k in ("bits", "group_size", "sym", "desc_act")
+                                if k in qc}
         quant["ignore"] = qc.get("ignore")
     return {"path": str(root), "format": "safetensors", "metadata": metadata,
             "config": config, "quantization": quant, "tensors": tensors,

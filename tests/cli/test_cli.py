@@ -77,6 +77,25 @@ def test_list(runner):
     assert "architectures:" in run(runner, "list").output
 
 
+def test_inspect_counts_w8a8_and_gptq_modules_and_shows_their_schemes(runner, tiny_llama,
+                                                                       tmp_path):
+    """inspect said 0 quantized modules and no weights for a GPTQ checkpoint, and listed a
+    W8A8 checkpoint's weights without its int8 activations (it read like w8-channel-sym)."""
+    w8 = tmp_path / "w8a8"
+    assert run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w8a8",
+               "-o", w8, "-q").exit_code == 0
+    q = json.loads(run(runner, "inspect", w8, "--json").stdout)["quantization"]
+    assert q["quantized_modules"] == 14
+    acts = next(iter(q["input_activations"].values()))
+    assert acts["num_bits"] == 8 and acts["strategy"] == "token" and acts["dynamic"] is True
+    gq = tmp_path / "gptq"
+    assert run(runner, "convert", tiny_llama, "--to", "gptq", "--quant", "w4-g32-sym",
+               "-o", gq, "-q").exit_code == 0
+    q = json.loads(run(runner, "inspect", gq, "--json").stdout)["quantization"]
+    assert q["quantized_modules"] == 14 and q["method"] == "gptq"
+    assert q["weights"]["bits"] == 4 and q["weights"]["group_size"] == 32
+
+
 def test_convert_inspect_validate_tiny(runner, tiny_llama, tmp_path):
     out = tmp_path / "w4"
     res = run(runner, "convert", tiny_llama, "--to", "safetensors", "--quant", "w4-g32-sym",
