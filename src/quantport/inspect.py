@@ -18,7 +18,7 @@ from quantport.errors import FormatError, QuantportError
 from quantport.formats.gguf_file import scan_gguf
 from quantport.formats.onnx_read import check_external_data, load_graph
 from quantport.formats.safetensors import SafetensorsFile
-from quantport.formats.safetensors_shards import INDEX
+from quantport.formats.safetensors_shards import INDEX, weight_map
 
 __all__ = ["inspect_path", "onnx_bits", "onnx_weight_schemes"]
 
@@ -31,20 +31,16 @@ def _check_index(index: Path, tensors: list[dict[str, Any]]) -> None:
         return
     fix = "copy the whole checkpoint directory or re-export it"
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{index}: not a valid index ({exc.__class__.__name__}); {fix}"
                           ) from exc
-    if not isinstance(weight_map, dict):
-        raise FormatError(f"{index}: no 'weight_map' object; {fix}")
     present = {(t["file"], t["name"]) for t in tensors}
     shards = {t["file"] for t in tensors}
-    for name, shard in weight_map.items():
-        if not isinstance(shard, str):
-            raise FormatError(f"{index}: weight_map[{name!r}] must be a shard file name, got "
-                              f"{shard!r:.60}; {fix}")
+    wm = weight_map(index, data)
+    for name, shard in wm.items():
         if shard not in shards:
-            n = sum(s == shard for s in weight_map.values())
+            n = sum(s == shard for s in wm.values())
             raise FormatError(f"{index}: shard {shard} is missing ({n} tensors are stored in "
                               f"it); {fix}")
         if (shard, name) not in present:

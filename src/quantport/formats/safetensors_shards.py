@@ -30,9 +30,30 @@ from quantport.errors import FormatError
 from quantport.formats._io import pwrite_all
 from quantport.formats.safetensors import DTYPES, encode_header
 
-__all__ = ["Entry", "ShardLayout", "ShardedOutput", "index_json", "layout_shards"]
+__all__ = ["Entry", "ShardLayout", "ShardedOutput", "index_json", "layout_shards",
+           "weight_map"]
 
 INDEX = "model.safetensors.index.json"
+
+
+def weight_map(index: Path, data: object) -> dict[str, str]:
+    """The ``weight_map`` of a parsed index (``data``, the JSON of ``index``): tensor name ->
+    shard file name, each a plain file name beside the index.
+
+    Raises:
+        FormatError: no ``weight_map`` object, or an entry that is not such a file name.
+    """
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict):
+        raise FormatError(f"{index}: no 'weight_map' object")
+    root = index.parent.resolve()
+    for name, shard in wm.items():
+        if not isinstance(shard, str) or not shard or "\0" in shard:
+            raise FormatError(f"{index}: weight_map[{name!r}] must be a shard file name, got "
+                              f"{shard!r:.60}; fix or regenerate the index")
+        if (root / shard).resolve().parent != root:
+            raise FormatError(f"{index}: shard {shard!r} lies outside the checkpoint")
+    return wm
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from quantport.errors import ConfigError, FormatError, QuantportError
 from quantport.formats.safetensors import SafetensorsFile
+from quantport.formats.safetensors_shards import INDEX, weight_map
 from quantport.architectures import detect_architecture
 from quantport.architectures.config import check_config
 from quantport.readers.source import TOKENIZER_FILES
@@ -79,22 +80,12 @@ class HFCheckpoint:
                 self.tokenizer_files[n] = text
         self._where: dict[str, Any] = {}
         self._pickle: dict[str, Any] | None = None
-        index = self.path / "model.safetensors.index.json"
+        index = self.path / INDEX
         single = self.path / "model.safetensors"
         if index.is_file():
-            weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise FormatError(f"{index}: no 'weight_map' object")
             files: dict[str, SafetensorsFile] = {}
-            for name, shard in weight_map.items():
-                if not isinstance(shard, str) or not shard or "\0" in shard:
-                    raise FormatError(
-                        f"{index}: weight_map[{name!r}] must be a shard file name, got "
-                        f"{shard!r:.60}; fix or regenerate the index"
-                    )
-                shard_path = (self.path / str(shard)).resolve()
-                if shard_path.parent != self.path.resolve():
-                    raise FormatError(f"{index}: shard {shard!r} lies outside the checkpoint")
+            for name, shard in weight_map(index, read_json(index, INDEX)).items():
+                shard_path = self.path / shard
                 if shard not in files:
                     if not shard_path.is_file():
                         raise FormatError(f"{index}: shard {shard} is missing")
