@@ -240,7 +240,7 @@ def _onnx_scheme(node: Any, inits: dict[str, Any], consumers: dict[str, list[Any
             scale = present(scale_i) if scale_i is not None else present(zp_i)
             per = ("per-channel" if scale and int(np.prod(inits[scale].dims)) > 1 else
                    "per-tensor")
-            owned = [x for x in (present(1), present(scale_i) if scale_i else None,
+            owned = [x for x in (present(1), present(scale_i) if scale_i is not None else None,
                                  present(zp_i)) if x]
             return f"{op} {t} weights {per}, 8-bit activations quantized at run time", owned
     if op == "QLinearMatMul" and present(3):

@@ -426,7 +426,7 @@ def make_recipe(
     if max_shard_size < 1:
         raise ConfigError(f"--max-shard-size must be positive, got {max_shard_size}")
     overrides = tuple(_parse_override(s, fmt) for s in tensor_types)
-    dense = ("F32", "F16", "BF16")
+    dense = set(DENSE_TYPES.values())
     if calibrated and (q in dense or (isinstance(q, Preset) and q.default_type in dense)) \
             and all(str(o.target).upper() in dense for o in overrides):
         # every weight stays float: the calibration would run for nothing

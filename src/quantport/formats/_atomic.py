@@ -188,9 +188,9 @@ def _check_writable(path: Path, probe: bool = True) -> None:
                                  "another path")
         return
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(tmp)
     except OSError as exc:
         raise QuantportError(f"cannot write {path}: {exc.strerror or exc} in {parent}; choose "
                              "another path") from exc
